@@ -1,0 +1,177 @@
+"""A local broker for development, the demo and tests: Mosquitto when installed, else embedded amqtt.
+
+Both listen on 127.0.0.1 only. Mosquitto gets ``set_tcp_nodelay true`` so that small messages are not
+held back by Nagle's algorithm (about 40 ms on loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BrokerError
+
+__all__ = ["BrokerProcess", "find_mosquitto", "free_port", "mosquitto_config", "start_broker", "serve_amqtt"]
+
+
+def find_mosquitto() -> str | None:
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def mosquitto_config(port: int, *, persistence_dir: Path | None = None, extra: str = "") -> str:
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "set_tcp_nodelay true",
+        # Inputs queued for a runtime that is briefly away (QoS 1, persistent session).
+        "max_queued_messages 100000",
+    ]
+    if persistence_dir is not None:
+        lines += ["persistence true", f"persistence_location {persistence_dir}/"]
+    return "\n".join(lines) + "\n" + extra
+
+
+@dataclass
+class BrokerProcess:
+    """A broker started by ``start_broker``; ``stop()`` ends it (SIGTERM, so Mosquitto saves its sessions)."""
+
+    process: subprocess.Popen
+    port: int
+    kind: str
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "BrokerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_broker(port: int | None = None, *, kind: str = "auto", workdir: Path | None = None,
+                 persistence: bool = False, extra_config: str = "", timeout: float = 10.0) -> BrokerProcess:
+    """Start a broker in the background on 127.0.0.1 and wait until it accepts connections."""
+    port = port or free_port()
+    if port_open(port):
+        raise BrokerError(f"port {port} on 127.0.0.1 is already in use; choose another with --port")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-broker-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    mosquitto = find_mosquitto()
+    if kind == "auto":
+        kind = "mosquitto" if mosquitto else "amqtt"
+    log = open(workdir / f"{kind}.log", "ab")
+    if kind == "mosquitto":
+        if not mosquitto:
+            raise BrokerError("mosquitto is not installed (Debian/Raspberry Pi OS: sudo apt-get install mosquitto)")
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(mosquitto_config(port, persistence_dir=workdir if persistence else None, extra=extra_config))
+        cmd = [mosquitto, "-c", str(conf)]
+    elif kind == "amqtt":
+        try:
+            import amqtt  # noqa: F401
+        except ImportError:
+            raise BrokerError(
+                "no broker available: install Mosquitto (sudo apt-get install mosquitto) or the "
+                "embedded one (pip install 'edge-runtime[broker]')"
+            ) from None
+        cmd = [sys.executable, "-m", "edge_runtime", "broker", "--port", str(port), "--kind", "amqtt"]
+    else:
+        raise BrokerError(f"unknown broker kind {kind!r}: use auto, mosquitto or amqtt")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    broker = BrokerProcess(process, port, kind, workdir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (workdir / f"{kind}.log").read_text(errors="replace")[-500:]
+            raise BrokerError(f"{kind} exited at start (code {process.returncode}): {tail.strip()}")
+        if port_open(port):
+            return broker
+        time.sleep(0.05)
+    broker.stop()
+    raise BrokerError(f"{kind} did not open port {port} within {timeout:g}s")
+
+
+def serve_amqtt(port: int) -> None:
+    """Run the embedded amqtt broker in the foreground on 127.0.0.1 until SIGINT/SIGTERM."""
+    try:
+        from amqtt.broker import Broker
+    except ImportError:
+        raise BrokerError("the embedded broker needs amqtt: pip install 'edge-runtime[broker]'") from None
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+    async def main() -> None:
+        broker = Broker(config)
+        await broker.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await broker.shutdown()
+
+    asyncio.run(main())
+
+
+def run_foreground(port: int, *, kind: str = "auto") -> int:
+    """``edge-runtime broker``: the chosen broker in the foreground, until Ctrl-C."""
+    if port_open(port):
+        raise BrokerError(f"port {port} on 127.0.0.1 is already in use; choose another with --port")
+    mosquitto = find_mosquitto()
+    if kind == "auto":
+        kind = "mosquitto" if mosquitto else "amqtt"
+    if kind == "mosquitto":
+        if not mosquitto:
+            raise BrokerError("mosquitto is not installed (Debian/Raspberry Pi OS: sudo apt-get install mosquitto)")
+        with tempfile.TemporaryDirectory(prefix="edge-broker-") as tmp:
+            conf = Path(tmp) / "mosquitto.conf"
+            conf.write_text(mosquitto_config(port))
+            print(f"mosquitto listening on mqtt://127.0.0.1:{port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            try:
+                return subprocess.call([mosquitto, "-c", str(conf)])
+            except KeyboardInterrupt:
+                return 0
+    print(f"amqtt listening on mqtt://127.0.0.1:{port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    serve_amqtt(port)
+    return 0

@@ -1,0 +1,169 @@
+"""Model bundles: a directory with ``model.onnx`` and ``manifest.json``.
+
+The runtime never trusts a bundle it has not checked: the model file must match the manifest's sha256,
+and when a signing key is configured the manifest must carry a valid HMAC-SHA256 signature (which covers
+the checksum, so it covers the model too). No pickle is ever loaded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BundleError
+
+__all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL"]
+
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+FORMAT_VERSION = 1
+
+# ONNX Runtime's type strings, mapped to numpy dtype names.
+ORT_TO_NUMPY = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dtype: str = Field(description="numpy dtype name: float32, int64, str, ...")
+    shape: list[int | str | None] = Field(description="Dimensions; None or a name for a dynamic axis (the first is the batch).")
+
+
+class Manifest(BaseModel):
+    # Newer converters may add fields an older runtime does not know: keep them rather than refuse the bundle.
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str = "1"
+    task: Literal["classifier", "regressor", "generic"] = "generic"
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    labels: list[str | int] | None = Field(None, description="Class labels, in the order of the scores.")
+    scores_output: str | None = Field(None, description="Classifiers: the output with one score per class.")
+    value_output: str | None = Field(None, description="Regressors: the output with the predicted value.")
+    allow_non_finite: bool = Field(False, description="Accept NaN and Inf in inputs (most models do not).")
+    model_file: str = MODEL
+    sha256: str
+    source: dict[str, Any] = Field(default_factory=dict)
+    quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
+    signature: str | None = None
+
+    def row_shape(self) -> tuple[int | None, ...]:
+        """The first input's shape without its batch axis; None for a dynamic dimension."""
+        return tuple(d if isinstance(d, int) and d > 0 else None for d in self.inputs[0].shape[1:])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> Bundle:
+    """Read a bundle and verify it; raise BundleError saying what is wrong and how to fix it."""
+    root = Path(path)
+    where = str(root)
+    if not root.is_dir():
+        raise BundleError("no such directory (build one with `edge-runtime convert MODEL -o DIR`)", bundle=where)
+    try:
+        raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"no {MANIFEST} (is this a bundle directory?)", bundle=where) from None
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{MANIFEST} is not readable JSON: {err}", bundle=where) from err
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{MANIFEST}: {key}: {first['msg']}", bundle=where) from err
+    if manifest.format_version > FORMAT_VERSION:
+        raise BundleError(
+            f"format_version {manifest.format_version} is newer than this runtime reads ({FORMAT_VERSION}); upgrade edge-runtime",
+            bundle=where,
+        )
+    model = (root / manifest.model_file).resolve()
+    if root.resolve() not in model.parents:
+        raise BundleError(f"model_file {manifest.model_file!r} points outside the bundle directory", bundle=where)
+    if not model.is_file():
+        raise BundleError(f"model file {manifest.model_file} is missing", bundle=where)
+    actual = sha256_file(model)
+    if not hmac.compare_digest(actual, manifest.sha256):
+        raise BundleError(
+            f"checksum mismatch: {manifest.model_file} has sha256 {actual[:12]}..., the manifest says "
+            f"{manifest.sha256[:12]}...; the file was changed or damaged, rebuild or re-copy the bundle",
+            bundle=where,
+        )
+    if signing_key is not None:
+        if not manifest.signature:
+            raise BundleError("unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where)
+        if not hmac.compare_digest(sign_manifest(raw, signing_key), manifest.signature):
+            raise BundleError("signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where)
+    if manifest.task == "classifier" and not manifest.scores_output:
+        raise BundleError("a classifier's manifest needs scores_output", bundle=where)
+    if manifest.task == "regressor" and not manifest.value_output:
+        raise BundleError("a regressor's manifest needs value_output", bundle=where)
+    return Bundle(root, manifest)
+
+
+def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], *,
+                 signing_key: bytes | None = None, extra_files: dict[str, bytes] | None = None) -> Bundle:
+    """Write model and manifest (sha256 filled in) so that a reader never sees a half-written bundle."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = dict(manifest)
+    fields.setdefault("format_version", FORMAT_VERSION)
+    fields["model_file"] = MODEL
+    fields["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+    fields.pop("signature", None)
+    Manifest.model_validate(fields)  # refuse to write what the runtime would refuse to read
+    if signing_key is not None:
+        fields["signature"] = sign_manifest(fields, signing_key)
+    files = {MODEL: model_bytes, **(extra_files or {}),
+             MANIFEST: (json.dumps(fields, indent=2, sort_keys=False) + "\n").encode()}
+    for name, data in files.items():  # manifest last: it names the checksum of what is already there
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out / name)
+    return load_bundle(out, signing_key=signing_key)

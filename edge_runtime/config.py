@@ -1,0 +1,240 @@
+"""The runtime's config: one TOML file, validated as a whole on load.
+
+Every error names the key (``routes[0].max_batch``) and, where it can be found, the line, so that
+``edge-runtime run CONFIG --validate-config`` points at what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .errors import ConfigError
+from .topics import TopicFilter, TopicTemplate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Config", "BrokerConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BrokerConfig(_Strict):
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port for TLS.")
+    client_id: str = Field("edge-runtime", min_length=1, max_length=128, description="MQTT client id; unique per broker.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval in seconds.")
+    username: str | None = Field(None, description="User name for the broker, if it asks for one.")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable that holds the password (never the password itself)."
+    )
+    ca_file: Path | None = Field(None, strict=False, description="CA certificate for mqtts://; the system's CAs when absent.")
+    cert_file: Path | None = Field(None, strict=False, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, strict=False, description="Client private key for mutual TLS.")
+    session_expiry_s: int = Field(
+        3600, ge=0, le=2**32 - 1, description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"use mqtt://host:port or mqtts://host:port, not {value!r}")
+        if not parts.hostname:
+            raise ValueError(f"no host in {value!r}")
+        try:
+            parts.port
+        except ValueError as err:
+            raise ValueError(f"bad port in {value!r}") from err
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> "BrokerConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        if not self.password_env:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(f"environment variable {self.password_env} is not set", key="broker.password_env")
+        return value
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to.")
+    bundle: Path = Field(strict=False, description="Bundle directory (model.onnx + manifest.json), relative to the config file.")
+    threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads. One per worker when cores are shared.")
+    signing_key_env: str | None = Field(
+        None, description="Environment variable holding the HMAC key; when set, the bundle must carry a valid signature."
+    )
+    warmup: bool = Field(True, description="Run one inference per batch size at start so the first real request is not slow.")
+
+
+Overflow = Literal["drop_oldest", "reject"]
+
+
+class RouteConfig(_Strict):
+    subscribe: str = Field(description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed).")
+    model: str = Field(description="Name of a [[models]] entry.")
+    publish: str = Field(description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic.")
+    errors: str | None = Field(None, description="Error topic (same placeholders); default: the result topic + '/error'.")
+    max_batch: int = Field(32, ge=1, le=4096, description="A batch closes at this many rows...")
+    max_delay_ms: float = Field(2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting.")
+    qos: Literal[0, 1, 2] = Field(0, description="QoS of the subscription and of the results.")
+    max_queue: int = Field(10_000, ge=1, le=10_000_000, description="Inputs waiting at most; beyond it `overflow` applies.")
+    overflow: Overflow = Field("drop_oldest", description="What to do when the queue is full.")
+    max_payload_bytes: int = Field(1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding.")
+
+    @field_validator("subscribe")
+    @classmethod
+    def _filter(cls, value: str) -> str:
+        TopicFilter(value)
+        return value
+
+    @field_validator("publish", "errors")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        subscribe = info.data.get("subscribe")
+        if value is not None and subscribe is not None:
+            TopicTemplate(value, wildcards=TopicFilter(subscribe).wildcards)
+        return value
+
+    @property
+    def error_topic(self) -> str:
+        return self.errors if self.errors is not None else self.publish + "/error"
+
+
+class Config(_Strict):
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    routes: Annotated[list[RouteConfig], Field(min_length=1)]
+
+
+def parse_config(text: str, *, path: str = "config", base_dir: Path | None = None) -> Config:
+    """Parse and validate TOML text. Relative paths are resolved against ``base_dir``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = getattr(err, "lineno", None) or _line_from_message(str(err))
+        raise ConfigError(f"not valid TOML: {err}", path=path, line=line) from err
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = _dotted(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the README for the keys each table takes)"
+        elif first["type"] == "missing":
+            message = "missing: this key is required"
+        raise ConfigError(message, path=path, key=key or None, line=_find_line(text, first["loc"])) from err
+    _check_references(config, text, path)
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError naming the key and line on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {p}: {err.strerror}", path=str(p)) from err
+    return parse_config(text, path=str(p), base_dir=p.resolve().parent)
+
+
+def _check_references(config: Config, text: str, path: str) -> None:
+    """Checks across tables, reported like field errors: with the key and its line."""
+    seen: set[str] = set()
+    for i, model in enumerate(config.models):
+        if model.name in seen:
+            loc = ("models", i, "name")
+            raise ConfigError(f"model name {model.name!r} is used twice; names must be unique",
+                              path=path, key=_dotted(loc), line=_find_line(text, loc))
+        seen.add(model.name)
+    for i, route in enumerate(config.routes):
+        if route.model not in seen:
+            loc = ("routes", i, "model")
+            raise ConfigError(f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}",
+                              path=path, key=_dotted(loc), line=_find_line(text, loc))
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def absolute(value: Path | None) -> Path | None:
+        return value if value is None or value.is_absolute() else base / value
+
+    broker = config.broker.model_copy(
+        update={k: absolute(getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")}
+    )
+    models = [m.model_copy(update={"bundle": absolute(m.bundle)}) for m in config.models]
+    return config.model_copy(update={"broker": broker, "models": models})
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_from_message(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message)
+    return int(m.group(1)) if m else None
+
+
+def _find_line(text: str, loc: tuple) -> int | None:
+    """Best effort: the line of the table (or array-of-tables entry) and key that ``loc`` names."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    parts = list(loc)
+    if parts and isinstance(parts[0], str) and len(parts) > 1:
+        table, rest = parts[0], parts[1:]
+        index = rest.pop(0) if rest and isinstance(rest[0], int) else None
+        header = re.compile(r"^\s*\[\[\s*%s\s*\]\]" % re.escape(table)) if index is not None else re.compile(
+            r"^\s*\[\s*%s\s*\]" % re.escape(table)
+        )
+        hits = [i for i, line in enumerate(lines) if header.match(line)]
+        pick = index if index is not None else 0
+        if pick >= len(hits):
+            return None
+        start = hits[pick]
+        nxt = [i for i, line in enumerate(lines) if i > start and re.match(r"^\s*\[", line)]
+        end = nxt[0] if nxt else len(lines)
+        keys = [p for p in rest if isinstance(p, str)]
+    else:
+        keys = [p for p in parts if isinstance(p, str)]
+    if keys:
+        key_re = re.compile(r"^\s*%s\s*=" % re.escape(keys[0]))
+        for i in range(start, end):
+            if key_re.match(lines[i]):
+                return i + 1
+    return start + 1 if end != len(lines) or start else None

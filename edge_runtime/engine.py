@@ -1,0 +1,95 @@
+"""One ONNX Runtime session per model, set up for a small shared CPU, and the step from raw outputs to results."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import ORT_TO_NUMPY, Bundle
+from .errors import BundleError
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs a bundle's model on batches of rows and turns each output row into a result dict."""
+
+    def __init__(self, bundle: Bundle, *, threads: int = 1, spinning: bool = False):
+        self.bundle = bundle
+        m = self.manifest = bundle.manifest
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn the core that paho and the broker need (ORT #3099): off unless asked for.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(os.fspath(bundle.model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BundleError(f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", bundle=str(bundle.path)) from err
+        self._check_against_manifest()
+        self.input_name = m.inputs[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.labels = m.labels
+        self._scores = self.output_names.index(m.scores_output) if m.scores_output else None
+        self._value = self.output_names.index(m.value_output) if m.value_output else None
+
+    def _check_against_manifest(self) -> None:
+        where = str(self.bundle.path)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleError(f"the model has {len(inputs)} inputs; this runtime serves single-input models", bundle=where)
+        spec = self.manifest.inputs[0]
+        actual = inputs[0]
+        if actual.name != spec.name or ORT_TO_NUMPY.get(actual.type) != spec.dtype:
+            raise BundleError(
+                f"manifest input {spec.name} ({spec.dtype}) does not match the model's {actual.name} "
+                f"({ORT_TO_NUMPY.get(actual.type, actual.type)})",
+                bundle=where,
+            )
+        names = {o.name for o in self.session.get_outputs()}
+        for out in (self.manifest.scores_output, self.manifest.value_output):
+            if out and out not in names:
+                raise BundleError(f"manifest names output {out!r}, the model has {sorted(names)}", bundle=where)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run the model once per batch size before serving.
+
+        The first ``run`` of a session allocates its memory arena and picks kernels, which makes it
+        many times slower than the rest; doing it here keeps that out of the first real request.
+        """
+        for n in sorted(set(batch_sizes)):
+            self.run(np.zeros((n, *self.example_row_shape()), dtype=self.manifest.inputs[0].dtype))
+
+    def example_row_shape(self) -> tuple[int, ...]:
+        return tuple(d if d is not None else 1 for d in self.manifest.row_shape())
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: batch})
+
+    def results(self, outputs: list[np.ndarray], n: int) -> list[dict[str, Any]]:
+        """One result dict per row, with the task's fields: label and scores, value, or every output."""
+        m = self.manifest
+        if self._scores is not None:
+            scores = np.asarray(outputs[self._scores]).reshape(n, -1)
+            best = scores.argmax(axis=1)
+            labels = self.labels
+            score_lists = scores.tolist()
+            if labels:
+                return [{"label": labels[b], "scores": s} for b, s in zip(best.tolist(), score_lists)]
+            return [{"label": b, "scores": s} for b, s in zip(best.tolist(), score_lists)]
+        if self._value is not None:
+            values = np.asarray(outputs[self._value]).reshape(n, -1)
+            if values.shape[1] == 1:
+                return [{"value": v} for v in values[:, 0].tolist()]
+            return [{"value": v} for v in values.tolist()]
+        per_output = [np.asarray(o) for o in outputs]
+        return [
+            {"outputs": {name: o[i].tolist() for name, o in zip(self.output_names, per_output)}}
+            for i in range(n)
+        ]

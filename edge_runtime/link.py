@@ -1,0 +1,288 @@
+"""The MQTT connection: one paho client, driven from the runtime's own loop.
+
+paho's background thread is not used. The runtime's single loop waits on the socket with ``select``,
+reads every packet that has arrived (``loop_read``), serves whatever batches are due, and writes
+(``loop_write``). That keeps the network and the batcher in one thread: no hand-off between threads to
+fight over the GIL, and no inference inside paho's callbacks stalling keep-alives (paho #379, #435).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import BrokerConfig
+from .errors import BrokerError
+
+__all__ = ["Link", "Message"]
+
+log = logging.getLogger("edge_runtime.link")
+
+Message = mqtt.MQTTMessage
+
+# CONNACK reason codes that mean "this broker does not speak MQTT v5": v3.1.1's 1 and v5's 0x84.
+_UNSUPPORTED_PROTOCOL = {1, 0x84}
+
+
+def set_nodelay(client: mqtt.Client) -> None:
+    """Turn Nagle's algorithm off: paho leaves it on, which costs ~40 ms stalls on small packets."""
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a unix socket): nothing to do
+            pass
+
+
+class Link:
+    """One MQTT v5 connection (falls back to v3.1.1 when the broker has no v5), pumped by ``poll``."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        on_message: Callable[[Message], None],
+        subscriptions: Iterable[tuple[str, int]] = (),
+        persistent: bool = False,
+        will: tuple[str, bytes] | None = None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+    ):
+        self.broker = broker
+        self.subscriptions = list(subscriptions)
+        self.persistent = persistent
+        self._on_message = on_message
+        self._will = will
+        self.protocol = protocol
+        self.connected = False
+        self.reconnects = 0
+        self._backoff = 0.5
+        self._next_attempt = 0.0
+        self._refused: str | None = None
+        self.on_connected: list[Callable[[], None]] = []
+        self.subscribed = False
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        b = self.broker
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=b.client_id,
+            protocol=self.protocol,
+            clean_session=None if v5 else not self.persistent,
+            reconnect_on_failure=False,
+            # With manual acks a QoS 1 input is acknowledged only once its result is on its way.
+            manual_ack=True,
+        )
+        if b.username:
+            client.username_pw_set(b.username, b.password())
+        if b.tls:
+            context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+            if b.cert_file and b.key_file:
+                context.load_cert_chain(str(b.cert_file), str(b.key_file))
+            client.tls_set_context(context)
+        if self._will:
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
+        client.on_message = lambda _c, _u, msg: self._on_message(msg)
+        return client
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Connect and wait for the broker's CONNACK; raise BrokerError if it does not come."""
+        timeout = self.broker.connect_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                self._start_connect()
+            except OSError as err:
+                last_error = err.strerror or str(err)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            # Wait for the SUBACK too: whatever is published after connect() returns reaches us.
+            while not (self.connected and self.subscribed) and self.client.socket() is not None \
+                    and time.monotonic() < deadline:
+                self.poll(min(0.1, max(0.0, deadline - time.monotonic())), reconnect=False)
+            if self.connected and self.subscribed:
+                return
+            if self._refused:
+                if self._refused == "v5" and self.protocol == MQTTProtocolVersion.MQTTv5:
+                    log.warning("broker does not speak MQTT v5; using v3.1.1 (no response topics, no shared subscriptions)")
+                    self.protocol = MQTTProtocolVersion.MQTTv311
+                    self._refused = None
+                    self.client = self._make_client()
+                    continue
+                raise BrokerError(f"broker {self.broker.url} refused the connection: {self._refused}")
+        raise BrokerError(
+            f"cannot reach the broker at {self.broker.url} within {timeout:g}s ({last_error}); "
+            f"is it running? (start one with `edge-runtime broker --port {self.broker.port}`)"
+        )
+
+    def _start_connect(self) -> None:
+        props = None
+        if self.protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.broker.session_expiry_s if self.persistent else 0
+        self.client.connect(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive_s,
+            clean_start=not self.persistent if self.protocol == MQTTProtocolVersion.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        set_nodelay(self.client)
+
+    def _handle_connect(self, client, _userdata, flags, reason, _props) -> None:
+        if reason.is_failure:
+            self._refused = "v5" if reason.value in _UNSUPPORTED_PROTOCOL else str(reason)
+            return
+        self.connected = True
+        self._backoff = 0.5
+        if self.subscriptions and not flags.session_present:
+            self.subscribed = False
+            client.subscribe(self.subscriptions)
+        else:
+            self.subscribed = True
+        for cb in self.on_connected:
+            cb()
+
+    def _handle_subscribe(self, _client, _userdata, _mid, reasons, _props) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("broker refused subscriptions: %s", ", ".join(str(r) for r in failed))
+        self.subscribed = True
+
+    def _handle_disconnect(self, _client, _userdata, _flags, reason, _props) -> None:
+        if self.connected:
+            log.warning("disconnected from %s: %s", self.broker.url, reason)
+        self.connected = False
+
+    def _maybe_reconnect(self) -> None:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        # Exponential backoff with full jitter, capped: a fleet coming back does not hammer the broker.
+        self._next_attempt = now + random.uniform(0, self._backoff)
+        self._backoff = min(self._backoff * 2, 30.0)
+        try:
+            self.client.reconnect()
+            set_nodelay(self.client)
+            self.reconnects += 1
+        except OSError as err:
+            log.debug("reconnect to %s failed: %s", self.broker.url, err)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def poll(self, timeout: float, *, budget: int = 256, reconnect: bool = True) -> None:
+        """Wait up to ``timeout`` for the socket, then read up to ``budget`` packets and write what is pending."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            if reconnect:
+                self._maybe_reconnect()
+            if client.socket() is None:
+                time.sleep(min(timeout, 0.05))
+                return
+            sock = client.socket()
+        want_write = client.want_write()
+        try:
+            readable, writable, _ = select.select([sock], [sock] if want_write else [], [], timeout)
+        except (OSError, ValueError):
+            readable, writable = [], []
+        if readable:
+            for _ in range(budget):
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                    break
+                pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes select cannot see
+                if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
+                    break
+        self.flush_writes()
+        client.loop_misc()
+
+    def flush_writes(self) -> None:
+        client = self.client
+        if client.want_write() and client.socket() is not None:
+            client.loop_write()
+
+    # -- traffic ----------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False,
+                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def ack(self, msg: Message) -> None:
+        if msg.qos:
+            self.client.ack(msg.mid, msg.qos)
+
+    def pending_out(self) -> int:
+        """Outgoing packets not yet written or not yet acknowledged by the broker."""
+        return len(self.client._out_packet) + len(self.client._out_messages)  # paho has no public count
+
+    def drain(self, timeout: float) -> bool:
+        """Write out and wait for acknowledgements until nothing is pending or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self.pending_out() and time.monotonic() < deadline and self.client.socket() is not None:
+            self.poll(0.05, reconnect=False)
+        return self.pending_out() == 0
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+            self.flush_writes()
+        finally:
+            self.client.socket() and self.client._sock_close()
+            self.connected = False
+
+
+def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_message=None,
+                   subscriptions: Iterable[tuple[str, int]] = ()) -> mqtt.Client:
+    """A plain paho v5 client on its own network thread, connected (and subscribed) before it returns.
+
+    For simulators, the demo's monitor and tests: the runtime itself uses ``Link``.
+    """
+    cfg = BrokerConfig(url=url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    ready = {"ok": False, "subscribed": 0}
+    subs = list(subscriptions)
+
+    def on_connect(c, _u, _f, reason, _p):
+        if not reason.is_failure:
+            set_nodelay(c)
+            if subs:
+                c.subscribe(subs)
+            else:
+                ready["ok"] = True
+
+    def on_subscribe(_c, _u, _mid, _codes, _p):
+        ready["ok"] = True
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    if on_message is not None:
+        client.on_message = on_message
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=30)
+    except OSError as err:
+        raise BrokerError(f"cannot reach the broker at {url}: {err.strerror or err}") from err
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while not ready["ok"]:
+        if time.monotonic() > deadline:
+            client.loop_stop()
+            raise BrokerError(f"no CONNACK/SUBACK from {url} within {timeout:g}s")
+        time.sleep(0.01)
+    return client

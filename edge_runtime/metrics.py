@@ -1,0 +1,73 @@
+"""Counters and fixed-bucket latency histograms: cheap to keep on a Pi, percentiles derived from buckets."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["Histogram", "RouteStats"]
+
+# Upper bounds in milliseconds: 50 us to 10 s, about 12 buckets per decade.
+_BOUNDS = tuple(round(0.05 * 10 ** (i / 12), 4) for i in range(12 * 5 + 5))
+
+
+class Histogram:
+    __slots__ = ("counts", "total", "sum", "max")
+
+    bounds = _BOUNDS
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.total = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def observe(self, ms: float) -> None:
+        self.counts[bisect.bisect_left(_BOUNDS, ms)] += 1
+        self.total += 1
+        self.sum += ms
+        if ms > self.max:
+            self.max = ms
+
+    def percentile(self, q: float) -> float:
+        """The upper bound of the bucket holding the q-th percentile (within one bucket of the truth)."""
+        if not self.total:
+            return 0.0
+        rank = q / 100 * self.total
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank and c:
+                return min(_BOUNDS[i] if i < len(_BOUNDS) else self.max, self.max)
+        return self.max
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "count": self.total,
+            "p50_ms": self.percentile(50),
+            "p90_ms": self.percentile(90),
+            "p99_ms": self.percentile(99),
+            "max_ms": round(self.max, 3),
+        }
+
+
+@dataclass
+class RouteStats:
+    received: int = 0
+    results: int = 0
+    errors: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    batches: int = 0
+    latency: Histogram = field(default_factory=Histogram)  # arrival to result handed to the broker
+
+    def as_dict(self) -> dict:
+        return {
+            "received": self.received,
+            "results": self.results,
+            "errors": dict(self.errors),
+            "dropped": dict(self.dropped),
+            "batches": self.batches,
+            "mean_batch": round(self.results / self.batches, 2) if self.batches else 0.0,
+            "latency": self.latency.summary(),
+        }

@@ -1,0 +1,240 @@
+"""The runtime: routes wired from the MQTT link through decode, batch, infer and encode back to the link.
+
+Everything runs in one thread (see link.py for why). Each turn of the loop waits for the socket no longer
+than the nearest batch deadline, takes in what has arrived, and serves every batch that is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import __version__
+from .batcher import Batcher, Pending
+from .bundle import load_bundle
+from .codecs import RowDecoder, encode
+from .config import Config, RouteConfig
+from .engine import Engine
+from .errors import ConfigError, PayloadError
+from .link import Link, Message
+from .metrics import RouteStats
+from .topics import TopicFilter, TopicTemplate
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("edge_runtime")
+
+
+@dataclass
+class Route:
+    config: RouteConfig
+    engine: Engine
+    filter: TopicFilter
+    publish: TopicTemplate
+    errors: TopicTemplate
+    decoder: RowDecoder
+    batcher: Batcher
+    stats: RouteStats = field(default_factory=RouteStats)
+
+    @property
+    def name(self) -> str:
+        return self.config.subscribe
+
+
+def _load_engines(config: Config) -> dict[str, Engine]:
+    import os
+
+    engines = {}
+    for m in config.models:
+        key = None
+        if m.signing_key_env:
+            value = os.environ.get(m.signing_key_env)
+            if not value:
+                raise ConfigError(f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env")
+            key = value.encode()
+        engines[m.name] = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads)
+    return engines
+
+
+class Runtime:
+    """Serves every route of a config until ``stop()`` (or SIGINT/SIGTERM under ``run``)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.engines = _load_engines(config)
+        self.routes: list[Route] = []
+        for rc in config.routes:
+            engine = self.engines[rc.model]
+            flt = TopicFilter(rc.subscribe)
+            m = engine.manifest
+            self.routes.append(Route(
+                config=rc,
+                engine=engine,
+                filter=flt,
+                publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
+                errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
+                decoder=RowDecoder(shape=m.row_shape(), dtype=m.inputs[0].dtype,
+                                   allow_non_finite=m.allow_non_finite, max_bytes=rc.max_payload_bytes),
+                batcher=Batcher(rc.max_batch, rc.max_delay_ms / 1000, rc.max_queue, rc.overflow),
+            ))
+        for model in config.models:
+            if model.warmup:
+                sizes = {1} | {r.config.max_batch for r in self.routes if r.config.model == model.name}
+                self.engines[model.name].warm_up(tuple(sizes))
+        self._route_cache: dict[str, list[Route]] = {}
+        self._stop = threading.Event()
+        self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
+        self.link = Link(
+            config.broker,
+            on_message=self._accept,
+            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes],
+            persistent=any(r.config.qos > 0 for r in self.routes),
+            will=(self.status_topic, encode({"state": "offline"})),
+        )
+        self.link.on_connected.append(self._announce)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.link.connect()
+
+    def stop(self) -> None:
+        """Ask the loop to finish: batches in hand are served and their results published first."""
+        self._stop.set()
+
+    def run(self, *, duration: float | None = None, handle_signals: bool = True) -> None:
+        """Connect, serve until stopped (or for ``duration`` seconds), then shut down cleanly."""
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        self.start()
+        try:
+            self.serve(duration=duration)
+        finally:
+            self.shutdown()
+
+    def serve(self, *, duration: float | None = None) -> None:
+        end = None if duration is None else time.monotonic() + duration
+        link, routes, stop = self.link, self.routes, self._stop
+        while not stop.is_set():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            timeout = 0.5
+            for r in routes:
+                d = r.batcher.deadline()
+                if d is not None:
+                    timeout = min(timeout, max(0.0, d - now))
+            link.poll(timeout)
+            self._serve_due(time.monotonic())
+
+    def shutdown(self) -> None:
+        for route in self.routes:  # whatever was accepted is answered before we go
+            while len(route.batcher):
+                self._serve_batch(route, route.batcher.take())
+        if self.link.connected:
+            self.link.publish(self.status_topic, encode({"state": "offline"}), qos=1, retain=True)
+            self.link.drain(5.0)
+        self.link.close()
+
+    def _announce(self) -> None:
+        self.link.publish(self.status_topic, encode({
+            "state": "online", "version": __version__,
+            "models": {n: e.manifest.version for n, e in self.engines.items()},
+        }), qos=1, retain=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {r.name: r.stats.as_dict() for r in self.routes}
+
+    # -- the data path ----------------------------------------------------------------------
+
+    def _accept(self, msg: Message) -> None:
+        """Called by paho for every input: only queue it here; all work happens in ``_serve_due``."""
+        routes = self._route_cache.get(msg.topic)
+        if routes is None:
+            routes = [r for r in self.routes if r.filter.match(msg.topic) is not None]
+            if len(self._route_cache) < 10_000:
+                self._route_cache[msg.topic] = routes
+        now = time.monotonic()
+        for route in routes:
+            route.stats.received += 1
+            displaced = route.batcher.offer(msg, now)
+            if displaced is not None:
+                if route.config.overflow == "reject":
+                    route.stats.errors["overloaded"] += 1
+                    self._publish_error(route, displaced, PayloadError("overloaded", "queue full; input refused"))
+                else:
+                    route.stats.dropped["queue_full"] += 1
+                    self.link.ack(displaced)
+        if not routes:
+            self.link.ack(msg)
+
+    def _serve_due(self, now: float) -> None:
+        for route in self.routes:
+            while route.batcher.ready(now):
+                self._serve_batch(route, route.batcher.take())
+
+    def _serve_batch(self, route: Route, batch: list[Pending[Message]]) -> None:
+        decode = route.decoder.decode
+        rows: list[np.ndarray] = []
+        accepted: list[tuple[Pending[Message], Any]] = []
+        for p in batch:
+            try:
+                msg_id, row = decode(p.item.payload)
+            except PayloadError as err:
+                self._publish_error(route, p.item, err)
+                continue
+            rows.append(row)
+            accepted.append((p, msg_id))
+        if rows:
+            engine = route.engine
+            try:
+                results = engine.results(engine.run(np.stack(rows)), len(rows))
+            except Exception as err:  # one bad batch must not stop the runtime
+                log.exception("inference failed on route %s", route.name)
+                for p, msg_id in accepted:
+                    self._publish_error(route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id))
+                return
+            m = engine.manifest
+            qos = route.config.qos
+            stats = route.stats
+            stats.batches += 1
+            for (p, msg_id), result in zip(accepted, results):
+                msg = p.item
+                body = {"id": msg_id, "model": m.name, "version": m.version, **result}
+                topic, props = self._reply_target(route, route.publish, msg)
+                self.link.publish(topic, encode(body), qos, properties=props)
+                self.link.ack(msg)
+            stats.results += len(accepted)
+            now = time.monotonic()
+            observe = stats.latency.observe
+            for p, _ in accepted:
+                observe((now - p.arrived) * 1000)
+
+    def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
+        props_in = getattr(msg, "properties", None)
+        response = getattr(props_in, "ResponseTopic", None) if props_in is not None else None
+        if response:  # MQTT v5 request/response: answer (results and errors) where the requester listens
+            props = Properties(PacketTypes.PUBLISH)
+            corr = getattr(props_in, "CorrelationData", None)
+            if corr is not None:
+                props.CorrelationData = corr
+            return response, props
+        captures = route.filter.match(msg.topic) if template.needs_captures else []
+        return template.render(captures or [], msg.topic), None
+
+    def _publish_error(self, route: Route, msg: Message, err: PayloadError) -> None:
+        route.stats.errors[err.code] += 1
+        log.debug("route %s: %s (id=%r)", route.name, err, err.id)
+        topic, props = self._reply_target(route, route.errors, msg)
+        body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": msg.topic}
+        self.link.publish(topic, encode(body), route.config.qos, properties=props)
+        self.link.ack(msg)

@@ -1,0 +1,145 @@
+"""The runtime end to end over a real Mosquitto: results, ids, errors, request/response, clean stop."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orjson
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from conftest import needs_mqtt5, payload, route_config
+
+
+def test_results_match_sklearn_and_ids_round_trip(broker, vibration_bundle, vibration_model, vibration_data,
+                                                   start_runtime, collector, publisher):
+    _, _, Xt, _ = vibration_data
+    start_runtime(route_config(broker.url, vibration_bundle, client_id="t-match"))
+    results = collector("results/#")
+    rows = Xt[:50]
+    for i, row in enumerate(rows):
+        publisher.publish(f"sensors/dev-{i % 3}/vibration", payload(row, id=f"r{i}"))
+    got = {body["id"]: (topic, body) for topic, body in results.json(len(rows))}
+    expected = vibration_model.predict(rows)
+    proba = vibration_model.predict_proba(rows)
+    for i in range(len(rows)):
+        topic, body = got[f"r{i}"]
+        assert topic == f"results/dev-{i % 3}/vibration"
+        assert body["label"] == expected[i]
+        assert body["model"] == "vibration" and body["version"] == "3"
+        np.testing.assert_allclose(body["scores"], proba[i], atol=1e-5)
+
+
+def test_regressor_value_and_npy_payload(broker, regressor_bundle, start_runtime, collector, publisher):
+    from sklearn.datasets import load_diabetes
+
+    X, _ = load_diabetes(return_X_y=True)
+    start_runtime(route_config(broker.url, regressor_bundle, client_id="t-reg", subscribe="reg/+/in",
+                               publish="reg/{1}/out", errors="reg/{1}/err"))
+    out = collector("reg/+/out")
+    buf = io.BytesIO()
+    np.save(buf, X[0].astype(np.float32))
+    publisher.publish("reg/a/in", buf.getvalue())
+    publisher.publish("reg/b/in", payload(X[1], id=7))
+    bodies = {topic: body for topic, body in out.json(2)}
+    assert bodies["reg/a/out"]["id"] is None and isinstance(bodies["reg/a/out"]["value"], float)
+    assert bodies["reg/b/out"]["id"] == 7
+
+
+BAD_INPUTS = [
+    (b"{not json", "bad_json"),
+    (orjson.dumps({"id": "short", "values": [1.0, 2.0]}), "bad_shape"),
+    (orjson.dumps({"id": "nan", "values": [float("nan")] + [0.0] * 15}).replace(b"null", b"NaN"), None),
+    (orjson.dumps({"id": "nan2", "values": ["NaN"] + [0.0] * 15}), "not_finite"),
+    (b"", "empty"),
+    (b"[" * 5000 + b"]" * 5000, "bad_values"),  # deeply nested
+    (orjson.dumps({"id": "words", "values": ["a"] * 16}), "bad_values"),
+    (b"\x93NUMPY garbage", "bad_npy"),
+    (b"x" * 10_000_000, "too_large"),
+]
+
+
+def test_bad_inputs_get_errors_and_serving_goes_on(broker, vibration_bundle, vibration_data, start_runtime,
+                                                   collector, publisher):
+    _, _, Xt, _ = vibration_data
+    start_runtime(route_config(broker.url, vibration_bundle, client_id="t-bad"))
+    errors = collector("errors/#")
+    results = collector("results/#")
+    for data, _ in BAD_INPUTS:
+        publisher.publish("sensors/bad/vibration", data)
+    publisher.publish("sensors/good/vibration", payload(Xt[0], id="after"))
+    got = errors.json(len(BAD_INPUTS))
+    codes = [body["error"] for _, body in got]
+    for (_, expected), code in zip(BAD_INPUTS, codes):
+        if expected:
+            assert code == expected, codes
+    assert all(topic == "errors/bad" for topic, _ in got)
+    assert all(body["detail"] for _, body in got)
+    assert results.json(1)[0][1]["id"] == "after"
+
+
+def test_error_keeps_the_id_when_known(broker, vibration_bundle, start_runtime, collector, publisher):
+    start_runtime(route_config(broker.url, vibration_bundle, client_id="t-id"))
+    errors = collector("errors/#")
+    publisher.publish("sensors/x/vibration", orjson.dumps({"id": {"seq": 5}, "values": [1, 2, 3]}))
+    (_, body), = errors.json(1)
+    assert body["id"] == {"seq": 5} and body["error"] == "bad_shape" and "16" in body["detail"]
+
+
+@needs_mqtt5
+def test_response_topic_and_correlation_data(broker, vibration_bundle, vibration_data, start_runtime, collector,
+                                             publisher):
+    _, _, Xt, _ = vibration_data
+    start_runtime(route_config(broker.url, vibration_bundle, client_id="t-rr"))
+    replies = collector("replies/me")
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "replies/me"
+    props.CorrelationData = b"corr-42"
+    publisher.publish("sensors/r/vibration", payload(Xt[0], id="q"), properties=props)
+    msg, = replies.take(1)
+    assert msg.properties.CorrelationData == b"corr-42"
+    assert orjson.loads(msg.payload)["id"] == "q"
+
+
+def test_batches_form_under_load(broker, vibration_bundle, vibration_data, start_runtime, collector, publisher):
+    _, _, Xt, _ = vibration_data
+    rt = start_runtime(route_config(broker.url, vibration_bundle, client_id="t-batch", max_batch=16, max_delay_ms=20))
+    results = collector("results/#")
+    for i in range(64):
+        publisher.publish("sensors/b/vibration", payload(Xt[i % len(Xt)], id=i))
+    assert sorted(b["id"] for _, b in results.json(64)) == list(range(64))
+    stats = rt.runtime.stats()["sensors/+/vibration"]
+    assert stats["results"] == 64 and stats["batches"] < 64
+
+
+def test_sigterm_finishes_accepted_batches(broker, vibration_bundle, vibration_data, tmp_path, collector, publisher):
+    """A long max_delay holds inputs in the batcher; SIGTERM must still answer every one of them."""
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "edge.toml"
+    config.write_text(route_config(broker.url, vibration_bundle, client_id="t-term", max_batch=1000,
+                                   max_delay_ms=60_000))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    status = collector("edge-runtime/t-term/status")
+    try:
+        deadline = time.monotonic() + 30
+        while orjson.loads(status.take(1, timeout=30)[0].payload)["state"] != "online":
+            assert time.monotonic() < deadline
+        results = collector("results/#")
+        for i in range(20):
+            publisher.publish("sensors/t/vibration", payload(Xt[i], id=i), qos=1).wait_for_publish(5)
+        time.sleep(0.5)  # they are now queued in the runtime, waiting for a batch that will not fill
+        assert results.messages.empty()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stdout.read().decode()
+        assert sorted(b["id"] for _, b in results.json(20)) == list(range(20))
+        assert orjson.loads(status.take(1)[0].payload)["state"] == "offline"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
