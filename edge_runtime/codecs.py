@@ -59,7 +59,8 @@ class RowDecoder:
         else:
             raise PayloadError("bad_json", "expected a JSON object {\"id\": ..., \"values\": [...]} or a list", id=msg_id)
         try:
-            row = np.asarray(values, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # 1e300 becomes inf in float32, and is refused as not finite below
+                row = np.asarray(values, dtype=self.dtype)
         except (ValueError, TypeError, OverflowError) as err:
             reason = "ragged or non-numeric values" if self.dtype.kind in "fiucb" else str(err)
             raise PayloadError("bad_values", f"{reason}: expected numbers of shape {self._shape_text}", id=msg_id) from None

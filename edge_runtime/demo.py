@@ -79,7 +79,8 @@ class _Monitor:
 
     def __init__(self, send_times: dict[str, float], truth: dict[str, str]):
         self.send_times, self.truth = send_times, truth
-        self.results = self.errors = self.correct = 0
+        self.results = self.errors = self.correct = self.duplicates = 0
+        self.seen: set = set()
         self.latencies: list[float] = []
         self.last = ""
         self.lock = threading.Lock()
@@ -94,6 +95,12 @@ class _Monitor:
             if msg.topic.startswith("errors/"):
                 self.errors += 1
                 return
+            if not msg.topic.startswith("results/"):
+                return
+            if body.get("id") in self.seen:
+                self.duplicates += 1
+                return
+            self.seen.add(body.get("id"))
             self.results += 1
             sent = self.send_times.get(body.get("id"))
             if sent is not None:
@@ -174,6 +181,8 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         print(f"  results out   {monitor.results}   (label matches the simulated condition: {accuracy:.1f}%)")
         print(f"  errors        {monitor.errors}")
         print(f"  dropped       {max(lost, 0)}")
+        if monitor.duplicates:
+            print(f"  duplicates    {monitor.duplicates}   (delivered twice by the broker; ignored)")
         print(f"  latency       p50 {p50:.2f} ms   p99 {p99:.2f} ms   (sensor publish to result received, via {broker.kind})")
         if code != 0:
             print(f"the runtime exited with status {code}; see {workdir / 'runtime.log'}", file=sys.stderr)

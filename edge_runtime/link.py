@@ -13,6 +13,8 @@ import random
 import select
 import socket
 import ssl
+import threading
+import uuid
 import time
 from collections.abc import Callable, Iterable
 
@@ -29,6 +31,9 @@ __all__ = ["Link", "Message"]
 log = logging.getLogger("edge_runtime.link")
 
 Message = mqtt.MQTTMessage
+
+# How long a v5 CONNECT may go unanswered before we assume a v3.1.1-only broker.
+_V5_PROBE_S = 3.0
 
 # CONNACK reason codes that mean "this broker does not speak MQTT v5": v3.1.1's 1 and v5's 0x84.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
@@ -102,7 +107,11 @@ class Link:
     # -- connection -------------------------------------------------------------------------
 
     def connect(self, timeout: float | None = None) -> None:
-        """Connect and wait for the broker's CONNACK; raise BrokerError if it does not come."""
+        """Connect and wait for the broker's CONNACK and SUBACK; raise BrokerError if they do not come.
+
+        A broker without MQTT v5 either refuses the CONNECT or (amqtt) never answers it: either way we
+        try again with v3.1.1 and say so.
+        """
         timeout = self.broker.connect_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         last_error = "no answer"
@@ -113,19 +122,24 @@ class Link:
                 last_error = err.strerror or str(err)
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                 continue
+            v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+            attempt_end = min(deadline, time.monotonic() + (_V5_PROBE_S if v5 else timeout))
             # Wait for the SUBACK too: whatever is published after connect() returns reaches us.
             while not (self.connected and self.subscribed) and self.client.socket() is not None \
-                    and time.monotonic() < deadline:
-                self.poll(min(0.1, max(0.0, deadline - time.monotonic())), reconnect=False)
+                    and time.monotonic() < attempt_end:
+                self.poll(min(0.1, max(0.0, attempt_end - time.monotonic())), reconnect=False)
             if self.connected and self.subscribed:
                 return
+            silent = not self.connected and self._refused is None and self.client.socket() is not None
+            if v5 and (self._refused == "v5" or silent):
+                log.warning("broker %s does not answer MQTT v5; using v3.1.1 (no response topics, no shared "
+                            "subscriptions)", self.broker.url)
+                self.client.socket() and self.client._sock_close()
+                self.protocol = MQTTProtocolVersion.MQTTv311
+                self._refused = None
+                self.client = self._make_client()
+                continue
             if self._refused:
-                if self._refused == "v5" and self.protocol == MQTTProtocolVersion.MQTTv5:
-                    log.warning("broker does not speak MQTT v5; using v3.1.1 (no response topics, no shared subscriptions)")
-                    self.protocol = MQTTProtocolVersion.MQTTv311
-                    self._refused = None
-                    self.client = self._make_client()
-                    continue
                 raise BrokerError(f"broker {self.broker.url} refused the connection: {self._refused}")
         raise BrokerError(
             f"cannot reach the broker at {self.broker.url} within {timeout:g}s ({last_error}); "
@@ -248,16 +262,34 @@ class Link:
             self.connected = False
 
 
+_V311_ONLY: set[str] = set()
+
+
 def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_message=None,
                    subscriptions: Iterable[tuple[str, int]] = ()) -> mqtt.Client:
-    """A plain paho v5 client on its own network thread, connected (and subscribed) before it returns.
+    """A plain paho client on its own network thread, connected (and subscribed) before it returns.
 
-    For simulators, the demo's monitor and tests: the runtime itself uses ``Link``.
+    For simulators, the demo's monitor and tests: the runtime itself uses ``Link``. Speaks MQTT v5,
+    or v3.1.1 to a broker that does not answer v5.
     """
+    # A unique id: some brokers (amqtt) merge clients that connect with an empty one into one session.
+    client_id = client_id or f"edge-client-{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + timeout
+    protocols = (MQTTProtocolVersion.MQTTv311,) if url in _V311_ONLY else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
+    for protocol in protocols:
+        wait = min(_V5_PROBE_S, timeout) if protocol == MQTTProtocolVersion.MQTTv5 else deadline - time.monotonic()
+        client = _try_client(url, client_id, protocol, max(wait, 0.1), on_message, list(subscriptions))
+        if client is not None:
+            if protocol == MQTTProtocolVersion.MQTTv311:
+                _V311_ONLY.add(url)  # later clients of this process skip the v5 probe
+            return client
+    raise BrokerError(f"no CONNACK/SUBACK from {url} within {timeout:g}s")
+
+
+def _try_client(url, client_id, protocol, wait, on_message, subs) -> mqtt.Client | None:
     cfg = BrokerConfig(url=url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
-    ready = {"ok": False, "subscribed": 0}
-    subs = list(subscriptions)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    ready = threading.Event()
 
     def on_connect(c, _u, _f, reason, _p):
         if not reason.is_failure:
@@ -265,13 +297,10 @@ def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_m
             if subs:
                 c.subscribe(subs)
             else:
-                ready["ok"] = True
-
-    def on_subscribe(_c, _u, _mid, _codes, _p):
-        ready["ok"] = True
+                ready.set()
 
     client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
+    client.on_subscribe = lambda *_: ready.set()
     if on_message is not None:
         client.on_message = on_message
     try:
@@ -279,10 +308,8 @@ def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_m
     except OSError as err:
         raise BrokerError(f"cannot reach the broker at {url}: {err.strerror or err}") from err
     client.loop_start()
-    deadline = time.monotonic() + timeout
-    while not ready["ok"]:
-        if time.monotonic() > deadline:
-            client.loop_stop()
-            raise BrokerError(f"no CONNACK/SUBACK from {url} within {timeout:g}s")
-        time.sleep(0.01)
-    return client
+    if ready.wait(wait):
+        return client
+    client.loop_stop()
+    client.socket() and client._sock_close()
+    return None

@@ -58,7 +58,7 @@ BAD_INPUTS = [
     (orjson.dumps({"id": "nan", "values": [float("nan")] + [0.0] * 15}).replace(b"null", b"NaN"), None),
     (orjson.dumps({"id": "nan2", "values": ["NaN"] + [0.0] * 15}), "not_finite"),
     (b"", "empty"),
-    (b"[" * 5000 + b"]" * 5000, "bad_values"),  # deeply nested
+    (b"[" * 5000 + b"]" * 5000, ("bad_json", "bad_values")),  # deeply nested: orjson versions differ
     (orjson.dumps({"id": "words", "values": ["a"] * 16}), "bad_values"),
     (b"\x93NUMPY garbage", "bad_npy"),
     (b"x" * 10_000_000, "too_large"),
@@ -78,7 +78,7 @@ def test_bad_inputs_get_errors_and_serving_goes_on(broker, vibration_bundle, vib
     codes = [body["error"] for _, body in got]
     for (_, expected), code in zip(BAD_INPUTS, codes):
         if expected:
-            assert code == expected, codes
+            assert code in (expected if isinstance(expected, tuple) else (expected,)), codes
     assert all(topic == "errors/bad" for topic, _ in got)
     assert all(body["detail"] for _, body in got)
     assert results.json(1)[0][1]["id"] == "after"
