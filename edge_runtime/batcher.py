@@ -1,59 +1,111 @@
-"""Micro-batching under a deadline, with a bounded queue.
+"""Micro-batching under a deadline, with a bounded queue and a policy for what to give up under overload.
 
 A batch closes when it holds ``max_batch`` inputs or ``max_delay`` after its oldest input arrived,
 whichever comes first; with ``max_delay = 0`` it takes whatever is waiting. Like Triton's dynamic
-batcher, the delay is a bound on the wait, not a target: a full batch never waits.
+batcher, the delay bounds the wait, it is not a target: a full batch never waits.
+
+Overload policies (``overflow``), each counted by the caller under the reason returned:
+- ``drop_oldest``: a full queue gives up its oldest input (``queue_full``);
+- ``reject``: a full queue refuses the new input (``rejected``), which the caller answers with an error;
+- ``latest_only``: only the newest waiting input per key (a camera's topic) is kept (``superseded``);
+  a full queue then drops the oldest, as ``drop_oldest`` does.
+``deadline`` (seconds, optional) gives up inputs that waited longer than that (``expired``): stale work
+is not served late.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Hashable, TypeVar
 
-__all__ = ["Batcher", "Pending"]
+__all__ = ["Batcher", "Pending", "OVERFLOW_POLICIES"]
 
 T = TypeVar("T")
+OVERFLOW_POLICIES = ("drop_oldest", "reject", "latest_only")
 
 
-@dataclass(slots=True)
 class Pending(Generic[T]):
-    item: T
-    arrived: float  # time.monotonic() when it was accepted
+    __slots__ = ("item", "arrived", "key", "live")
+
+    def __init__(self, item: T, arrived: float, key: Hashable = None):
+        self.item = item
+        self.arrived = arrived  # time.monotonic() when it was accepted
+        self.key = key
+        self.live = True  # False once superseded: skipped (and already counted) when it reaches the head
 
 
-@dataclass
 class Batcher(Generic[T]):
-    max_batch: int
-    max_delay: float  # seconds
-    max_queue: int
-    overflow: str = "drop_oldest"  # or "reject"
-    queue: deque = field(default_factory=deque)
+    def __init__(self, *, max_batch: int, max_delay: float, max_queue: int, overflow: str = "drop_oldest",
+                 deadline: float | None = None):
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+        if max_batch < 1 or max_queue < 1 or max_delay < 0 or (deadline is not None and deadline <= 0):
+            raise ValueError("max_batch and max_queue must be at least 1, max_delay at least 0, deadline above 0")
+        self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay, max_queue
+        self.overflow, self.deadline_s = overflow, deadline
+        self._queue: deque[Pending[T]] = deque()
+        self._live = 0
+        self._latest: dict[Hashable, Pending[T]] = {}
 
-    def offer(self, item: T, now: float) -> T | None:
-        """Queue ``item``. Returns the input pushed out by a full queue (the oldest, or ``item`` itself
-        under ``reject``), for the caller to count and answer; None when nothing was displaced."""
-        if len(self.queue) >= self.max_queue:
+    def offer(self, item: T, now: float, key: Hashable = None) -> list[tuple[T, str]]:
+        """Queue ``item``; return the inputs given up to make room, each with its reason."""
+        given_up: list[tuple[T, str]] = []
+        if self.overflow == "latest_only":
+            older = self._latest.get(key)
+            if older is not None and older.live:
+                older.live = False
+                self._live -= 1
+                given_up.append((older.item, "superseded"))
+        if self._live >= self.max_queue:
             if self.overflow == "reject":
-                return item
-            displaced = self.queue.popleft().item
-            self.queue.append(Pending(item, now))
-            return displaced
-        self.queue.append(Pending(item, now))
-        return None
+                return [(item, "rejected")]
+            oldest = self._pop_live()
+            given_up.append((oldest.item, "queue_full"))
+        p = Pending(item, now, key)
+        self._queue.append(p)
+        self._live += 1
+        if self.overflow == "latest_only":
+            self._latest[key] = p
+        return given_up
+
+    def _skip_dead(self) -> None:
+        q = self._queue
+        while q and not q[0].live:
+            q.popleft()
+
+    def _pop_live(self) -> Pending[T]:
+        self._skip_dead()
+        p = self._queue.popleft()
+        self._live -= 1
+        if self.overflow == "latest_only" and self._latest.get(p.key) is p:
+            del self._latest[p.key]
+        return p
 
     def ready(self, now: float) -> bool:
-        q = self.queue
-        return bool(q) and (len(q) >= self.max_batch or now - q[0].arrived >= self.max_delay)
+        if not self._live:
+            return False
+        self._skip_dead()
+        return self._live >= self.max_batch or now - self._queue[0].arrived >= self.max_delay
 
-    def deadline(self) -> float | None:
+    def next_due(self) -> float | None:
         """When the batch now forming must close, or None when nothing waits."""
-        return self.queue[0].arrived + self.max_delay if self.queue else None
+        if not self._live:
+            return None
+        self._skip_dead()
+        return self._queue[0].arrived + self.max_delay
 
-    def take(self) -> list[Pending[T]]:
-        q = self.queue
-        n = min(len(q), self.max_batch)
-        return [q.popleft() for _ in range(n)]
+    def take(self, now: float) -> tuple[list[Pending[T]], list[T]]:
+        """Up to ``max_batch`` inputs to serve, and those that expired waiting (to count and acknowledge)."""
+        batch: list[Pending[T]] = []
+        expired: list[T] = []
+        oldest_allowed = None if self.deadline_s is None else now - self.deadline_s
+        while self._live and len(batch) < self.max_batch:
+            p = self._pop_live()
+            if oldest_allowed is not None and p.arrived < oldest_allowed:
+                expired.append(p.item)
+            else:
+                batch.append(p)
+        return batch, expired
 
     def __len__(self) -> int:
-        return len(self.queue)
+        return self._live

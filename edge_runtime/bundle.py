@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,7 +54,7 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
     version: str = "1"
-    task: Literal["classifier", "regressor", "generic"] = "generic"
+    task: str = Field("generic", description="How inputs are decoded and outputs read: see edge_runtime.tasks.")
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     labels: list[str | int] | None = Field(None, description="Class labels, in the order of the scores.")

@@ -98,7 +98,7 @@ class ModelConfig(_Strict):
     warmup: bool = Field(True, description="Run one inference per batch size at start so the first real request is not slow.")
 
 
-Overflow = Literal["drop_oldest", "reject"]
+Overflow = Literal["drop_oldest", "reject", "latest_only"]
 
 
 class RouteConfig(_Strict):
@@ -110,7 +110,14 @@ class RouteConfig(_Strict):
     max_delay_ms: float = Field(2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting.")
     qos: Literal[0, 1, 2] = Field(0, description="QoS of the subscription and of the results.")
     max_queue: int = Field(10_000, ge=1, le=10_000_000, description="Inputs waiting at most; beyond it `overflow` applies.")
-    overflow: Overflow = Field("drop_oldest", description="What to do when the queue is full.")
+    overflow: Overflow = Field(
+        "drop_oldest",
+        description="Under overload: drop_oldest, reject (answer on the error topic), or latest_only (keep only "
+        "the newest waiting input per input topic, e.g. per camera).",
+    )
+    deadline_ms: float | None = Field(
+        None, gt=0, le=3_600_000, description="Inputs that waited longer than this are dropped (counted), not served late."
+    )
     max_payload_bytes: int = Field(1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding.")
 
     @field_validator("subscribe")

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import numpy as np
 import onnxruntime as ort
 
 from .bundle import ORT_TO_NUMPY, Bundle
 from .errors import BundleError
+from .tasks import get_task
 
 __all__ = ["Engine"]
 
 
 class Engine:
-    """Runs a bundle's model on batches of rows and turns each output row into a result dict."""
+    """Runs a bundle's model on batches (what the outputs mean is the task's business: see tasks.py)."""
 
     def __init__(self, bundle: Bundle, *, threads: int = 1, spinning: bool = False):
         self.bundle = bundle
         m = self.manifest = bundle.manifest
+        try:
+            self.task = get_task(m.task)
+        except LookupError as err:
+            raise BundleError(str(err), bundle=str(bundle.path)) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -35,9 +38,6 @@ class Engine:
         self._check_against_manifest()
         self.input_name = m.inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.labels = m.labels
-        self._scores = self.output_names.index(m.scores_output) if m.scores_output else None
-        self._value = self.output_names.index(m.value_output) if m.value_output else None
 
     def _check_against_manifest(self) -> None:
         where = str(self.bundle.path)
@@ -69,27 +69,5 @@ class Engine:
     def example_row_shape(self) -> tuple[int, ...]:
         return tuple(d if d is not None else 1 for d in self.manifest.row_shape())
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: batch})
-
-    def results(self, outputs: list[np.ndarray], n: int) -> list[dict[str, Any]]:
-        """One result dict per row, with the task's fields: label and scores, value, or every output."""
-        m = self.manifest
-        if self._scores is not None:
-            scores = np.asarray(outputs[self._scores]).reshape(n, -1)
-            best = scores.argmax(axis=1)
-            labels = self.labels
-            score_lists = scores.tolist()
-            if labels:
-                return [{"label": labels[b], "scores": s} for b, s in zip(best.tolist(), score_lists)]
-            return [{"label": b, "scores": s} for b, s in zip(best.tolist(), score_lists)]
-        if self._value is not None:
-            values = np.asarray(outputs[self._value]).reshape(n, -1)
-            if values.shape[1] == 1:
-                return [{"value": v} for v in values[:, 0].tolist()]
-            return [{"value": v} for v in values.tolist()]
-        per_output = [np.asarray(o) for o in outputs]
-        return [
-            {"outputs": {name: o[i].tolist() for name, o in zip(self.output_names, per_output)}}
-            for i in range(n)
-        ]
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))

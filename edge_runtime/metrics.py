@@ -6,7 +6,9 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Histogram", "RouteStats"]
+__all__ = ["Histogram", "RouteStats", "STAGES"]
+
+STAGES = ("queue", "decode", "infer", "publish")
 
 # Upper bounds in milliseconds: 50 us to 10 s, about 12 buckets per decade.
 _BOUNDS = tuple(round(0.05 * 10 ** (i / 12), 4) for i in range(12 * 5 + 5))
@@ -60,6 +62,8 @@ class RouteStats:
     dropped: Counter = field(default_factory=Counter)
     batches: int = 0
     latency: Histogram = field(default_factory=Histogram)  # arrival to result handed to the broker
+    # Where the time goes, per input: waiting in the queue, then per batch: decode, inference, encode+publish.
+    stages: dict[str, Histogram] = field(default_factory=lambda: {s: Histogram() for s in STAGES})
 
     def as_dict(self) -> dict:
         return {
@@ -70,4 +74,5 @@ class RouteStats:
             "batches": self.batches,
             "mean_batch": round(self.results / self.batches, 2) if self.batches else 0.0,
             "latency": self.latency.summary(),
+            "stages": {name: h.summary() for name, h in self.stages.items()},
         }

@@ -20,12 +20,13 @@ from paho.mqtt.properties import Properties
 from . import __version__
 from .batcher import Batcher, Pending
 from .bundle import load_bundle
-from .codecs import RowDecoder, encode
+from .codecs import encode
 from .config import Config, RouteConfig
 from .engine import Engine
 from .errors import ConfigError, PayloadError
 from .link import Link, Message
 from .metrics import RouteStats
+from .tasks import Decoder
 from .topics import TopicFilter, TopicTemplate
 
 __all__ = ["Runtime"]
@@ -40,7 +41,7 @@ class Route:
     filter: TopicFilter
     publish: TopicTemplate
     errors: TopicTemplate
-    decoder: RowDecoder
+    decoder: Decoder
     batcher: Batcher
     stats: RouteStats = field(default_factory=RouteStats)
 
@@ -74,16 +75,16 @@ class Runtime:
         for rc in config.routes:
             engine = self.engines[rc.model]
             flt = TopicFilter(rc.subscribe)
-            m = engine.manifest
             self.routes.append(Route(
                 config=rc,
                 engine=engine,
                 filter=flt,
                 publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
                 errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
-                decoder=RowDecoder(shape=m.row_shape(), dtype=m.inputs[0].dtype,
-                                   allow_non_finite=m.allow_non_finite, max_bytes=rc.max_payload_bytes),
-                batcher=Batcher(rc.max_batch, rc.max_delay_ms / 1000, rc.max_queue, rc.overflow),
+                decoder=engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes),
+                batcher=Batcher(max_batch=rc.max_batch, max_delay=rc.max_delay_ms / 1000, max_queue=rc.max_queue,
+                                overflow=rc.overflow,
+                                deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
             ))
         for model in config.models:
             if model.warmup:
@@ -130,7 +131,7 @@ class Runtime:
                 break
             timeout = 0.5
             for r in routes:
-                d = r.batcher.deadline()
+                d = r.batcher.next_due()
                 if d is not None:
                     timeout = min(timeout, max(0.0, d - now))
             link.poll(timeout)
@@ -139,7 +140,7 @@ class Runtime:
     def shutdown(self) -> None:
         for route in self.routes:  # whatever was accepted is answered before we go
             while len(route.batcher):
-                self._serve_batch(route, route.batcher.take())
+                self._serve_batch(route, *route.batcher.take(time.monotonic()))
         if self.link.connected:
             self.link.publish(self.status_topic, encode({"state": "offline"}), qos=1, retain=True)
             self.link.drain(5.0)
@@ -166,58 +167,78 @@ class Runtime:
         now = time.monotonic()
         for route in routes:
             route.stats.received += 1
-            displaced = route.batcher.offer(msg, now)
-            if displaced is not None:
-                if route.config.overflow == "reject":
-                    route.stats.errors["overloaded"] += 1
-                    self._publish_error(route, displaced, PayloadError("overloaded", "queue full; input refused"))
-                else:
-                    route.stats.dropped["queue_full"] += 1
-                    self.link.ack(displaced)
+            for given_up, reason in route.batcher.offer(msg, now, msg.topic):
+                self._give_up(route, given_up, reason)
         if not routes:
             self.link.ack(msg)
+
+    def _give_up(self, route: Route, msg: Message, reason: str) -> None:
+        """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
+        if reason == "rejected":
+            self._publish_error(route, msg, PayloadError("overloaded", "the route's queue is full; input refused"))
+            return
+        route.stats.dropped[reason] += 1
+        self.link.ack(msg)
 
     def _serve_due(self, now: float) -> None:
         for route in self.routes:
             while route.batcher.ready(now):
-                self._serve_batch(route, route.batcher.take())
+                self._serve_batch(route, *route.batcher.take(now))
 
-    def _serve_batch(self, route: Route, batch: list[Pending[Message]]) -> None:
+    def _serve_batch(self, route: Route, batch: list[Pending[Message]], expired: list[Message]) -> None:
+        for msg in expired:
+            self._give_up(route, msg, "expired")
+        if not batch:
+            return
+        stats = route.stats
+        t0 = time.monotonic()
         decode = route.decoder.decode
         rows: list[np.ndarray] = []
-        accepted: list[tuple[Pending[Message], Any]] = []
+        accepted: list[tuple[Pending[Message], Any, Any]] = []
         for p in batch:
+            msg = p.item
+            props = getattr(msg, "properties", None)
             try:
-                msg_id, row = decode(p.item.payload)
+                msg_id, row, meta = decode(msg.payload, getattr(props, "ContentType", None))
             except PayloadError as err:
-                self._publish_error(route, p.item, err)
+                self._publish_error(route, msg, err)
                 continue
             rows.append(row)
-            accepted.append((p, msg_id))
-        if rows:
-            engine = route.engine
-            try:
-                results = engine.results(engine.run(np.stack(rows)), len(rows))
-            except Exception as err:  # one bad batch must not stop the runtime
-                log.exception("inference failed on route %s", route.name)
-                for p, msg_id in accepted:
-                    self._publish_error(route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id))
-                return
-            m = engine.manifest
-            qos = route.config.qos
-            stats = route.stats
-            stats.batches += 1
-            for (p, msg_id), result in zip(accepted, results):
-                msg = p.item
-                body = {"id": msg_id, "model": m.name, "version": m.version, **result}
-                topic, props = self._reply_target(route, route.publish, msg)
-                self.link.publish(topic, encode(body), qos, properties=props)
-                self.link.ack(msg)
-            stats.results += len(accepted)
-            now = time.monotonic()
-            observe = stats.latency.observe
-            for p, _ in accepted:
-                observe((now - p.arrived) * 1000)
+            accepted.append((p, msg_id, meta))
+        if not rows:
+            return
+        engine = route.engine
+        t1 = time.monotonic()
+        try:
+            outputs = engine.run(np.stack(rows))
+            results = engine.task.results(engine.manifest, outputs, [meta for _, _, meta in accepted])
+        except Exception as err:  # one bad batch must not stop the runtime
+            log.exception("inference failed on route %s", route.name)
+            for p, msg_id, _ in accepted:
+                self._publish_error(route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id))
+            return
+        t2 = time.monotonic()
+        m = engine.manifest
+        qos = route.config.qos
+        publish, ack = self.link.publish, self.link.ack
+        for (p, msg_id, _), result in zip(accepted, results):
+            msg = p.item
+            body = {"id": msg_id, "model": m.name, "version": m.version, **result}
+            topic, props = self._reply_target(route, route.publish, msg)
+            publish(topic, encode(body), qos, properties=props)
+            ack(msg)
+        t3 = time.monotonic()
+        n = len(accepted)
+        stats.batches += 1
+        stats.results += n
+        stages = stats.stages
+        stages["decode"].observe((t1 - t0) * 1000)
+        stages["infer"].observe((t2 - t1) * 1000)
+        stages["publish"].observe((t3 - t2) * 1000)
+        observe, queue_wait = stats.latency.observe, stages["queue"].observe
+        for p, _, _ in accepted:
+            observe((t3 - p.arrived) * 1000)
+            queue_wait((t0 - p.arrived) * 1000)
 
     def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
         props_in = getattr(msg, "properties", None)

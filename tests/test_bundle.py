@@ -22,7 +22,7 @@ def bundle_copy(vibration_bundle, tmp_path):
 def test_converted_bundle_matches_sklearn(vibration_bundle, vibration_model, vibration_data):
     _, _, Xt, _ = vibration_data
     engine = Engine(load_bundle(vibration_bundle))
-    results = engine.results(engine.run(Xt), len(Xt))
+    results = engine.task.results(engine.manifest, engine.run(Xt), [None] * len(Xt))
     assert [r["label"] for r in results] == list(vibration_model.predict(Xt))
     np.testing.assert_allclose([r["scores"] for r in results], vibration_model.predict_proba(Xt), atol=1e-5)
 
@@ -84,7 +84,8 @@ def test_convert_cli_from_a_pickle(vibration_model, vibration_data, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     engine = Engine(load_bundle(out))
-    assert [r["label"] for r in engine.results(engine.run(Xt), len(Xt))] == list(vibration_model.predict(Xt))
+    results = engine.task.results(engine.manifest, engine.run(Xt), [None] * len(Xt))
+    assert [r["label"] for r in results] == list(vibration_model.predict(Xt))
 
 
 @pytest.mark.parametrize("content,words", [
