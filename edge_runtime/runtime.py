@@ -197,9 +197,8 @@ class Runtime:
         accepted: list[tuple[Pending[Message], Any, Any]] = []
         for p in batch:
             msg = p.item
-            props = getattr(msg, "properties", None)
             try:
-                msg_id, row, meta = decode(msg.payload, getattr(props, "ContentType", None))
+                msg_id, row, meta = decode(msg.payload, getattr(msg, "properties", None))
             except PayloadError as err:
                 self._publish_error(route, msg, err)
                 continue

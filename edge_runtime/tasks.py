@@ -19,8 +19,13 @@ __all__ = ["Decoder", "Task", "get_task", "register_task", "known_tasks"]
 
 
 class Decoder(Protocol):
-    def decode(self, payload: bytes, content_type: str | None = None) -> tuple[Any, np.ndarray, Any]:
-        """Return ``(id, row, meta)``: the row for the model, and what ``results`` needs to know about it."""
+    def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, Any]:
+        """Return ``(id, row, meta)``: the row for the model, and what ``results`` needs to know about it.
+
+        ``properties`` are the message's MQTT v5 properties (paho ``Properties``; None under v3.1.1):
+        ``ContentType`` and ``UserProperty`` (a list of (key, value) pairs) may say what the payload is.
+        Raise ``PayloadError`` for anything that cannot be served.
+        """
 
 
 class Task(Protocol):
@@ -65,7 +70,7 @@ class _TensorDecoder:
         self._decode = RowDecoder(shape=manifest.row_shape(), dtype=manifest.inputs[0].dtype,
                                   allow_non_finite=manifest.allow_non_finite, max_bytes=max_bytes).decode
 
-    def decode(self, payload: bytes, content_type: str | None = None) -> tuple[Any, np.ndarray, None]:
+    def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, None]:
         msg_id, row = self._decode(payload)
         return msg_id, row, None
 
