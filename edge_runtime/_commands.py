@@ -14,6 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("config", type=Path)
     run.add_argument("--validate-config", action="store_true", help="check the config (and its bundles) and exit")
     run.add_argument("--duration", type=positive_float, help="stop after this many seconds")
+    run.add_argument("--workers", type=positive_int, default=1,
+                     help="worker processes sharing each route through MQTT v5 shared subscriptions")
+    run.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
+    run.add_argument("--stats-json", type=Path, help="write the final per-route statistics to this file")
     run.set_defaults(handler=_run)
 
     brk = sub.add_parser("broker", help="run a local broker (Mosquitto if installed, else amqtt) on 127.0.0.1")
@@ -31,16 +35,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import json
+
     from .config import load_config
     from .runtime import Runtime
+    from .workers import as_worker, run_workers
 
     config = load_config(args.config)
+    if args.workers > 1 and not args.validate_config and args.worker_index is None:
+        Runtime(config)  # verify every bundle once, here, before starting processes that would all fail
+        extra = ["--duration", str(args.duration)] if args.duration else []
+        if args.stats_json:
+            extra += ["--stats-json", str(args.stats_json)]
+        return run_workers(args.config, args.workers, extra_args=extra)
+    stats_path = args.stats_json
+    if args.worker_index is not None:
+        config = as_worker(config, args.worker_index)
+        if stats_path:
+            stats_path = stats_path.with_name(f"{stats_path.name}.w{args.worker_index}")
     runtime = Runtime(config)  # loads and verifies every bundle: a bad one fails here, before connecting
     if args.validate_config:
         print(f"{args.config}: ok ({len(config.models)} models, {len(config.routes)} routes)")
         return 0
     runtime.run(duration=args.duration)
-    logging.getLogger("edge_runtime").info("stopped; %s", runtime.stats())
+    stats = runtime.stats()
+    logging.getLogger("edge_runtime").info("stopped; %s", stats)
+    if stats_path:
+        stats_path.write_text(json.dumps(stats, indent=1))
     return 0
 
 

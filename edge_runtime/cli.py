@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "edge_runtime._commands",
     "converters._cli",
     "devices._cli",
+    "edge_runtime.bench._cli",
 )
 
 

@@ -33,6 +33,15 @@ class _Strict(BaseModel):
 class BrokerConfig(_Strict):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port for TLS.")
     client_id: str = Field("edge-runtime", min_length=1, max_length=128, description="MQTT client id; unique per broker.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version. 5 gives response topics, content types and session expiry; 3.1.1 costs "
+        "less per message in paho. A broker without v5 is detected and served with 3.1.1 anyway.",
+    )
+    share_group: str = Field(
+        "edge-runtime", min_length=1, max_length=64, pattern=r"^[^/+#]+$",
+        description="Shared-subscription group that `run --workers N` (and a fleet) serves routes through.",
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval in seconds.")
     username: str | None = Field(None, description="User name for the broker, if it asks for one.")
     password_env: str | None = Field(

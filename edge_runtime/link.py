@@ -39,6 +39,76 @@ _V5_PROBE_S = 3.0
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
 
 
+class _BufferedSocket:
+    """Sits between paho and its socket so that a burst costs a few syscalls, not several per message.
+
+    paho reads each packet with one ``recv`` per header byte and one for the rest, and writes each
+    packet with its own ``send``. Here one ``recv`` takes everything the kernel holds (paho's small
+    reads are then served from memory), and sends are gathered until ``flush``, which the runtime
+    calls once per batch of results. paho sees an ordinary non-blocking socket.
+    """
+
+    __slots__ = ("_sock", "_in", "_out")
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._in = bytearray()
+        self._out = bytearray()
+
+    def recv(self, n: int) -> bytes:
+        if not self._in:
+            data = self._sock.recv(_READ_CHUNK)  # BlockingIOError/SSLWantRead propagate to paho as usual
+            if not data:
+                return b""
+            self._in += data
+        chunk = bytes(self._in[:n])
+        del self._in[:n]
+        return chunk
+
+    def buffered(self) -> bool:
+        """Bytes are waiting that select() cannot see (ours, or TLS's decrypted ones)."""
+        pending = getattr(self._sock, "pending", None)
+        return bool(self._in) or bool(pending and pending())
+
+    def send(self, data) -> int:
+        self._out += data
+        if len(self._out) >= _WRITE_CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        """Write what can be written now; the rest stays for the next flush (when select says writable)."""
+        while self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return
+            del self._out[:sent]
+
+    def want_write(self) -> bool:
+        return bool(self._out)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __getattr__(self, name):  # fileno, setsockopt, getpeername, ... of the real socket
+        return getattr(self._sock, name)
+
+
+_READ_CHUNK = 256 * 1024
+_WRITE_CHUNK = 64 * 1024
+
+
+def _buffer_socket(client: mqtt.Client) -> None:
+    sock = client.socket()
+    if sock is not None and not isinstance(sock, _BufferedSocket):
+        client._sock = _BufferedSocket(sock)  # paho has no public hook for this; pinned to paho 2.x
+
+
 def set_nodelay(client: mqtt.Client) -> None:
     """Turn Nagle's algorithm off: paho leaves it on, which costs ~40 ms stalls on small packets."""
     sock = client.socket()
@@ -60,13 +130,15 @@ class Link:
         subscriptions: Iterable[tuple[str, int]] = (),
         persistent: bool = False,
         will: tuple[str, bytes] | None = None,
-        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+        protocol: MQTTProtocolVersion | None = None,
     ):
         self.broker = broker
         self.subscriptions = list(subscriptions)
         self.persistent = persistent
         self._on_message = on_message
         self._will = will
+        if protocol is None:
+            protocol = MQTTProtocolVersion.MQTTv5 if broker.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.protocol = protocol
         self.connected = False
         self.reconnects = 0
@@ -159,6 +231,7 @@ class Link:
             properties=props,
         )
         set_nodelay(self.client)
+        _buffer_socket(self.client)
 
     def _handle_connect(self, client, _userdata, flags, reason, _props) -> None:
         if reason.is_failure:
@@ -195,14 +268,15 @@ class Link:
         try:
             self.client.reconnect()
             set_nodelay(self.client)
+            _buffer_socket(self.client)
             self.reconnects += 1
         except OSError as err:
             log.debug("reconnect to %s failed: %s", self.broker.url, err)
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def poll(self, timeout: float, *, budget: int = 256, reconnect: bool = True) -> None:
-        """Wait up to ``timeout`` for the socket, then read up to ``budget`` packets and write what is pending."""
+    def poll(self, timeout: float, *, budget: int = 512, reconnect: bool = True) -> None:
+        """Wait up to ``timeout`` for the socket, read up to ``budget`` packets, and write what is pending."""
         client = self.client
         sock = client.socket()
         if sock is None:
@@ -212,25 +286,40 @@ class Link:
                 time.sleep(min(timeout, 0.05))
                 return
             sock = client.socket()
-        want_write = client.want_write()
-        try:
-            readable, writable, _ = select.select([sock], [sock] if want_write else [], [], timeout)
-        except (OSError, ValueError):
-            readable, writable = [], []
+        buffered = isinstance(sock, _BufferedSocket)
+        want_write = client.want_write() or (buffered and sock.want_write())
+        if buffered and sock.buffered():
+            readable = True
+        else:
+            try:
+                r, w, _ = select.select([sock], [sock] if want_write else [], [], timeout)
+            except (OSError, ValueError):
+                r = []
+            readable = bool(r)
         if readable:
+            read = client.loop_read
             for _ in range(budget):
-                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                if read() != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is not sock:
                     break
-                pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes select cannot see
-                if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
+                if not sock.buffered() if buffered else not select.select([sock], [], [], 0)[0]:
                     break
         self.flush_writes()
         client.loop_misc()
 
     def flush_writes(self) -> None:
+        """Hand everything queued to the kernel (paho's queue, then our send buffer)."""
         client = self.client
-        if client.want_write() and client.socket() is not None:
+        sock = client.socket()
+        if sock is None:
+            return
+        if client.want_write():
             client.loop_write()
+        if isinstance(sock, _BufferedSocket):
+            try:
+                sock.flush()
+            except OSError as err:
+                log.warning("write to %s failed: %s", self.broker.url, err)
+                client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
 
     # -- traffic ----------------------------------------------------------------------------
 
@@ -243,8 +332,10 @@ class Link:
             self.client.ack(msg.mid, msg.qos)
 
     def pending_out(self) -> int:
-        """Outgoing packets not yet written or not yet acknowledged by the broker."""
-        return len(self.client._out_packet) + len(self.client._out_messages)  # paho has no public count
+        """Outgoing packets (or bytes) not yet written, or QoS>0 messages not yet acknowledged by the broker."""
+        sock = self.client.socket()
+        unsent = 1 if isinstance(sock, _BufferedSocket) and sock.want_write() else 0
+        return len(self.client._out_packet) + len(self.client._out_messages) + unsent  # paho has no public count
 
     def drain(self, timeout: float) -> bool:
         """Write out and wait for acknowledgements until nothing is pending or ``timeout`` passes."""
@@ -266,7 +357,7 @@ _V311_ONLY: set[str] = set()
 
 
 def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_message=None,
-                   subscriptions: Iterable[tuple[str, int]] = ()) -> mqtt.Client:
+                   subscriptions: Iterable[tuple[str, int]] = (), protocol: str = "5") -> mqtt.Client:
     """A plain paho client on its own network thread, connected (and subscribed) before it returns.
 
     For simulators, the demo's monitor and tests: the runtime itself uses ``Link``. Speaks MQTT v5,
@@ -275,7 +366,8 @@ def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_m
     # A unique id: some brokers (amqtt) merge clients that connect with an empty one into one session.
     client_id = client_id or f"edge-client-{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout
-    protocols = (MQTTProtocolVersion.MQTTv311,) if url in _V311_ONLY else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
+    v311_only = url in _V311_ONLY or protocol == "3.1.1"
+    protocols = (MQTTProtocolVersion.MQTTv311,) if v311_only else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
     for protocol in protocols:
         wait = min(_V5_PROBE_S, timeout) if protocol == MQTTProtocolVersion.MQTTv5 else deadline - time.monotonic()
         client = _try_client(url, client_id, protocol, max(wait, 0.1), on_message, list(subscriptions))

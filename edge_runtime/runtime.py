@@ -226,6 +226,7 @@ class Runtime:
             topic, props = self._reply_target(route, route.publish, msg)
             publish(topic, encode(body), qos, properties=props)
             ack(msg)
+        self.link.flush_writes()
         t3 = time.monotonic()
         n = len(accepted)
         stats.batches += 1

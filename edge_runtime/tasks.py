@@ -15,7 +15,7 @@ import numpy as np
 from .bundle import Manifest
 from .codecs import RowDecoder
 
-__all__ = ["Decoder", "Task", "get_task", "register_task", "known_tasks"]
+__all__ = ["Decoder", "Task", "get_task", "register_task", "known_tasks", "user_property"]
 
 
 class Decoder(Protocol):
@@ -61,6 +61,15 @@ def known_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
+def user_property(properties: Any, key: str) -> str | None:
+    """The value of an MQTT v5 user property (the last one, if repeated), or None."""
+    value = None
+    for k, v in getattr(properties, "UserProperty", None) or ():
+        if k == key:
+            value = v
+    return value
+
+
 class _TensorDecoder:
     """Tensor inputs (JSON or .npy) carry no per-row metadata."""
 
@@ -72,6 +81,8 @@ class _TensorDecoder:
 
     def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, None]:
         msg_id, row = self._decode(payload)
+        if msg_id is None and properties is not None:
+            msg_id = user_property(properties, "id")  # how a .npy payload carries its id
         return msg_id, row, None
 
 

@@ -1,0 +1,91 @@
+"""``edge-runtime bench model|e2e``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cli import positive_float, positive_int
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,8,32, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be at least 1")
+    return sizes
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="measure latency and throughput against baselines in the same run")
+    kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
+
+    m = kinds.add_parser("model", help="the runtime core alone vs bare onnxruntime session.run")
+    m.add_argument("bundle", type=Path)
+    m.add_argument("--batch-sizes", type=_sizes, default=(1, 8, 32))
+    m.add_argument("--threads", type=positive_int, default=1)
+    m.add_argument("--duration", type=positive_float, default=3.0, help="seconds of measurement per batch size")
+    m.add_argument("--json", type=Path, help="also write the report as JSON")
+    m.set_defaults(handler=_model)
+
+    e = kinds.add_parser("e2e", help="through a real broker, with an echo control and optionally the naive loop")
+    e.add_argument("--config", type=Path, required=True)
+    load = e.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=positive_float, help="open-loop messages per second (default 1000)")
+    load.add_argument("--burst", type=positive_int, help="send this many messages at full speed")
+    load.add_argument("--sweep", action="store_true", help="find the highest rate with p99 under --slo-ms, none lost")
+    e.add_argument("--duration", type=positive_float, default=10.0)
+    e.add_argument("--payload", choices=["json", "npy"], default="json")
+    e.add_argument("--baseline", choices=["naive"], help="also run the naive paho loop on the same workload")
+    e.add_argument("--no-echo", dest="echo", action="store_false", help="skip the echo control")
+    e.add_argument("--slo-ms", type=positive_float, default=50.0)
+    e.add_argument("--devices", type=positive_int, default=8, help="distinct input topics the load is spread over")
+    e.add_argument("--workers", type=positive_int, default=1, help="run the runtime with --workers N")
+    e.add_argument("--data", type=Path, help=".npy rows to send (default: random rows of the model's shape)")
+    e.add_argument("--json", type=Path, help="also write the report as JSON")
+    e.add_argument("--plot", type=Path, help="latency CDF (or the rate sweep) as a PNG")
+    e.set_defaults(handler=_e2e)
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        print("\r" + text[:100].ljust(100), end="", file=sys.stderr, flush=True)
+
+
+def _done() -> None:
+    if sys.stderr.isatty():
+        print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _model(args: argparse.Namespace) -> int:
+    from .model import bench_model, format_model_report
+
+    report = bench_model(args.bundle, batch_sizes=args.batch_sizes, threads=args.threads, duration=args.duration,
+                         progress=_progress)
+    _done()
+    print(format_model_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    from .e2e import E2EOptions, bench_e2e, format_e2e_report, plot_e2e_report
+
+    options = E2EOptions(config=args.config, rate=args.rate, burst=args.burst, sweep=args.sweep,
+                         duration=args.duration, payload=args.payload, baseline=args.baseline, echo=args.echo,
+                         slo_ms=args.slo_ms, devices=args.devices, workers=args.workers, data=args.data)
+    report = bench_e2e(options, progress=_progress)
+    _done()
+    print(format_e2e_report(report))
+    if args.plot:
+        plot_e2e_report(report, args.plot)
+    if args.json:
+        for system in report["systems"].values():
+            system.pop("_latencies", None)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,66 @@
+"""``run --workers N``: N worker processes that share each route through MQTT v5 shared subscriptions.
+
+The broker hands each input to one worker of the group, so the same config scales up on one device
+(several cores) and out across devices (several machines, each with workers, against a clustered broker
+such as EMQX, HiveMQ or VerneMQ): nothing is coordinated here but process lifetimes. Each worker runs
+one ONNX Runtime thread with spinning off, because the cores are shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Config
+
+__all__ = ["as_worker", "run_workers"]
+
+log = logging.getLogger("edge_runtime.workers")
+
+
+def as_worker(config: Config, index: int) -> Config:
+    """The config one worker runs: its own client id, routes in the shared group, one ORT thread."""
+    broker = config.broker.model_copy(update={"client_id": f"{config.broker.client_id}-w{index}"})
+    routes = [
+        r if r.subscribe.startswith("$share/") else
+        r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"})
+        for r in config.routes
+    ]
+    models = [m.model_copy(update={"threads": 1}) for m in config.models]
+    return config.model_copy(update={"broker": broker, "routes": routes, "models": models})
+
+
+def run_workers(config_path: Path, workers: int, *, extra_args: list[str]) -> int:
+    """Start the workers, forward SIGINT/SIGTERM, restart a worker that dies, and wait for all to stop."""
+    def spawn(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config_path),
+                                 "--worker-index", str(i), *extra_args])
+
+    procs = {i: spawn(i) for i in range(1, workers + 1)}
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        alive = [p for p in procs.values() if p.poll() is None]
+        if stopping and not alive:
+            break
+        if not stopping:
+            for i, p in procs.items():
+                if p.poll() is not None:
+                    log.warning("worker %d exited with status %s; restarting it", i, p.returncode)
+                    time.sleep(1.0)
+                    procs[i] = spawn(i)
+        time.sleep(0.2)
+    return max((p.returncode or 0) for p in procs.values())

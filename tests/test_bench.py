@@ -1,0 +1,112 @@
+"""The bench commands run on a tiny workload and report sane, internally consistent numbers.
+
+Never how fast: benchmarks are not tests."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_mqtt5, route_config
+
+
+def _run(*args, timeout=240):
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _ordered(s):
+    return s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+
+
+def test_bench_model(vibration_bundle, tmp_path):
+    out = _run("bench", "model", str(vibration_bundle), "--batch-sizes", "1,4", "--duration", "0.3",
+               "--json", str(tmp_path / "m.json"))
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert [b["batch"] for b in report["batches"]] == [1, 4]
+    for b in report["batches"]:
+        assert _ordered(b["bare"]) and _ordered(b["core"])
+        assert b["overhead_ratio"] > 0 and b["core"]["rows_per_s"] > 0 and b["decode_us_per_row"] > 0
+    assert "core/bare" in out
+
+
+@pytest.fixture
+def bench_config(broker, vibration_bundle, tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(route_config(broker.url, vibration_bundle, client_id="t-bench", max_delay_ms=0, max_queue=100000))
+    return path
+
+
+def test_bench_e2e_burst_with_naive_baseline(bench_config, tmp_path):
+    out = _run("bench", "e2e", "--config", str(bench_config), "--burst", "300", "--baseline", "naive",
+               "--duration", "2", "--json", str(tmp_path / "e.json"))
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["systems"]) == {"echo", "runtime", "naive"}
+    for s in report["systems"].values():
+        assert s["sent"] == 300 and s["answered"] + s["errors"] + s["lost"] == 300
+        assert s["answered"] == 300 and s["duplicates"] == 0
+        assert _ordered(s) and s["drain_s"] >= s["send_s"] >= 0
+    stages = report["systems"]["runtime"]["stages"]
+    assert set(stages) == {"queue", "decode", "infer", "publish"} and stages["infer"]["count"] > 0
+    assert report["ratios"]["throughput_vs_naive"] > 0
+    assert "throughput vs naive" in out
+
+
+def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
+    _run("bench", "e2e", "--config", str(bench_config), "--rate", "200", "--duration", "1", "--no-echo",
+         "--json", str(tmp_path / "r.json"), "--payload", "npy")
+    rate = json.loads((tmp_path / "r.json").read_text())["systems"]["runtime"]
+    assert rate["sent"] == 200 and rate["answered"] == 200 and rate["mode"] == "rate"
+    # An SLO nothing can meet: the sweep stops at its first step and says nothing was sustained.
+    _run("bench", "e2e", "--config", str(bench_config), "--sweep", "--slo-ms", "0.001", "--duration", "1",
+         "--no-echo", "--json", str(tmp_path / "s.json"))
+    sweep = json.loads((tmp_path / "s.json").read_text())["systems"]["runtime"]
+    assert sweep["sustained_rate"] == 0 and len(sweep["steps"]) == 1 and not sweep["steps"][0]["ok"]
+
+
+def test_bench_e2e_refuses_a_remote_broker(vibration_bundle, tmp_path):
+    path = tmp_path / "remote.toml"
+    path.write_text(route_config("mqtt://192.0.2.10:1883", vibration_bundle, client_id="x"))
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "e2e", "--config", str(path), "--burst", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "only to a broker on this machine" in proc.stderr
+
+
+@needs_mqtt5
+def test_workers_share_a_route(broker, vibration_bundle, vibration_data, tmp_path, collector, publisher):
+    """Two workers behind one shared subscription: every input answered exactly once, both did work."""
+    import time
+
+    import orjson
+
+    from conftest import payload
+
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "w.toml"
+    config.write_text(route_config(broker.url, vibration_bundle, client_id="t-workers"))
+    status = collector("edge-runtime/+/status")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config), "--workers", "2",
+                             "--stats-json", str(tmp_path / "stats.json")])
+    try:
+        online = set()
+        deadline = time.monotonic() + 60
+        while online != {"edge-runtime/t-workers-w1/status", "edge-runtime/t-workers-w2/status"}:
+            assert time.monotonic() < deadline
+            for m in status.take(1, timeout=60):
+                if b"online" in m.payload:
+                    online.add(m.topic)
+        results = collector("results/#")
+        for i in range(100):
+            publisher.publish(f"sensors/d{i % 5}/vibration", payload(Xt[i], id=i))
+        got = [b["id"] for _, b in results.json(100, timeout=30)]
+        assert sorted(got) == list(range(100))
+        proc.terminate()
+        assert proc.wait(30) == 0
+        served = [json.loads((tmp_path / f"stats.json.w{i}").read_text()) for i in (1, 2)]
+        per_worker = [next(iter(s.values()))["results"] for s in served]
+        assert sum(per_worker) == 100 and min(per_worker) > 0, per_worker
+    finally:
+        if proc.poll() is None:
+            proc.kill()
