@@ -7,6 +7,7 @@ held back by Nagle's algorithm (about 40 ms on loopback).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shutil
 import signal
@@ -47,6 +48,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def mosquitto_config(port: int, *, persistence_dir: Path | None = None, extra: str = "") -> str:
     lines = [
         f"listener {port} 127.0.0.1",
+        # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write our persistence
+        # files: stay whoever started it.
+        f"user {getpass.getuser()}",
         "allow_anonymous true",
         "set_tcp_nodelay true",
         # Inputs queued for a runtime that is briefly away (QoS 1, persistent session).

@@ -53,6 +53,14 @@ class BrokerConfig(_Strict):
     session_expiry_s: int = Field(
         3600, ge=0, le=2**32 - 1, description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away."
     )
+    receive_maximum: int = Field(
+        1024, ge=1, le=65535,
+        description="QoS 1 inputs the broker may send before we acknowledge (MQTT v5): above max_batch, or batches starve.",
+    )
+    max_outgoing: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="Results held while the broker is away; beyond it they are dropped and counted (never silently).",
+    )
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
 
     @field_validator("url")

@@ -14,8 +14,9 @@ import select
 import socket
 import ssl
 import threading
-import uuid
 import time
+import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as mqtt
@@ -147,6 +148,9 @@ class Link:
         self._refused: str | None = None
         self.on_connected: list[Callable[[], None]] = []
         self.subscribed = False
+        # Results published while the broker is away, replayed in order on reconnect (bounded).
+        self._backlog: deque[tuple[str, bytes, int, bool, Properties | None]] = deque()
+        self.counters: Counter[str] = Counter()
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -170,6 +174,8 @@ class Link:
             client.tls_set_context(context)
         if self._will:
             client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        # paho's own queue of QoS>0 messages awaiting the broker is bounded too.
+        client.max_queued_messages_set(b.max_outgoing)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
@@ -223,6 +229,7 @@ class Link:
         if self.protocol == MQTTProtocolVersion.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.broker.session_expiry_s if self.persistent else 0
+            props.ReceiveMaximum = self.broker.receive_maximum
         self.client.connect(
             self.broker.host,
             self.broker.port,
@@ -239,6 +246,9 @@ class Link:
             return
         self.connected = True
         self._backoff = 0.5
+        if self.reconnects or self._backlog:
+            log.info("connected to %s (session %s, %d results waiting)", self.broker.url,
+                     "resumed" if flags.session_present else "new", len(self._backlog))
         if self.subscriptions and not flags.session_present:
             self.subscribed = False
             client.subscribe(self.subscriptions)
@@ -246,6 +256,9 @@ class Link:
             self.subscribed = True
         for cb in self.on_connected:
             cb()
+        backlog, self._backlog = self._backlog, deque()
+        for topic, payload, qos, retain, props in backlog:
+            self.publish(topic, payload, qos, retain=retain, properties=props)
 
     def _handle_subscribe(self, _client, _userdata, _mid, reasons, _props) -> None:
         failed = [r for r in reasons if getattr(r, "is_failure", False)]
@@ -270,6 +283,7 @@ class Link:
             set_nodelay(self.client)
             _buffer_socket(self.client)
             self.reconnects += 1
+            self.counters["reconnects"] += 1
         except OSError as err:
             log.debug("reconnect to %s failed: %s", self.broker.url, err)
 
@@ -324,18 +338,38 @@ class Link:
     # -- traffic ----------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False,
-                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+                properties: Properties | None = None) -> bool:
+        """Send, or hold while the broker is away. False when the message had to be dropped (and counted)."""
+        if not self.connected:
+            if len(self._backlog) >= self.broker.max_outgoing:
+                self.counters["outgoing_dropped"] += 1
+                return False
+            self._backlog.append((topic, payload, qos, retain, properties))
+            return True
+        rc = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties).rc
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return True
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN and len(self._backlog) < self.broker.max_outgoing:
+            self._backlog.append((topic, payload, qos, retain, properties))  # the link dropped under us
+            return True
+        self.counters["outgoing_dropped"] += 1
+        return False
 
     def ack(self, msg: Message) -> None:
-        if msg.qos:
+        """Acknowledge a QoS>0 input. Not while disconnected: the broker redelivers it to our session,
+        and the result is served again (a duplicate with the same id, which consumers can drop)."""
+        if not msg.qos:
+            return
+        if self.connected:
             self.client.ack(msg.mid, msg.qos)
+        else:
+            self.counters["acks_skipped"] += 1
 
     def pending_out(self) -> int:
         """Outgoing packets (or bytes) not yet written, or QoS>0 messages not yet acknowledged by the broker."""
         sock = self.client.socket()
         unsent = 1 if isinstance(sock, _BufferedSocket) and sock.want_write() else 0
-        return len(self.client._out_packet) + len(self.client._out_messages) + unsent  # paho has no public count
+        return len(self.client._out_packet) + len(self.client._out_messages) + unsent + len(self._backlog)
 
     def drain(self, timeout: float) -> bool:
         """Write out and wait for acknowledgements until nothing is pending or ``timeout`` passes."""

@@ -153,7 +153,11 @@ class Runtime:
         }), qos=1, retain=True)
 
     def stats(self) -> dict[str, Any]:
-        return {r.name: r.stats.as_dict() for r in self.routes}
+        """Per-route counters and latencies, and the link's (reconnects, results dropped while away)."""
+        out: dict[str, Any] = {r.name: r.stats.as_dict() for r in self.routes}
+        if self.link.counters:
+            out["_link"] = dict(self.link.counters)
+        return out
 
     # -- the data path ----------------------------------------------------------------------
 
