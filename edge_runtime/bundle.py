@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._onnx_check import OnnxFormatError, external_data_problem, inspect_model
 from .errors import BundleError
 
 __all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL"]
@@ -26,18 +27,6 @@ MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 FORMAT_VERSION = 1
 
-# ONNX Runtime's type strings, mapped to numpy dtype names.
-ORT_TO_NUMPY = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-    "tensor(string)": "str",
-}
 
 
 class TensorSpec(BaseModel):
@@ -91,14 +80,6 @@ def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
     return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> Bundle:
     """Read a bundle and verify it; raise BundleError saying what is wrong and how to fix it."""
     root = Path(path)
@@ -127,7 +108,11 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         raise BundleError(f"model_file {manifest.model_file!r} points outside the bundle directory", bundle=where)
     if not model.is_file():
         raise BundleError(f"model file {manifest.model_file} is missing", bundle=where)
-    actual = sha256_file(model)
+    try:
+        data = model.read_bytes()
+    except OSError as err:
+        raise BundleError(f"cannot read {manifest.model_file}: {err.strerror}", bundle=where) from err
+    actual = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(actual, manifest.sha256):
         raise BundleError(
             f"checksum mismatch: {manifest.model_file} has sha256 {actual[:12]}..., the manifest says "
@@ -139,11 +124,37 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
             raise BundleError("unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where)
         if not hmac.compare_digest(sign_manifest(raw, signing_key), manifest.signature):
             raise BundleError("signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where)
+    _check_model(data, manifest, model.parent, root, where)
     if manifest.task == "classifier" and not manifest.scores_output:
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
     if manifest.task == "regressor" and not manifest.value_output:
         raise BundleError("a regressor's manifest needs value_output", bundle=where)
     return Bundle(root, manifest)
+
+
+def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, where: str) -> None:
+    """Refuse, before ONNX Runtime sees it, a model that is corrupt, differs from its manifest, or reaches outside."""
+    try:
+        info = inspect_model(data)
+    except OnnxFormatError as err:
+        raise BundleError(f"{manifest.model_file} is not a valid ONNX model: {err}; rebuild the bundle", bundle=where) from err
+    for location in info.external_data:
+        problem = external_data_problem(location, model_dir, root)
+        if problem:
+            raise BundleError(f"{problem}; a bundle must be self-contained", bundle=where)
+    if len(info.inputs) != 1:
+        raise BundleError(f"the model has {len(info.inputs)} inputs; this runtime serves single-input models", bundle=where)
+    spec, actual = manifest.inputs[0], info.inputs[0]
+    if actual.name != spec.name or actual.dtype != spec.dtype:
+        raise BundleError(f"manifest input {spec.name} ({spec.dtype}) does not match the model's {actual.name} "
+                          f"({actual.dtype})", bundle=where)
+    fixed = [(m, a) for m, a in zip(spec.shape[1:], actual.shape[1:]) if isinstance(m, int) and isinstance(a, int) and a > 0]
+    if len(spec.shape) != len(actual.shape) or any(m != a for m, a in fixed):
+        raise BundleError(f"manifest input shape {spec.shape} does not match the model's {actual.shape}", bundle=where)
+    names = {o.name for o in info.outputs}
+    for out in (manifest.scores_output, manifest.value_output, *(o.name for o in manifest.outputs)):
+        if out and out not in names:
+            raise BundleError(f"manifest names output {out!r}, the model has {sorted(names)}", bundle=where)
 
 
 def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], *,

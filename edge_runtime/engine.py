@@ -6,7 +6,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import ORT_TO_NUMPY, Bundle
+from .bundle import Bundle
 from .errors import BundleError
 from .tasks import get_task
 
@@ -35,27 +35,8 @@ class Engine:
             self.session = ort.InferenceSession(os.fspath(bundle.model_path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", bundle=str(bundle.path)) from err
-        self._check_against_manifest()
         self.input_name = m.inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def _check_against_manifest(self) -> None:
-        where = str(self.bundle.path)
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise BundleError(f"the model has {len(inputs)} inputs; this runtime serves single-input models", bundle=where)
-        spec = self.manifest.inputs[0]
-        actual = inputs[0]
-        if actual.name != spec.name or ORT_TO_NUMPY.get(actual.type) != spec.dtype:
-            raise BundleError(
-                f"manifest input {spec.name} ({spec.dtype}) does not match the model's {actual.name} "
-                f"({ORT_TO_NUMPY.get(actual.type, actual.type)})",
-                bundle=where,
-            )
-        names = {o.name for o in self.session.get_outputs()}
-        for out in (self.manifest.scores_output, self.manifest.value_output):
-            if out and out not in names:
-                raise BundleError(f"manifest names output {out!r}, the model has {sorted(names)}", bundle=where)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the model once per batch size before serving.

@@ -112,3 +112,88 @@ def test_unsupported_estimator_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edge_runtime", "convert", str(src), "-o", str(tmp_path / "o")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# -- the model is checked before any ONNX Runtime session exists ------------------------------------
+
+def _rewrite_model(bundle, data: bytes) -> None:
+    """Replace the model and fix its checksum, as a careless (or hostile) bundle builder would."""
+    import hashlib
+
+    (bundle / "model.onnx").write_bytes(data)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_model_is_refused_before_a_session(bundle_copy, damage, monkeypatch):
+    import onnxruntime
+
+    data = (bundle_copy / "model.onnx").read_bytes()
+    _rewrite_model(bundle_copy, {"truncated": data[: len(data) // 2], "garbage": bytes(range(256)) * 8,
+                                 "empty": b""}[damage])
+
+    def no_session(*a, **k):  # fault injection: prove the check comes first
+        raise AssertionError("a session was created for a corrupt model")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    with pytest.raises(BundleError, match="not a valid ONNX model"):
+        load_bundle(bundle_copy)
+
+
+def test_manifest_shape_not_matching_model_is_refused(bundle_copy):
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["inputs"][0]["shape"] = [None, 15]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="shape"):
+        load_bundle(bundle_copy)
+
+
+def _model_with_external_weights(tmp_path, location: str) -> bytes:
+    """A real ONNX model (y = x @ W) whose W lives in an external file named ``location``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * 16))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _external_bundle(tmp_path, location: str):
+    from edge_runtime.bundle import write_bundle
+
+    manifest = {"name": "ext", "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}],
+                "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 4]}]}
+    return write_bundle(tmp_path / "bundle", _model_with_external_weights(tmp_path, location), manifest)
+
+
+def test_external_data_inside_the_bundle_is_served(tmp_path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "weights.bin").write_bytes((np.eye(4, dtype=np.float32) * 2).tobytes())
+    engine = Engine(_external_bundle(tmp_path, "weights.bin"))
+    np.testing.assert_allclose(engine.run(np.ones((1, 4), np.float32))["y"], [[2, 2, 2, 2]])
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "missing"])
+def test_external_data_reaching_outside_is_refused(tmp_path, how):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(np.eye(4, dtype=np.float32).tobytes())
+    (tmp_path / "bundle").mkdir()
+    location = {"dotdot": "../secret.bin", "absolute": str(outside), "symlink": "weights.bin", "missing": "gone.bin"}[how]
+    if how == "symlink":
+        (tmp_path / "bundle" / "weights.bin").symlink_to(outside)
+    with pytest.raises(BundleError, match="external data") as err:
+        _external_bundle(tmp_path, location)
+    assert "self-contained" in str(err.value)
