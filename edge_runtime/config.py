@@ -113,6 +113,10 @@ class ModelConfig(_Strict):
         None, description="Environment variable holding the HMAC key; when set, the bundle must carry a valid signature."
     )
     warmup: bool = Field(True, description="Run one inference per batch size at start so the first real request is not slow.")
+    watch: bool = Field(
+        True, description="Reload when the bundle directory is swapped for a new one (checked every 2 s). A reload can "
+        "also be asked for on the control topic; a bad new bundle leaves the old model serving.",
+    )
 
 
 Overflow = Literal["drop_oldest", "reject", "latest_only"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -26,6 +27,7 @@ from .engine import Engine
 from .errors import ConfigError, PayloadError
 from .link import Link, Message
 from .metrics import RouteStats
+from .reload import Outcome, Reloader
 from .tasks import Decoder
 from .topics import TopicFilter, TopicTemplate
 
@@ -50,19 +52,25 @@ class Route:
         return self.config.subscribe
 
 
-def _load_engines(config: Config) -> dict[str, Engine]:
+def _load_engine(config: Config, name: str) -> Engine:
+    """Load, verify and warm up one model: used at start and for every reload."""
     import os
 
-    engines = {}
-    for m in config.models:
-        key = None
-        if m.signing_key_env:
-            value = os.environ.get(m.signing_key_env)
-            if not value:
-                raise ConfigError(f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env")
-            key = value.encode()
-        engines[m.name] = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads)
-    return engines
+    m = next(m for m in config.models if m.name == name)
+    key = None
+    if m.signing_key_env:
+        value = os.environ.get(m.signing_key_env)
+        if not value:
+            raise ConfigError(f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env")
+        key = value.encode()
+    engine = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads)
+    if m.warmup:
+        engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
+    return engine
+
+
+def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
+    return engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
 
 
 class Runtime:
@@ -70,7 +78,7 @@ class Runtime:
 
     def __init__(self, config: Config):
         self.config = config
-        self.engines = _load_engines(config)
+        self.engines = {m.name: _load_engine(config, m.name) for m in config.models}
         self.routes: list[Route] = []
         for rc in config.routes:
             engine = self.engines[rc.model]
@@ -81,22 +89,22 @@ class Runtime:
                 filter=flt,
                 publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
                 errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
-                decoder=engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes),
+                decoder=_decoder(engine, rc),
                 batcher=Batcher(max_batch=rc.max_batch, max_delay=rc.max_delay_ms / 1000, max_queue=rc.max_queue,
                                 overflow=rc.overflow,
                                 deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
             ))
-        for model in config.models:
-            if model.warmup:
-                sizes = {1} | {r.config.max_batch for r in self.routes if r.config.model == model.name}
-                self.engines[model.name].warm_up(tuple(sizes))
         self._route_cache: dict[str, list[Route]] = {}
         self._stop = threading.Event()
         self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
+        self.control_topic = f"edge-runtime/{config.broker.client_id}/control"
+        self._last_reload: dict[str, Any] | None = None
+        self.reloader = Reloader({m.name: m.bundle for m in config.models}, lambda name: _load_engine(config, name),
+                                 watched={m.name for m in config.models if m.watch})
         self.link = Link(
             config.broker,
             on_message=self._accept,
-            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes],
+            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes] + [(self.control_topic, 1)],
             persistent=any(r.config.qos > 0 for r in self.routes),
             will=(self.status_topic, encode({"state": "offline"})),
         )
@@ -106,6 +114,7 @@ class Runtime:
 
     def start(self) -> None:
         self.link.connect()
+        self.reloader.start()
 
     def stop(self) -> None:
         """Ask the loop to finish: batches in hand are served and their results published first."""
@@ -124,8 +133,10 @@ class Runtime:
 
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
-        link, routes, stop = self.link, self.routes, self._stop
+        link, routes, stop, reloads = self.link, self.routes, self._stop, self.reloader.outcomes
         while not stop.is_set():
+            if not reloads.empty():
+                self._swap(reloads.get())
             now = time.monotonic()
             if end is not None and now >= end:
                 break
@@ -138,6 +149,7 @@ class Runtime:
             self._serve_due(time.monotonic())
 
     def shutdown(self) -> None:
+        self.reloader.close()
         for route in self.routes:  # whatever was accepted is answered before we go
             while len(route.batcher):
                 self._serve_batch(route, *route.batcher.take(time.monotonic()))
@@ -147,10 +159,38 @@ class Runtime:
         self.link.close()
 
     def _announce(self) -> None:
-        self.link.publish(self.status_topic, encode({
-            "state": "online", "version": __version__,
-            "models": {n: e.manifest.version for n, e in self.engines.items()},
-        }), qos=1, retain=True)
+        status = {"state": "online", "version": __version__,
+                  "models": {n: e.manifest.version for n, e in self.engines.items()}}
+        if self._last_reload is not None:
+            status["reload"] = self._last_reload
+        self.link.publish(self.status_topic, encode(status), qos=1, retain=True)
+
+    def _swap(self, outcome: Outcome) -> None:
+        """Between two batches: serve the new model from now on, or say on the status topic why not."""
+        name, engine = outcome.model, outcome.engine
+        if engine is None:
+            self._last_reload = {"model": name, "ok": False, "reason": outcome.reason,
+                                 "serving": self.engines[name].manifest.version}
+        else:
+            self.engines[name] = engine
+            for route in self.routes:
+                if route.config.model == name:
+                    route.engine, route.decoder = engine, _decoder(engine, route.config)
+            self._last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
+            log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
+        if self.link.connected:
+            self._announce()
+
+    def _control(self, msg: Message) -> None:
+        """``{"reload": "<model>"}`` (or ``"*"``) on the control topic: reload from the configured bundle path."""
+        self.link.ack(msg)
+        try:
+            target = orjson.loads(msg.payload)["reload"]
+            names = self.reloader.request(None if target == "*" else str(target))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            names = []
+        if not names:
+            log.warning("control message ignored (expected {\"reload\": \"<model>\"} or \"*\"): %r", msg.payload[:200])
 
     def stats(self) -> dict[str, Any]:
         """Per-route counters and latencies, and the link's (reconnects, results dropped while away)."""
@@ -165,6 +205,8 @@ class Runtime:
         """Called by paho for every input: only queue it here; all work happens in ``_serve_due``."""
         routes = self._route_cache.get(msg.topic)
         if routes is None:
+            if msg.topic == self.control_topic:
+                return self._control(msg)
             routes = [r for r in self.routes if r.filter.match(msg.topic) is not None]
             if len(self._route_cache) < 10_000:
                 self._route_cache[msg.topic] = routes
