@@ -47,6 +47,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def mosquitto_config(port: int, *, persistence_dir: Path | None = None, extra: str = "") -> str:
     lines = [
+        # Each listener keeps its own authentication, so ``extra`` can add a TLS or password-only one.
+        "per_listener_settings true",
         f"listener {port} 127.0.0.1",
         # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write our persistence
         # files: stay whoever started it.
