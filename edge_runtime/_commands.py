@@ -1,4 +1,4 @@
-"""Subcommands of the runtime itself: run, broker, demo."""
+"""Subcommands of the runtime itself: run, broker, status, demo."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     brk.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
     brk.set_defaults(handler=_broker)
 
+    status = sub.add_parser("status", help="live table of the runtimes on a broker (their status and metrics topics)")
+    status.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    status.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: Ctrl-C)")
+    status.set_defaults(handler=_status)
+
     demo = sub.add_parser("demo", help="broker + demo model + runtime + simulated sensors, with live results")
     demo.add_argument("--duration", type=positive_float, default=20.0)
     demo.add_argument("--devices", type=positive_int, default=4)
@@ -47,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         extra = ["--duration", str(args.duration)] if args.duration else []
         if args.stats_json:
             extra += ["--stats-json", str(args.stats_json)]
-        return run_workers(args.config, args.workers, extra_args=extra)
+        return run_workers(args.config, args.workers, extra_args=extra,
+                           global_args=["--log-level", args.log_level, "--log-format", args.log_format])
     stats_path = args.stats_json
     if args.worker_index is not None:
         config = as_worker(config, args.worker_index)
@@ -59,7 +65,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     runtime.run(duration=args.duration)
     stats = runtime.stats()
-    logging.getLogger("edge_runtime").info("stopped; %s", stats)
+    routes = stats["routes"].values()
+    logging.getLogger("edge_runtime").info(
+        "stopped: %d received, %d results, %d errors, %d dropped", sum(r["received"] for r in routes),
+        sum(r["results"] for r in routes), sum(sum(r["errors"].values()) for r in routes),
+        sum(sum(r["dropped"].values()) for r in routes))
     if stats_path:
         stats_path.write_text(json.dumps(stats, indent=1))
     return 0
@@ -69,6 +79,12 @@ def _broker(args: argparse.Namespace) -> int:
     from .broker import run_foreground
 
     return run_foreground(args.port, kind=args.kind)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import watch_status
+
+    return watch_status(args.broker, duration=args.duration)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ is not served late.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Generic, Hashable, TypeVar
+from typing import Generic, Hashable, TypeVar
 
 __all__ = ["Batcher", "Pending", "OVERFLOW_POLICIES"]
 
@@ -46,6 +46,7 @@ class Batcher(Generic[T]):
         self._queue: deque[Pending[T]] = deque()
         self._live = 0
         self._latest: dict[Hashable, Pending[T]] = {}
+        self.high_water = 0  # the most inputs ever waiting at once: never above max_queue
 
     def offer(self, item: T, now: float, key: Hashable = None) -> list[tuple[T, str]]:
         """Queue ``item``; return the inputs given up to make room, each with its reason."""
@@ -64,6 +65,8 @@ class Batcher(Generic[T]):
         p = Pending(item, now, key)
         self._queue.append(p)
         self._live += 1
+        if self._live > self.high_water:
+            self.high_water = self._live
         if self.overflow == "latest_only":
             self._latest[key] = p
         return given_up

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["Config", "BrokerConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
+__all__ = ["Config", "BrokerConfig", "MetricsConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -160,8 +160,25 @@ class RouteConfig(_Strict):
         return self.errors if self.errors is not None else self.publish + "/error"
 
 
+class MetricsConfig(_Strict):
+    interval_s: float = Field(10.0, ge=0, le=86_400, description="Publish the runtime's metrics this often; 0: never.")
+    topic: str | None = Field(None, description="Metrics topic; default: edge-runtime/<client_id>/metrics.")
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve the same metrics for Prometheus on this port (needs the [prometheus] extra)."
+    )
+    prometheus_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to (0.0.0.0 to expose it).")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "+#")):
+            raise ValueError("a metrics topic is a plain topic name, without wildcards")
+        return value
+
+
 class Config(_Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
 

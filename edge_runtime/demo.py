@@ -6,7 +6,6 @@ into a bundle once; later runs reuse it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

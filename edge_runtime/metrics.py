@@ -44,12 +44,18 @@ class Histogram:
                 return min(_BOUNDS[i] if i < len(_BOUNDS) else self.max, self.max)
         return self.max
 
+    def merge(self, other: "Histogram") -> "Histogram":
+        out = Histogram()
+        out.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        out.total, out.sum, out.max = self.total + other.total, self.sum + other.sum, max(self.max, other.max)
+        return out
+
     def summary(self) -> dict[str, float]:
         return {
             "count": self.total,
-            "p50_ms": self.percentile(50),
-            "p90_ms": self.percentile(90),
-            "p99_ms": self.percentile(99),
+            "p50_ms": round(self.percentile(50), 4),
+            "p90_ms": round(self.percentile(90), 4),
+            "p99_ms": round(self.percentile(99), 4),
             "max_ms": round(self.max, 3),
         }
 
@@ -61,6 +67,7 @@ class RouteStats:
     errors: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
     batches: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # rows per batch -> how many batches had that many
     latency: Histogram = field(default_factory=Histogram)  # arrival to result handed to the broker
     # Where the time goes, per input: waiting in the queue, then per batch: decode, inference, encode+publish.
     stages: dict[str, Histogram] = field(default_factory=lambda: {s: Histogram() for s in STAGES})
@@ -73,6 +80,7 @@ class RouteStats:
             "dropped": dict(self.dropped),
             "batches": self.batches,
             "mean_batch": round(self.results / self.batches, 2) if self.batches else 0.0,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "latency": self.latency.summary(),
             "stages": {name: h.summary() for name, h in self.stages.items()},
         }

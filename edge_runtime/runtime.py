@@ -26,7 +26,7 @@ from .config import Config, RouteConfig
 from .engine import Engine
 from .errors import ConfigError, PayloadError
 from .link import Link, Message
-from .metrics import RouteStats
+from .metrics import Histogram, RouteStats
 from .reload import Outcome, Reloader
 from .tasks import Decoder
 from .topics import TopicFilter, TopicTemplate
@@ -95,9 +95,14 @@ class Runtime:
                                 deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
             ))
         self._route_cache: dict[str, list[Route]] = {}
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
         self.control_topic = f"edge-runtime/{config.broker.client_id}/control"
+        self.metrics_topic = config.metrics.topic or f"edge-runtime/{config.broker.client_id}/metrics"
+        self._metrics_every = config.metrics.interval_s or None
+        self._metrics_due = float("inf")
+        self._prometheus = None
         self._last_reload: dict[str, Any] | None = None
         self.reloader = Reloader({m.name: m.bundle for m in config.models}, lambda name: _load_engine(config, name),
                                  watched={m.name for m in config.models if m.watch})
@@ -115,6 +120,12 @@ class Runtime:
     def start(self) -> None:
         self.link.connect()
         self.reloader.start()
+        if self._metrics_every:
+            self._metrics_due = time.monotonic() + self._metrics_every
+        if self.config.metrics.prometheus_port:
+            from .prometheus import serve_prometheus
+
+            self._prometheus = serve_prometheus(self, self.config.metrics.prometheus_host, self.config.metrics.prometheus_port)
 
     def stop(self) -> None:
         """Ask the loop to finish: batches in hand are served and their results published first."""
@@ -140,7 +151,10 @@ class Runtime:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
-            timeout = 0.5
+            if now >= self._metrics_due:
+                self.publish_metrics()
+                self._metrics_due = now + self._metrics_every
+            timeout = min(0.5, self._metrics_due - now)
             for r in routes:
                 d = r.batcher.next_due()
                 if d is not None:
@@ -150,10 +164,14 @@ class Runtime:
 
     def shutdown(self) -> None:
         self.reloader.close()
+        if self._prometheus is not None:
+            self._prometheus.shutdown()
         for route in self.routes:  # whatever was accepted is answered before we go
             while len(route.batcher):
                 self._serve_batch(route, *route.batcher.take(time.monotonic()))
         if self.link.connected:
+            if self._metrics_every:
+                self.publish_metrics()  # the last word on what this run did
             self.link.publish(self.status_topic, encode({"state": "offline"}), qos=1, retain=True)
             self.link.drain(5.0)
         self.link.close()
@@ -164,6 +182,10 @@ class Runtime:
         if self._last_reload is not None:
             status["reload"] = self._last_reload
         self.link.publish(self.status_topic, encode(status), qos=1, retain=True)
+
+    def publish_metrics(self) -> None:
+        """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
+        self.link.publish(self.metrics_topic, encode({"ts": time.time(), **self.stats()}), 0)
 
     def _swap(self, outcome: Outcome) -> None:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
@@ -193,11 +215,25 @@ class Runtime:
             log.warning("control message ignored (expected {\"reload\": \"<model>\"} or \"*\"): %r", msg.payload[:200])
 
     def stats(self) -> dict[str, Any]:
-        """Per-route counters and latencies, and the link's (reconnects, results dropped while away)."""
-        out: dict[str, Any] = {r.name: r.stats.as_dict() for r in self.routes}
-        if self.link.counters:
-            out["_link"] = dict(self.link.counters)
-        return out
+        """Everything counted so far: per route, per model, and the link's counters.
+
+        What the metrics topic publishes and ``run --stats-json`` writes. Histogram-derived
+        percentiles are the upper bound of their bucket (within one bucket of the truth).
+        """
+        routes: dict[str, Any] = {}
+        infer: dict[str, Histogram] = {}
+        for r in self.routes:
+            routes[r.name] = {"model": r.config.model, **r.stats.as_dict(),
+                              "queue": {"depth": len(r.batcher), "high_water": r.batcher.high_water,
+                                        "max": r.config.max_queue}}
+            infer[r.config.model] = infer.get(r.config.model, Histogram()).merge(r.stats.stages["infer"])
+        models = {name: {"version": e.manifest.version, "batches": infer[name].total if name in infer else 0,
+                         "rows": sum(r.stats.results for r in self.routes if r.config.model == name),
+                         "infer": (infer.get(name) or Histogram()).summary()}
+                  for name, e in self.engines.items()}
+        link = {"connected": self.link.connected, "pending_out": self.link.pending_out(), **self.link.counters}
+        return {"runtime": self.config.broker.client_id, "version": __version__,
+                "uptime_s": round(time.monotonic() - self._started, 3), "routes": routes, "models": models, "link": link}
 
     # -- the data path ----------------------------------------------------------------------
 
@@ -276,6 +312,7 @@ class Runtime:
         t3 = time.monotonic()
         n = len(accepted)
         stats.batches += 1
+        stats.batch_sizes[n] += 1
         stats.results += n
         stages = stats.stages
         stages["decode"].observe((t1 - t0) * 1000)
@@ -300,7 +337,9 @@ class Runtime:
 
     def _publish_error(self, route: Route, msg: Message, err: PayloadError) -> None:
         route.stats.errors[err.code] += 1
-        log.debug("route %s: %s (id=%r)", route.name, err, err.id)
+        # One line per refused input, with what an operator needs to find it; overload is counted, not logged.
+        log.log(logging.DEBUG if err.code == "overloaded" else logging.WARNING, "route %s: input %r from %s refused: %s",
+                route.name, err.id, msg.topic, err, extra={"route": route.name, "id": err.id, "code": err.code, "topic": msg.topic})
         topic, props = self._reply_target(route, route.errors, msg)
         body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": msg.topic}
         self.link.publish(topic, encode(body), route.config.qos, properties=props)

@@ -34,10 +34,10 @@ def as_worker(config: Config, index: int) -> Config:
     return config.model_copy(update={"broker": broker, "routes": routes, "models": models})
 
 
-def run_workers(config_path: Path, workers: int, *, extra_args: list[str]) -> int:
+def run_workers(config_path: Path, workers: int, *, extra_args: list[str], global_args: list[str] = ()) -> int:
     """Start the workers, forward SIGINT/SIGTERM, restart a worker that dies, and wait for all to stop."""
     def spawn(i: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config_path),
+        return subprocess.Popen([sys.executable, "-m", "edge_runtime", *global_args, "run", str(config_path),
                                  "--worker-index", str(i), *extra_args])
 
     procs = {i: spawn(i) for i in range(1, workers + 1)}

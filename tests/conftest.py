@@ -140,6 +140,14 @@ class Collector:
     def json(self, n: int, timeout: float = 10.0) -> list[tuple[str, dict]]:
         return [(m.topic, orjson.loads(m.payload)) for m in self.take(n, timeout)]
 
+    def json_until(self, predicate, timeout: float = 20.0) -> dict:
+        """The first JSON message for which ``predicate`` holds (status and metrics arrive repeatedly)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = orjson.loads(self.take(1, timeout=max(0.1, deadline - time.monotonic()))[0].payload)
+            if predicate(body):
+                return body
+
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()

@@ -154,7 +154,6 @@ def test_manifest_shape_not_matching_model_is_refused(bundle_copy):
 
 def _model_with_external_weights(tmp_path, location: str) -> bytes:
     """A real ONNX model (y = x @ W) whose W lives in an external file named ``location``."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")

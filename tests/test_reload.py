@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 import orjson
 
 from conftest import payload, route_config
-
-
-def _status_until(status, predicate, timeout=20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = orjson.loads(status.take(1, timeout=max(0.1, deadline - time.monotonic()))[0].payload)
-        if predicate(body):
-            return body
 
 
 def _ask(publisher, collector_results, vibration_data, topic="sensors/a/vibration") -> dict:
@@ -49,12 +40,12 @@ def test_swapped_bundle_is_served_and_a_corrupt_one_is_not(broker, start_runtime
     status = collector("edge-runtime/reload-1/status")
     results = collector("results/+/vibration")
     rt = start_runtime(route_config(broker.url, current, client_id="reload-1", qos=1))
-    _status_until(status, lambda b: b["state"] == "online")
+    status.json_until(lambda b: b["state"] == "online")
     assert _ask(publisher, results, vibration_data)["version"] == "3"
 
     _version_copy(vibration_bundle, tmp_path / "v4", "4")
     _swap_symlink(current, tmp_path / "v4")
-    body = _status_until(status, lambda b: "reload" in b)
+    body = status.json_until(lambda b: "reload" in b)
     assert body["reload"] == {"model": "m", "ok": True, "serving": "4"} and body["models"] == {"m": "4"}
     assert _ask(publisher, results, vibration_data)["version"] == "4"
 
@@ -62,10 +53,10 @@ def test_swapped_bundle_is_served_and_a_corrupt_one_is_not(broker, start_runtime
     model = tmp_path / "v5" / "model.onnx"
     model.write_bytes(model.read_bytes()[:1000])  # a copy cut short
     _swap_symlink(current, tmp_path / "v5")
-    body = _status_until(status, lambda b: b.get("reload", {}).get("ok") is False)
+    body = status.json_until(lambda b: b.get("reload", {}).get("ok") is False)
     assert body["reload"]["serving"] == "4" and "checksum mismatch" in body["reload"]["reason"]
     assert _ask(publisher, results, vibration_data)["version"] == "4"  # the old model goes on serving
-    assert rt.runtime.stats()["sensors/+/vibration"]["errors"] == {}
+    assert rt.runtime.stats()["routes"]["sensors/+/vibration"]["errors"] == {}
 
 
 def test_reload_on_the_control_topic(broker, start_runtime, collector, publisher, vibration_bundle,
@@ -76,7 +67,7 @@ def test_reload_on_the_control_topic(broker, start_runtime, collector, publisher
     results = collector("results/+/vibration")
     config = route_config(broker.url, bundle, client_id="reload-2", qos=1).replace('name = "m"\n', 'name = "m"\nwatch = false\n')
     start_runtime(config)
-    _status_until(status, lambda b: b["state"] == "online")
+    status.json_until(lambda b: b["state"] == "online")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["version"] = "7"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -84,6 +75,6 @@ def test_reload_on_the_control_topic(broker, start_runtime, collector, publisher
 
     publisher.publish("edge-runtime/reload-2/control", b"not json", qos=1)  # ignored, and the runtime goes on
     publisher.publish("edge-runtime/reload-2/control", orjson.dumps({"reload": "m"}), qos=1)
-    body = _status_until(status, lambda b: "reload" in b)
+    body = status.json_until(lambda b: "reload" in b)
     assert body["reload"] == {"model": "m", "ok": True, "serving": "7"}
     assert _ask(publisher, results, vibration_data)["version"] == "7"

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import orjson
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -114,7 +113,7 @@ def test_batches_form_under_load(broker, vibration_bundle, vibration_data, start
     for i in range(64):
         publisher.publish("sensors/b/vibration", payload(Xt[i % len(Xt)], id=i))
     assert sorted(b["id"] for _, b in results.json(64)) == list(range(64))
-    stats = rt.runtime.stats()["sensors/+/vibration"]
+    stats = rt.runtime.stats()["routes"]["sensors/+/vibration"]
     assert stats["results"] == 64 and stats["batches"] < 64
 
 

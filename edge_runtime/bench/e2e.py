@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,7 +205,7 @@ def _sweep(run, options: E2EOptions) -> dict:
 
 
 def _stage_summary(stats: dict) -> dict:
-    route = next(iter(stats.values()))
+    route = next(iter(stats["routes"].values()))
     return {name: h for name, h in route.get("stages", {}).items()}
 
 
