@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from edge_runtime.cli import positive_float, positive_int
+from edge_runtime.errors import EdgeRuntimeError
+
+
+def _fault_list(text: str) -> list[str]:
+    from .fleet import FAULTS
+
+    faults = [f for f in text.split(",") if f]
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown fault {bad[0]!r}; choose from {', '.join(FAULTS)}")
+    return faults
+
+
+def _profile(name: str | None):
+    from .profiles import get_profile
+    from .detect import detect
+
+    try:
+        return get_profile(name) if name else detect()[0]
+    except LookupError as err:
+        raise EdgeRuntimeError(str(err)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +43,133 @@ def register(sub: argparse._SubParsersAction) -> None:
     sens.add_argument("--seed", type=int, default=0)
     sens.set_defaults(handler=_sensors)
 
+    fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
+    fleet.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    fleet.add_argument("--devices", type=positive_int, default=10)
+    fleet.add_argument("--rate", type=positive_float, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
+    fleet.add_argument("--duration", type=positive_float, default=10.0)
+    fleet.add_argument("--faults", type=_fault_list, default=[], help="comma-separated: silent,garbage,burst")
+    fleet.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
+    fleet.add_argument("--seed", type=int, default=0)
+    fleet.set_defaults(handler=_fleet)
+
+    rec = simsub.add_parser("record", help="save what arrives on topics to a file (JSON lines)")
+    rec.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    rec.add_argument("--topic", action="append", required=True, help="topic filter; repeat for more")
+    rec.add_argument("-o", "--output", type=Path, required=True)
+    rec.add_argument("--duration", type=positive_float)
+    rec.add_argument("--count", type=positive_int)
+    rec.set_defaults(handler=_record)
+
+    rep = simsub.add_parser("replay", help="publish a recording again with its original timing")
+    rep.add_argument("file", type=Path)
+    rep.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    rep.add_argument("--speed", type=positive_float, default=1.0, help="2: twice as fast")
+    rep.set_defaults(handler=_replay)
+
+    dev = sub.add_parser("devices", help="device profiles: list, show, detect")
+    devsub = dev.add_subparsers(dest="what", required=True, metavar="ACTION")
+    devsub.add_parser("list", help="the known profiles").set_defaults(handler=_devices_list)
+    show = devsub.add_parser("show", help="one profile in full")
+    show.add_argument("name")
+    show.set_defaults(handler=_devices_show)
+    det = devsub.add_parser("detect", help="which profile this machine matches, and why")
+    det.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    det.set_defaults(handler=_devices_detect)
+
+    deploy = sub.add_parser("deploy", help="run the runtime as a service")
+    depsub = deploy.add_subparsers(dest="what", required=True, metavar="KIND")
+    unit = depsub.add_parser("systemd", help="print (or write) a systemd unit for a config")
+    unit.add_argument("config", type=Path)
+    unit.add_argument("--user", default="edge-runtime", help="the dedicated user the service runs as")
+    unit.add_argument("--profile", help="device profile (default: detected)")
+    unit.add_argument("-o", "--output", type=Path, help="write here instead of printing")
+    unit.set_defaults(handler=_deploy_systemd)
+
 
 def _sensors(args: argparse.Namespace) -> int:
     from .simulate import simulate_sensors
 
     return simulate_sensors(args.broker, devices=args.devices, rate=args.rate, duration=args.duration,
                             qos=args.qos, seed=args.seed)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from edge_runtime.link import connect_client
+
+    from .fleet import run_fleet
+
+    client = connect_client(args.broker)
+    try:
+        fleet = run_fleet(client, devices=args.devices, rate=args.rate, duration=args.duration, faults=args.faults,
+                          qos=args.qos, seed=args.seed)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    for d in fleet:
+        print(f"{d.name:10} {d.rate:6.1f} Hz  {d.fault or '-':8} sent {sum(d.sent.values())}")
+    print(f"total sent: {sum(sum(d.sent.values()) for d in fleet)}")
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from .recording import record
+
+    if args.duration is None and args.count is None:
+        raise EdgeRuntimeError("say when to stop recording: --duration SECONDS or --count N")
+    n = record(args.broker, args.topic, args.output, duration=args.duration, count=args.count)
+    print(f"recorded {n} messages to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .recording import replay
+
+    try:
+        n = replay(args.broker, args.file, speed=args.speed)
+    except OSError as err:
+        raise EdgeRuntimeError(f"cannot read {args.file}: {err.strerror}") from None
+    except ValueError as err:
+        raise EdgeRuntimeError(str(err)) from None
+    print(f"replayed {n} messages", file=sys.stderr)
+    return 0
+
+
+def _devices_list(args: argparse.Namespace) -> int:
+    from .profiles import get_profile, known_profiles
+
+    for name in known_profiles():
+        p = get_profile(name)
+        print(f"{name:16} {p.title:36} {p.cores} cores {p.memory_mb:6} MB  int8: {'yes' if p.int8_pays_off else 'no'}")
+    return 0
+
+
+def _devices_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_profile(args.name).as_dict(), indent=2))
+    return 0
+
+
+def _devices_detect(args: argparse.Namespace) -> int:
+    from .detect import detect, read_facts
+
+    profile, reasons = detect(read_facts(args.root))
+    print(f"{profile.name}: {profile.title}")
+    for reason in reasons:
+        print(f"  because {reason}")
+    print(f"  int8 pays off: {'yes' if profile.int8_pays_off else 'no'}; ONNX Runtime threads: {profile.ort.intra_op_threads}")
+    return 0
+
+
+def _deploy_systemd(args: argparse.Namespace) -> int:
+    from edge_runtime.config import load_config
+
+    from .deploy import systemd_unit
+
+    load_config(args.config)  # a unit for a config that does not load would only fail at boot
+    text = systemd_unit(args.config, _profile(args.profile), user=args.user)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["Config", "BrokerConfig", "MetricsConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
+__all__ = ["Config", "BrokerConfig", "DeviceConfig", "MetricsConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -108,7 +108,9 @@ class BrokerConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to.")
     bundle: Path = Field(strict=False, description="Bundle directory (model.onnx + manifest.json), relative to the config file.")
-    threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads. One per worker when cores are shared.")
+    threads: int | None = Field(
+        None, ge=1, le=64, description="ONNX Runtime intra-op threads; default: the device profile's (one per worker with --workers)."
+    )
     signing_key_env: str | None = Field(
         None, description="Environment variable holding the HMAC key; when set, the bundle must carry a valid signature."
     )
@@ -176,8 +178,25 @@ class MetricsConfig(_Strict):
         return value
 
 
+class DeviceConfig(_Strict):
+    profile: str | None = Field(None, description="Device profile (`edge-runtime devices list`); default: detected.")
+
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        if value is not None:
+            from devices.profiles import get_profile
+
+            try:
+                get_profile(value)
+            except LookupError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+
 class Config(_Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: Annotated[list[RouteConfig], Field(min_length=1)]

@@ -18,6 +18,9 @@ import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devices import profile_for
+from devices.profiles import DeviceProfile
+
 from . import __version__
 from .batcher import Batcher, Pending
 from .bundle import load_bundle
@@ -52,7 +55,7 @@ class Route:
         return self.config.subscribe
 
 
-def _load_engine(config: Config, name: str) -> Engine:
+def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
     """Load, verify and warm up one model: used at start and for every reload."""
     import os
 
@@ -63,7 +66,8 @@ def _load_engine(config: Config, name: str) -> Engine:
         if not value:
             raise ConfigError(f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env")
         key = value.encode()
-    engine = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads)
+    engine = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads or profile.ort.intra_op_threads,
+                    spinning=profile.ort.allow_spinning)
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
     return engine
@@ -78,7 +82,9 @@ class Runtime:
 
     def __init__(self, config: Config):
         self.config = config
-        self.engines = {m.name: _load_engine(config, m.name) for m in config.models}
+        # ONNX Runtime settings come from the board this runs on (or the one the config names).
+        self.profile = profile_for(config.device.profile)
+        self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
         self.routes: list[Route] = []
         for rc in config.routes:
             engine = self.engines[rc.model]
@@ -104,7 +110,7 @@ class Runtime:
         self._metrics_due = float("inf")
         self._prometheus = None
         self._last_reload: dict[str, Any] | None = None
-        self.reloader = Reloader({m.name: m.bundle for m in config.models}, lambda name: _load_engine(config, name),
+        self.reloader = Reloader({m.name: m.bundle for m in config.models}, lambda name: _load_engine(config, name, self.profile),
                                  watched={m.name for m in config.models if m.watch})
         self.link = Link(
             config.broker,
@@ -177,7 +183,7 @@ class Runtime:
         self.link.close()
 
     def _announce(self) -> None:
-        status = {"state": "online", "version": __version__,
+        status = {"state": "online", "version": __version__, "device": self.profile.name,
                   "models": {n: e.manifest.version for n, e in self.engines.items()}}
         if self._last_reload is not None:
             status["reload"] = self._last_reload

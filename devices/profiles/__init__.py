@@ -1,0 +1,94 @@
+"""Device profiles: what a board has (cores, memory, CPU features) and the settings that pay off there.
+
+One registry, as skl2onnx keeps one per kind of plug-in: ``register_profile`` refuses duplicates and a
+failed lookup lists the known names. Each board is one small module below that registers itself;
+adding a board is adding a file and naming it in ``_BOARDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["DeviceProfile", "OrtSettings", "register_profile", "get_profile", "known_profiles"]
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    intra_op_threads: int = 1
+    # Spinning threads burn the cores that paho and the broker need (ORT #3099).
+    allow_spinning: bool = False
+    graph_optimization_level: str = "all"  # disable | basic | extended | all
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    title: str
+    arch: str  # aarch64 | x86_64
+    cores: int
+    memory_mb: int
+    cpu: str = ""
+    # Features that decide whether int8 pays off: ARM dot-product (asimddp) or x86 VNNI.
+    cpu_features: frozenset[str] = frozenset()
+    ort: OrtSettings = field(default_factory=OrtSettings)
+    max_queue: int = 10_000  # inputs a route may hold: the queue's share of the memory budget
+    notes: str = ""
+
+    @property
+    def int8_pays_off(self) -> bool:
+        """int8 kernels beat fp32 only with dot-product (ARMv8.2 SDOT) or VNNI instructions.
+
+        Without them ONNX Runtime's int8 path is often slower than fp32 (onnxruntime #20052, #6695).
+        """
+        return bool(self.cpu_features & {"asimddp", "avx512_vnni", "avx_vnni", "amx_int8"})
+
+    @property
+    def quantization(self) -> str:
+        return "static int8 (QDQ), measured against fp32" if self.int8_pays_off else "none (fp32); fp16 only to save size"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cpu_features"] = sorted(self.cpu_features)
+        d["ort"]["providers"] = list(self.ort.providers)
+        d["int8_pays_off"] = self.int8_pays_off
+        d["quantization"] = self.quantization
+        return d
+
+
+_PROFILES: dict[str, DeviceProfile] = {}
+_BOARDS = ("pi_zero2w", "pi3", "pi4", "pi5", "generic_arm64", "generic_x86_64")
+
+
+def register_profile(profile: DeviceProfile) -> DeviceProfile:
+    if profile.name in _PROFILES:
+        raise ValueError(f"a device profile named {profile.name!r} is already registered")
+    _PROFILES[profile.name] = profile
+    return profile
+
+
+def _load_boards() -> None:
+    for module in _BOARDS:
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def known_profiles() -> list[str]:
+    return sorted(_PROFILES) + ["this-machine"]
+
+
+def get_profile(name: str) -> DeviceProfile:
+    """A registered profile by name; ``this-machine`` is built from what this machine reports."""
+    if name == "this-machine":
+        from ..detect import this_machine
+
+        return this_machine()
+    try:
+        return _PROFILES[name]
+    except KeyError:
+        raise LookupError(f"unknown device profile {name!r}; known: {', '.join(known_profiles())} "
+                          "(see `edge-runtime devices list`)") from None
+
+
+_load_boards()
