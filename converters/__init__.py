@@ -6,13 +6,18 @@ checks that ONNX Runtime loads it. Pickled sources must come from a trusted sour
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from edge_runtime.bundle import Bundle, write_bundle
 
-from . import sklearn as _sklearn  # noqa: F401  (registers itself)
+from . import onnx_source as _onnx_source  # noqa: F401  (each registers itself)
+from . import pytorch as _pytorch  # noqa: F401
+from . import sklearn as _sklearn  # noqa: F401
 from ._registry import ConversionError, detect_family, get_converter, register_converter
 from .sklearn import convert_estimator
 
@@ -20,25 +25,128 @@ __all__ = ["convert", "convert_estimator", "ConversionError", "register_converte
 
 
 def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str | None = None,
-            version: str = "1", family: str | None = None) -> Bundle:
+            version: str = "1", family: str | None = None, quantize: str | None = None,
+            validation: np.ndarray | str | os.PathLike[str] | None = None,
+            labels: np.ndarray | str | os.PathLike[str] | None = None,
+            calibration: np.ndarray | str | os.PathLike[str] | None = None, max_accuracy_drop: float = 1.0,
+            target: str | None = None, input_shape: tuple[int, ...] | None = None,
+            progress: Callable[[str], None] | None = None) -> Bundle:
+    """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
+
+    ``quantize``: ``auto`` (the default when validation data is given) measures every mode and keeps the
+    fastest within ``max_accuracy_drop`` points; ``none``/``fp16``/``dynamic``/``static`` force one.
+    """
     src = Path(source)
     if not src.exists():
         raise ConversionError(f"{src}: no such file")
     converter = get_converter(family or detect_family(src))
-    model_bytes, manifest = converter.convert(src, name=name or src.stem)
-    return _finish(out_dir, model_bytes, manifest, version)
+    model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape)
+    return _finish(out_dir, model_bytes, manifest, version, quantize=quantize, validation=validation, labels=labels,
+                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress)
 
 
-def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1") -> Bundle:
+def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1",
+                           **options: Any) -> Bundle:
     """Convert an in-memory fitted scikit-learn estimator straight to a bundle (no pickle involved)."""
     model_bytes, manifest = convert_estimator(estimator, name=name)
-    return _finish(out_dir, model_bytes, manifest, version)
+    return _finish(out_dir, model_bytes, manifest, version, **options)
 
 
-def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str) -> Bundle:
+def _array(value: Any, what: str) -> np.ndarray | None:
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.load(Path(value), allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"{what} {value}: not a readable .npy array ({err})") from err
+
+
+def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
+            quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
+            max_accuracy_drop: float = 1.0, target: str | None = None,
+            progress: Callable[[str], None] | None = None) -> Bundle:
     from edge_runtime.engine import Engine
 
-    manifest = {**manifest, "version": version}
-    bundle = write_bundle(out_dir, model_bytes, manifest)
+    from .calibrate import load_calibration
+    from .gate import run_gate
+    from .quantize import MODES, QuantizeConfig, quantize as apply_mode
+
+    X, y = _array(validation, "validation data"), _array(labels, "labels")
+    mode = quantize or ("auto" if X is not None else "none")
+    if mode not in ("auto", *MODES):
+        raise ConversionError(f"unknown --quantize {mode!r}; choose from auto, {', '.join(MODES)}")
+    if mode == "auto" and X is None:
+        raise ConversionError("--quantize auto measures candidates on validation data: give --validation X.npy")
+    if y is not None and (X is None or len(y) != len(X)):
+        raise ConversionError("--labels needs --validation with the same number of rows")
+    input_shape = manifest["inputs"][0]["shape"]
+    if X is not None:
+        X = load_calibration(X, input_shape, limit=len(X))
+    calib = None
+    if calibration is not None:
+        calib = load_calibration(calibration if isinstance(calibration, np.ndarray) else Path(calibration), input_shape)
+    elif mode == "static":
+        if X is None:
+            raise ConversionError("static quantization needs calibration data: --calibration X.npy (or --validation)")
+        calib = X[:256]
+    profile = _target(target)
+    report: dict[str, Any] = {"target": target, "measured_on": _this_machine(),
+                              "note": None if target in (None, "this-machine") else
+                              f"latencies were measured on this machine, not on {target}"}
+    if X is not None:
+        modes = MODES if mode == "auto" else ("none", mode)
+        candidates = run_gate(model_bytes, manifest, modes=modes, validation=X, labels=y, calibration=calib,
+                              max_accuracy_drop=max_accuracy_drop if mode == "auto" else float("inf"),
+                              progress=progress)
+        if mode != "auto":  # a forced mode is kept whatever it measured; the report still says how it compares
+            for c in candidates:
+                c.chosen = c.mode == mode and c.model is not None
+                c.reason = f"asked for with --quantize {mode}" if c.chosen else c.reason
+            if not any(c.chosen for c in candidates):
+                raise ConversionError(f"{mode}: {candidates[-1].reason}")
+        chosen = next(c for c in candidates if c.chosen)
+        base = candidates[0]
+        report["candidates"] = [c.report() for c in candidates]
+        model_bytes = chosen.model
+        quant = {"mode": chosen.mode, "notes": chosen.notes, "accuracy": chosen.accuracy,
+                 "fp32_accuracy": base.accuracy, "accuracy_metric": "accuracy" if y is not None and
+                 manifest.get("task") == "classifier" else "agreement with fp32",
+                 "latency_p50_ms": chosen.latency_p50_ms, "fp32_latency_p50_ms": base.latency_p50_ms,
+                 "size_bytes": chosen.size_bytes, "fp32_size_bytes": base.size_bytes}
+    else:
+        result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib))
+        model_bytes = result.model
+        quant = {"mode": mode, "notes": result.notes, "measured": False}
+        report["candidates"] = [{"mode": mode, "size_bytes": len(model_bytes), "chosen": True,
+                                 "reason": "asked for; not measured (no --validation)", "notes": result.notes}]
+    quant.update(target=target, measured_on=report["measured_on"])
+    manifest = {**manifest, "version": version, "quantization": quant}
+    if profile is not None:
+        manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
+    bundle = write_bundle(out_dir, model_bytes, manifest,
+                          extra_files={"report.json": (json.dumps(report, indent=2) + "\n").encode()})
     Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
     return bundle
+
+
+def _target(name: str | None):
+    if name is None:
+        return None
+    from devices.profiles import get_profile
+
+    try:
+        return get_profile(name)
+    except LookupError as err:
+        raise ConversionError(f"--target: {err}") from None
+
+
+def _this_machine() -> str:
+    try:
+        from devices.detect import this_machine
+
+        p = this_machine()
+        return f"{p.title}, {p.cores} cores, int8 {'pays off' if p.int8_pays_off else 'unlikely to pay off'}"
+    except Exception:  # noqa: BLE001 - a description only
+        import platform
+
+        return platform.machine()

@@ -36,7 +36,7 @@ def _final_step(model: Any) -> Any:
 
 
 def convert_estimator(model: Any, *, name: str, n_features: int | None = None,
-                      target_opset: int | None = None) -> tuple[bytes, dict[str, Any]]:
+                      target_opset: int | dict[str, int] | None = None) -> tuple[bytes, dict[str, Any]]:
     """Convert a fitted estimator; return the ONNX bytes and the manifest fields that describe it."""
     try:
         import sklearn
@@ -52,6 +52,11 @@ def convert_estimator(model: Any, *, name: str, n_features: int | None = None,
     final = _final_step(model)
     is_classifier = hasattr(final, "classes_") and hasattr(final, "predict_proba")
     options = {id(final): {"zipmap": False}} if is_classifier else None
+    if target_opset is None:
+        from skl2onnx import get_latest_tested_opset_version
+
+        # ai.onnx.ml 3 is what every skl2onnx converter (IsolationForest included) and ONNX Runtime know.
+        target_opset = {"": get_latest_tested_opset_version(), "ai.onnx.ml": 3}
     try:
         onx = convert_sklearn(
             model,
@@ -68,7 +73,11 @@ def convert_estimator(model: Any, *, name: str, n_features: int | None = None,
         "outputs": [{"name": o.name, "dtype": _elem_dtype(o), "shape": _shape(o)} for o in onx.graph.output],
         "source": {"family": "sklearn", "estimator": type(model).__name__, "sklearn": sklearn.__version__},
     }
-    if is_classifier:
+    from sklearn.base import is_outlier_detector
+
+    if is_outlier_detector(final) and len(outputs) == 2:  # IsolationForest, OneClassSVM, ...: label -1/1 and a score
+        manifest.update(task="anomaly", value_output=outputs[0], scores_output=outputs[1])
+    elif is_classifier:
         manifest.update(task="classifier", scores_output=outputs[1],
                         labels=[c.item() if isinstance(c, np.generic) else c for c in final.classes_])
     elif hasattr(final, "predict"):

@@ -129,6 +129,8 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
     if manifest.task == "regressor" and not manifest.value_output:
         raise BundleError("a regressor's manifest needs value_output", bundle=where)
+    if manifest.task == "anomaly" and not (manifest.value_output and manifest.scores_output):
+        raise BundleError("an anomaly detector's manifest needs value_output (labels) and scores_output", bundle=where)
     return Bundle(root, manifest)
 
 

@@ -111,6 +111,15 @@ class Regressor(_TensorTask):
         return [{"value": v} for v in values.tolist()]
 
 
+class Anomaly(_TensorTask):
+    """Outlier detectors (IsolationForest, OneClassSVM...): label -1 means anomalous; lower scores, more so."""
+
+    def results(self, manifest, outputs, metas):
+        labels = np.asarray(outputs[manifest.value_output]).reshape(len(metas), -1)[:, 0].tolist()
+        scores = np.asarray(outputs[manifest.scores_output]).reshape(len(metas), -1)[:, 0].tolist()
+        return [{"anomaly": lab == -1, "score": sc} for lab, sc in zip(labels, scores)]
+
+
 class Generic(_TensorTask):
     """Any model: every output, row by row."""
 
@@ -119,5 +128,5 @@ class Generic(_TensorTask):
                 for i in range(len(metas))]
 
 
-for _task in (Classifier("classifier"), Regressor("regressor"), Generic("generic")):
+for _task in (Classifier("classifier"), Regressor("regressor"), Anomaly("anomaly"), Generic("generic")):
     register_task(_task)

@@ -1,0 +1,72 @@
+"""Calibration data for static quantization, as an iterator (ONNX Runtime's CalibrationDataReader).
+
+From an ``.npy`` array of inputs, or a folder of images for image models (resized to the model's input
+and scaled to [0, 1], NCHW or NHWC as the input's shape says). Only the first ``limit`` rows are used:
+a few hundred representative inputs calibrate as well as thousands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ._registry import ConversionError
+
+__all__ = ["load_calibration", "CalibrationReader"]
+
+_IMAGES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def load_calibration(source: Path | np.ndarray, input_shape: list, *, limit: int = 256) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        data = source
+    elif source.is_dir():
+        data = _images(source, input_shape, limit)
+    else:
+        try:
+            data = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ConversionError(f"calibration file {source}: not a readable .npy array ({err})") from err
+    want = [d if isinstance(d, int) and d > 0 else None for d in input_shape[1:]]
+    if data.ndim != len(input_shape) or any(w is not None and w != d for w, d in zip(want, data.shape[1:])):
+        raise ConversionError(f"calibration data has shape {list(data.shape)}; the model takes {input_shape} "
+                              "(rows along the first axis)")
+    if len(data) == 0:
+        raise ConversionError("calibration data is empty")
+    return data[:limit]
+
+
+def _images(folder: Path, input_shape: list, limit: int) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError:
+        raise ConversionError("calibrating from images needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    nchw = len(input_shape) == 4 and input_shape[1] in (1, 3)
+    h, w = (input_shape[2], input_shape[3]) if nchw else (input_shape[1], input_shape[2])
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGES)[:limit]
+    if not files:
+        raise ConversionError(f"no images (.jpg, .png, .bmp) in {folder}")
+    rows = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ConversionError(f"{f}: not a readable image")
+        img = cv2.cvtColor(cv2.resize(img, (w, h)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        rows.append(img.transpose(2, 0, 1) if nchw else img)
+    return np.stack(rows)
+
+
+class CalibrationReader:
+    """Feeds rows one batch at a time: ONNX Runtime's calibrator pulls with ``get_next()`` until None."""
+
+    def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16):
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {input_name: data[i:i + batch].astype(np.float32)} for i in range(0, len(data), batch))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:  # pragma: no cover - only used by some calibrators; one pass is enough here
+        pass
