@@ -21,6 +21,16 @@ def _fault_list(text: str) -> list[str]:
     return faults
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH like 640x480, not {text!r}") from None
+    if w < 16 or h < 16 or w * h > 4096 * 4096:
+        raise argparse.ArgumentTypeError("each side at least 16 pixels, at most 16.7 megapixels in all")
+    return w, h
+
+
 def _profile(name: str | None):
     from .profiles import get_profile
     from .detect import detect
@@ -42,6 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sens.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
     sens.add_argument("--seed", type=int, default=0)
     sens.set_defaults(handler=_sensors)
+
+    cam = simsub.add_parser("camera", help="cameras publishing JPEG/PNG frames on cameras/<camera>/frames")
+    cam.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    cam.add_argument("--cameras", type=positive_int, default=1)
+    cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
+    cam.add_argument("--size", type=_size, default=(320, 240), help="WxH, e.g. 640x480")
+    cam.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
+    cam.add_argument("--scene", choices=["objects", "object"], default="objects",
+                     help="objects: 1-3 shapes (detector); object: one large shape (classifier)")
+    cam.add_argument("--duration", type=positive_float, help="seconds (default: until Ctrl-C)")
+    cam.set_defaults(handler=_camera)
 
     fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
     fleet.add_argument("--broker", default="mqtt://127.0.0.1:1883")
@@ -172,4 +193,29 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _camera(args: argparse.Namespace) -> int:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise EdgeRuntimeError("simulated cameras need OpenCV: pip install 'edge-runtime[camera]'") from None
+    from edge_runtime.link import connect_client
+
+    from .cameras import CameraFleet
+
+    client = connect_client(args.broker)
+    w, h = args.size
+    fleet = CameraFleet(client, cameras=args.cameras, fps=args.fps, width=w, height=h, fmt=args.format, scene=args.scene)
+    print(f"{args.cameras} camera(s) at {args.fps:g} fps, {w}x{h} {args.format}, on cameras/<camera>/frames",
+          file=sys.stderr, flush=True)
+    try:
+        fleet.run(args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    print(f"sent {fleet.sent} frames", file=sys.stderr)
     return 0

@@ -159,6 +159,15 @@ def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, w
             raise BundleError(f"manifest names output {out!r}, the model has {sorted(names)}", bundle=where)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], *,
                  signing_key: bytes | None = None, extra_files: dict[str, bytes] | None = None) -> Bundle:
     """Write model and manifest (sha256 filled in) so that a reader never sees a half-written bundle."""
@@ -178,5 +187,6 @@ def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: 
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; a bundle is read by the service's own user
         os.replace(tmp, out / name)
     return load_bundle(out, signing_key=signing_key)

@@ -1,4 +1,4 @@
-"""``edge-runtime bench model|e2e``."""
+"""``edge-runtime bench model|e2e|camera``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..cli import positive_float, positive_int
+from ..errors import EdgeRuntimeError
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -50,6 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--plot", type=Path, help="latency CDF (or the rate sweep) as a PNG")
     e.set_defaults(handler=_e2e)
 
+    c = kinds.add_parser("camera", help="frame freshness under overload: latest_only vs drop_oldest")
+    c.add_argument("--bundle", type=Path, help="image model bundle (default: the demo detector)")
+    c.add_argument("--cameras", type=positive_int, default=4)
+    c.add_argument("--fps", type=positive_float, default=60.0, help="frames per second per camera")
+    c.add_argument("--size", default="1280x720", help="frame size WxH")
+    c.add_argument("--duration", type=positive_float, default=10.0)
+    c.add_argument("--max-queue", type=positive_int, default=500)
+    c.add_argument("--json", type=Path, help="also write the report as JSON")
+    c.set_defaults(handler=_camera)
+
 
 def _progress(text: str) -> None:
     if sys.stderr.isatty():
@@ -87,5 +98,22 @@ def _e2e(args: argparse.Namespace) -> int:
     if args.json:
         for system in report["systems"].values():
             system.pop("_latencies", None)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _camera(args: argparse.Namespace) -> int:
+    from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise EdgeRuntimeError(f"--size: expected WxH like 1280x720, not {args.size!r}") from None
+    options = CameraBenchOptions(bundle=args.bundle or DEFAULT_DETECTOR, cameras=args.cameras, fps=args.fps, width=w,
+                                 height=h, duration=args.duration, max_queue=args.max_queue)
+    report = bench_camera(options, progress=_progress)
+    _done()
+    print(format_camera_report(report))
+    if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

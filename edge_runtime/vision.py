@@ -1,0 +1,286 @@
+"""Image tasks: camera frames in (JPEG, PNG, raw .npy), classes or boxes out.
+
+Imported only when a bundle's task is ``image_classifier`` or ``detector`` (it needs OpenCV, the
+``[camera]`` extra). The bundle's manifest declares how its model wants images (``preprocess``): size,
+``letterbox`` or ``stretch``, colour order, scale, mean/std, layout. Boxes are mapped back to the
+original frame's pixels, undoing the letterbox.
+
+Every frame is checked before it is decoded: its format from magic bytes (or the MQTT v5 content
+type), its dimensions from the header (an 8000x8000 frame is refused without allocating 192 MB), and
+that a JPEG or PNG is complete (a truncated one would otherwise decode with a grey band).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .bundle import Manifest
+from .codecs import NPY_MAGIC
+from .errors import PayloadError
+from .tasks import register_task, user_property
+
+__all__ = ["ImageDecoder", "Preprocess", "image_size", "letterbox", "decode_detections", "annotate"]
+
+_JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+# JPEG start-of-frame markers (not DHT C4, JPG C8, DAC CC), which carry the frame's dimensions.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(payload: bytes) -> tuple[str, int, int]:
+    """(format, width, height) from a JPEG or PNG header, without decoding; PayloadError if unreadable."""
+    if payload.startswith(_PNG):
+        if len(payload) < 24 or payload[12:16] != b"IHDR":
+            raise PayloadError("bad_image", "PNG header is incomplete")
+        if not payload.rstrip(b"\0").endswith(_PNG_END):
+            raise PayloadError("bad_image", "PNG is truncated (no IEND chunk)")
+        w, h = struct.unpack(">II", payload[16:24])
+        return "png", w, h
+    if payload.startswith(_JPEG):
+        pos = 2
+        while pos + 4 <= len(payload):
+            if payload[pos] != 0xFF:
+                raise PayloadError("bad_image", f"JPEG is corrupt (no marker at byte {pos})")
+            marker = payload[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            length = struct.unpack(">H", payload[pos + 2:pos + 4])[0]
+            if marker in _SOF:
+                if pos + 9 > len(payload):
+                    break
+                h, w = struct.unpack(">HH", payload[pos + 5:pos + 9])
+                if not payload.rstrip(b"\0").endswith(b"\xff\xd9"):
+                    raise PayloadError("bad_image", "JPEG is truncated (no end-of-image marker)")
+                return "jpeg", w, h
+            if marker == 0xDA or length < 2:  # scan data before any frame header
+                break
+            pos += 2 + length
+        raise PayloadError("bad_image", "JPEG is corrupt (no frame header)")
+    raise PayloadError("not_image", "payload is not a JPEG, PNG or .npy image")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How the model wants its images; from the manifest's ``preprocess``."""
+
+    width: int
+    height: int
+    resize: str = "letterbox"  # or "stretch"
+    color: str = "rgb"  # or "bgr"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    layout: str = "NCHW"  # or "NHWC"
+    pad_value: int = 114
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> "Preprocess":
+        spec = dict(getattr(manifest, "preprocess", None) or {})
+        shape = manifest.inputs[0].shape
+        layout = spec.get("layout", "NCHW")
+        if "size" in spec:
+            w, h = spec.pop("size")
+        else:
+            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        for key in ("mean", "std"):
+            if key in spec:
+                spec[key] = tuple(spec[key])
+        return cls(width=int(w), height=int(h), **spec)
+
+
+def letterbox(img: np.ndarray, width: int, height: int, pad_value: int = 114) -> tuple[np.ndarray, float, int, int]:
+    """Resize keeping the aspect ratio and pad to ``width`` x ``height``; return (image, scale, pad_x, pad_y)."""
+    h, w = img.shape[:2]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    px, py = (width - nw) // 2, (height - nh) // 2
+    out = np.full((height, width, 3), pad_value, dtype=np.uint8)
+    out[py:py + nh, px:px + nw] = resized
+    return out, scale, px, py
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    id: Any
+    timestamp: Any
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+
+class ImageDecoder:
+    """Payload -> (id, model-ready image row, FrameMeta)."""
+
+    def __init__(self, manifest: Manifest, *, max_bytes: int, max_pixels: int = 4096 * 4096, min_side: int = 8):
+        self.pre = Preprocess.from_manifest(manifest)
+        self.dtype = np.dtype(manifest.inputs[0].dtype)
+        self.max_bytes, self.max_pixels, self.min_side = max_bytes, max_pixels, min_side
+        p = self.pre
+        self._mean = np.asarray(p.mean, np.float32) if any(p.mean) else None
+        self._inv_std = (1.0 / np.asarray(p.std, np.float32)) if any(s != 1 for s in p.std) else None
+
+    def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, FrameMeta]:
+        msg_id = user_property(properties, "id") or user_property(properties, "frame_id")
+        ts = user_property(properties, "timestamp")
+        if len(payload) > self.max_bytes:
+            raise PayloadError("too_large", f"frame is {len(payload)} bytes; this route accepts at most {self.max_bytes}", id=msg_id)
+        if not payload:
+            raise PayloadError("empty", "payload is empty; send JPEG, PNG or .npy image bytes", id=msg_id)
+        if payload.startswith(NPY_MAGIC):
+            img = self._npy(payload, msg_id)
+            self._check_size(img.shape[1], img.shape[0], msg_id)
+        else:
+            try:
+                _, w, h = image_size(payload)
+            except PayloadError as err:
+                raise PayloadError(err.code, err.detail, id=msg_id) from None
+            self._check_size(w, h, msg_id)
+            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise PayloadError("bad_image", "the image data is corrupt (OpenCV could not decode it)", id=msg_id)
+        return msg_id, *self._prepare(img, msg_id, ts)
+
+    def _npy(self, payload: bytes, msg_id: Any) -> np.ndarray:
+        try:
+            img = np.load(io.BytesIO(payload), allow_pickle=False)
+        except Exception as err:  # numpy raises ValueError, EOFError, OSError
+            raise PayloadError("bad_npy", f"not a readable .npy array: {err}", id=msg_id) from None
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise PayloadError("bad_image", f".npy image must be HxWx3 uint8 (BGR), not {img.dtype} {img.shape}", id=msg_id)
+        return img
+
+    def _check_size(self, w: int, h: int, msg_id: Any) -> None:
+        if w < self.min_side or h < self.min_side:
+            raise PayloadError("bad_image", f"image is {w}x{h}; at least {self.min_side}x{self.min_side} pixels needed", id=msg_id)
+        if w * h > self.max_pixels:
+            raise PayloadError("too_large", f"image is {w}x{h}; at most {self.max_pixels} pixels are accepted", id=msg_id)
+
+    def _prepare(self, img: np.ndarray, msg_id: Any, ts: Any) -> tuple[np.ndarray, FrameMeta]:
+        p = self.pre
+        h, w = img.shape[:2]
+        if p.resize == "letterbox":
+            img, scale, px, py = letterbox(img, p.width, p.height, p.pad_value)
+            sx = sy = scale
+        else:
+            img = cv2.resize(img, (p.width, p.height), interpolation=cv2.INTER_AREA)
+            sx, sy, px, py = p.width / w, p.height / h, 0, 0
+        if p.color == "rgb":
+            img = img[:, :, ::-1]
+        x = img.astype(np.float32) * np.float32(p.scale)
+        if self._mean is not None:
+            x -= self._mean
+        if self._inv_std is not None:
+            x *= self._inv_std
+        if p.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x, dtype=self.dtype), FrameMeta(msg_id, ts, w, h, sx, sy, px, py)
+
+
+def _frame(meta: FrameMeta) -> dict[str, Any]:
+    out: dict[str, Any] = {"frame": {"width": meta.width, "height": meta.height}}
+    if meta.timestamp is not None:
+        out["frame"]["timestamp"] = meta.timestamp
+    return out
+
+
+class _ImageTask:
+    def __init__(self, name: str):
+        self.name = name
+
+    def decoder(self, manifest: Manifest, *, max_bytes: int) -> ImageDecoder:
+        return ImageDecoder(manifest, max_bytes=max_bytes)
+
+
+class ImageClassifier(_ImageTask):
+    """Top-k classes per frame; ``softmax: true`` in the manifest when the model outputs logits."""
+
+    def results(self, manifest, outputs, metas):
+        name = manifest.scores_output or manifest.outputs[0].name
+        scores = np.asarray(outputs[name], np.float32).reshape(len(metas), -1)
+        if getattr(manifest, "softmax", False):
+            e = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = e / e.sum(axis=1, keepdims=True)
+        k = min(int(getattr(manifest, "top_k", 5) or 5), scores.shape[1])
+        top = np.argsort(-scores, axis=1)[:, :k]
+        labels = manifest.labels or list(range(scores.shape[1]))
+        return [{"label": labels[t[0]], "score": float(s[t[0]]),
+                 "top": [{"label": labels[i], "score": round(float(s[i]), 5)} for i in t], **_frame(m)}
+                for t, s, m in zip(top, scores, metas)]
+
+
+def decode_detections(pred: np.ndarray, *, layout: str, conf: float, iou: float, max_det: int) -> list[tuple[list[float], int, float]]:
+    """One frame's YOLO-style output to [(x1, y1, x2, y2), class, score] in model-input pixels, after NMS.
+
+    ``yolov5``: rows of (cx, cy, w, h, objectness, class scores...); ``yolov8``: (4 + classes, N), no objectness.
+    """
+    if layout == "yolov8":
+        pred = pred.T
+        boxes, cls_scores = pred[:, :4], pred[:, 4:]
+        best = cls_scores.argmax(axis=1)
+        score = cls_scores[np.arange(len(pred)), best]
+    else:
+        boxes, obj, cls_scores = pred[:, :4], pred[:, 4], pred[:, 5:]
+        best = cls_scores.argmax(axis=1) if cls_scores.shape[1] else np.zeros(len(pred), int)
+        score = obj * (cls_scores[np.arange(len(pred)), best] if cls_scores.shape[1] else 1.0)
+    keep = score >= conf
+    boxes, best, score = boxes[keep], best[keep], score[keep]
+    if not len(score):
+        return []
+    xywh = np.column_stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2, boxes[:, 2], boxes[:, 3]])
+    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), best.tolist(), conf, iou, top_k=max_det)
+    out = []
+    for i in np.asarray(idx).reshape(-1)[:max_det]:
+        x, y, w, h = xywh[i]
+        out.append(([float(x), float(y), float(x + w), float(y + h)], int(best[i]), float(score[i])))
+    return out
+
+
+class Detector(_ImageTask):
+    """Boxes, classes and scores per frame, in the original frame's pixels."""
+
+    def results(self, manifest, outputs, metas):
+        spec = dict(getattr(manifest, "detector", None) or {})
+        layout = spec.get("format", "yolov5")
+        conf, iou, max_det = float(spec.get("conf_threshold", 0.25)), float(spec.get("iou_threshold", 0.45)), int(spec.get("max_detections", 100))
+        pred = np.asarray(outputs[manifest.outputs[0].name], np.float32)
+        labels = manifest.labels
+        out = []
+        for frame, m in zip(pred, metas):
+            dets = []
+            for (x1, y1, x2, y2), c, s in decode_detections(frame, layout=layout, conf=conf, iou=iou, max_det=max_det):
+                box = [(x1 - m.pad_x) / m.scale_x, (y1 - m.pad_y) / m.scale_y, (x2 - m.pad_x) / m.scale_x, (y2 - m.pad_y) / m.scale_y]
+                box = [round(min(max(v, 0.0), lim), 1) for v, lim in zip(box, (m.width, m.height) * 2)]
+                dets.append({"box": box, "label": labels[c] if labels and c < len(labels) else c, "score": round(s, 4)})
+            out.append({"detections": dets, **_frame(m)})
+        return out
+
+
+def annotate(payload: bytes, result: dict[str, Any], *, quality: int = 80) -> bytes:
+    """The frame as JPEG with its detections drawn (for an optional snapshot topic, as Frigate does)."""
+    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise PayloadError("bad_image", "cannot decode the frame to annotate")
+    for det in result.get("detections", []):
+        x1, y1, x2, y2 = (int(v) for v in det["box"])
+        cv2.rectangle(img, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        cv2.putText(img, f"{det['label']} {det['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 255, 0), 1, cv2.LINE_AA)
+    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return jpeg.tobytes()
+
+
+register_task(ImageClassifier("image_classifier"))
+register_task(Detector("detector"))
