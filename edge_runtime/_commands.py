@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--rate", type=positive_float, default=20.0, help="readings per second per device")
     demo.add_argument("--workdir", type=Path, default=Path(".edge-runtime/demo"))
     demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    demo.add_argument("--cameras", type=int, default=1, help="simulated cameras (0: none; needs the [camera] extra)")
+    demo.add_argument("--fps", type=positive_float, default=4.0, help="frames per second per camera")
     demo.set_defaults(handler=_demo)
 
 
@@ -91,4 +93,4 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(duration=args.duration, devices=args.devices, rate=args.rate, workdir=args.workdir,
-                    broker_kind=args.broker)
+                    broker_kind=args.broker, cameras=args.cameras, fps=args.fps)

@@ -142,6 +142,10 @@ class RouteConfig(_Strict):
         None, gt=0, le=3_600_000, description="Inputs that waited longer than this are dropped (counted), not served late."
     )
     max_payload_bytes: int = Field(1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding.")
+    snapshot: str | None = Field(
+        None, description="Image routes: also publish each frame with its detections drawn, as JPEG, on this topic "
+        "(same placeholders). Off by default: it costs an encode per frame.",
+    )
 
     @field_validator("subscribe")
     @classmethod
@@ -149,7 +153,7 @@ class RouteConfig(_Strict):
         TopicFilter(value)
         return value
 
-    @field_validator("publish", "errors")
+    @field_validator("publish", "errors", "snapshot")
     @classmethod
     def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
         subscribe = info.data.get("subscribe")

@@ -43,6 +43,22 @@ max_delay_ms = 2
 qos = 0
 """
 
+CAMERA_CONFIG = """
+[[models]]
+name = "shapes"
+bundle = "{bundle}"
+
+[[routes]]
+subscribe = "cameras/+/frames"
+model = "shapes"
+publish = "detections/{{1}}"
+errors = "errors/{{1}}"
+max_batch = 4
+max_delay_ms = 0
+overflow = "latest_only"  # a camera's newest frame is the one worth serving
+deadline_ms = 500
+"""
+
 
 def build_demo_bundle(out: Path) -> Path:
     """Train a condition-monitoring classifier on simulated spectra and convert it to a bundle."""
@@ -79,6 +95,8 @@ class _Monitor:
     def __init__(self, send_times: dict[str, float], truth: dict[str, str]):
         self.send_times, self.truth = send_times, truth
         self.results = self.errors = self.correct = self.duplicates = 0
+        self.frames = self.objects = 0
+        self.last_frame = ""
         self.seen: set = set()
         self.latencies: list[float] = []
         self.last = ""
@@ -93,6 +111,12 @@ class _Monitor:
         with self.lock:
             if msg.topic.startswith("errors/"):
                 self.errors += 1
+                return
+            if msg.topic.startswith("detections/"):
+                self.frames += 1
+                found = [d["label"] for d in body.get("detections", [])]
+                self.objects += len(found)
+                self.last_frame = ", ".join(found) or "nothing"
                 return
             if not msg.topic.startswith("results/"):
                 return
@@ -118,17 +142,34 @@ class _Monitor:
         return float(p50), float(p99)
 
 
-def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broker_kind: str = "auto") -> int:
+def _camera_support() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broker_kind: str = "auto",
+             cameras: int = 1, fps: float = 4.0) -> int:
     from devices.sensors import SensorFleet
 
     workdir.mkdir(parents=True, exist_ok=True)
     how = _ensure_bundle(workdir / "bundles" / "vibration")
+    if cameras and not _camera_support():
+        print("cameras: off (pip install 'edge-runtime[camera]' for OpenCV)", flush=True)
+        cameras = 0
     broker = start_broker(kind=broker_kind, workdir=workdir / "broker")
     runtime = None
     clients = []
     try:
         config = workdir / "demo.toml"
-        config.write_text(CONFIG.format(url=broker.url))
+        text = CONFIG.format(url=broker.url)
+        if cameras:
+            from .bench.camera import DEFAULT_DETECTOR
+
+            text += CAMERA_CONFIG.format(bundle=DEFAULT_DETECTOR)
+        config.write_text(text)
         print(f"broker: {broker.kind} on {broker.url}   model: {how} ({workdir / 'bundles' / 'vibration'})", flush=True)
         log = open(workdir / "runtime.log", "wb")
         runtime = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config)],
@@ -145,8 +186,16 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         fleet = SensorFleet(publisher, devices=devices, rate=rate, record_sends=True)
         monitor = _Monitor(fleet.send_times, fleet.truth)
         clients.append(connect_client(broker.url, on_message=monitor.on_message,
-                                      subscriptions=[("results/+/vibration", 0), ("errors/#", 0)]))
-        print(f"runtime online; {devices} sensors at {rate:g} Hz each for {duration:g}s (Ctrl-C to stop early)\n", flush=True)
+                                      subscriptions=[("results/+/vibration", 0), ("errors/#", 0), ("detections/+", 0)]))
+        cams = None
+        if cameras:
+            from devices.cameras import CameraFleet
+
+            cams = CameraFleet(publisher, cameras=cameras, fps=fps, width=320, height=240)
+            threading.Thread(target=cams.run, args=(duration,), daemon=True).start()
+        print(f"runtime online; {devices} sensors at {rate:g} Hz each"
+              + (f", {cameras} camera(s) at {fps:g} fps" if cameras else "")
+              + f", for {duration:g}s (Ctrl-C to stop early)\n", flush=True)
         sender = threading.Thread(target=fleet.run, args=(duration,), daemon=True)
         start = time.monotonic()
         sender.start()
@@ -161,12 +210,16 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
                     p50, p99 = monitor.percentiles()
                     line = (f"t={elapsed:5.1f}s  in {fleet.sent:6d}  out {monitor.results:6d}  err {monitor.errors:3d}"
                             f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  last fault: {monitor.last or '-'}")
-                    print("\r" + line.ljust(110) if live else line, end="" if live else "\n", flush=True)
+                    if cams:
+                        line += f"  | camera: {monitor.last_frame or '-'}"
+                    print("\r" + line.ljust(140) if live else line, end="" if live else "\n", flush=True)
         except KeyboardInterrupt:
             fleet.stop()
+            if cams:
+                cams.stop()
             sender.join()
         settle = time.monotonic() + 3
-        while monitor.results + monitor.errors < fleet.sent and time.monotonic() < settle:
+        while monitor.results + monitor.errors < fleet.sent and time.monotonic() < settle:  # sensors' errors only
             time.sleep(0.05)
         runtime.send_signal(signal.SIGTERM)
         code = runtime.wait(15)
@@ -183,6 +236,9 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         if monitor.duplicates:
             print(f"  duplicates    {monitor.duplicates}   (delivered twice by the broker; ignored)")
         print(f"  latency       p50 {p50:.2f} ms   p99 {p99:.2f} ms   (sensor publish to result received, via {broker.kind})")
+        if cams:
+            print(f"  camera        {cams.sent} frames in, {monitor.frames} served, {monitor.objects} shapes found "
+                  f"(latest_only: stale frames are skipped, not served late)")
         if code != 0:
             print(f"the runtime exited with status {code}; see {workdir / 'runtime.log'}", file=sys.stderr)
             return 1

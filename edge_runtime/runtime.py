@@ -48,6 +48,7 @@ class Route:
     errors: TopicTemplate
     decoder: Decoder
     batcher: Batcher
+    snapshot: TopicTemplate | None = None
     stats: RouteStats = field(default_factory=RouteStats)
 
     @property
@@ -96,10 +97,15 @@ class Runtime:
                 publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
                 errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
                 decoder=_decoder(engine, rc),
+                snapshot=None if rc.snapshot is None else TopicTemplate(rc.snapshot, wildcards=flt.wildcards),
                 batcher=Batcher(max_batch=rc.max_batch, max_delay=rc.max_delay_ms / 1000, max_queue=rc.max_queue,
                                 overflow=rc.overflow,
                                 deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
             ))
+        for i, route in enumerate(self.routes):
+            if route.snapshot is not None and not hasattr(route.engine.task, "annotate"):
+                raise ConfigError(f"snapshot needs an image model; {route.config.model!r} is a {route.engine.task.name}",
+                                  key=f"routes[{i}].snapshot")
         self._route_cache: dict[str, list[Route]] = {}
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -313,6 +319,8 @@ class Runtime:
             body = {"id": msg_id, "model": m.name, "version": m.version, **result}
             topic, props = self._reply_target(route, route.publish, msg)
             publish(topic, encode(body), qos, properties=props)
+            if route.snapshot is not None:
+                self._publish_snapshot(route, msg, result)
             ack(msg)
         self.link.flush_writes()
         t3 = time.monotonic()
@@ -328,6 +336,15 @@ class Runtime:
         for p, _, _ in accepted:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
+
+    def _publish_snapshot(self, route: Route, msg: Message, result: dict[str, Any]) -> None:
+        try:
+            jpeg = route.engine.task.annotate(msg.payload, result)
+        except PayloadError:
+            return
+        if jpeg is not None:
+            captures = route.filter.match(msg.topic) if route.snapshot.needs_captures else []
+            self.link.publish(route.snapshot.render(captures or [], msg.topic), jpeg, 0)
 
     def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
         props_in = getattr(msg, "properties", None)

@@ -203,6 +203,12 @@ class _ImageTask:
     def decoder(self, manifest: Manifest, *, max_bytes: int) -> ImageDecoder:
         return ImageDecoder(manifest, max_bytes=max_bytes)
 
+    def annotate(self, payload: bytes, result: dict[str, Any]) -> bytes | None:
+        """The frame with ``result`` drawn, as JPEG; None for a payload that is not an encoded image (.npy)."""
+        if payload.startswith(NPY_MAGIC):
+            return None
+        return annotate(payload, result)
+
 
 class ImageClassifier(_ImageTask):
     """Top-k classes per frame; ``softmax: true`` in the manifest when the model outputs logits."""
@@ -273,6 +279,9 @@ def annotate(payload: bytes, result: dict[str, Any], *, quality: int = 80) -> by
     img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise PayloadError("bad_image", "cannot decode the frame to annotate")
+    if "label" in result:  # a classifier's answer, top left
+        cv2.putText(img, f"{result['label']} {result.get('score', 0):.2f}", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 255, 0), 1, cv2.LINE_AA)
     for det in result.get("detections", []):
         x1, y1, x2, y2 = (int(v) for v in det["box"])
         cv2.rectangle(img, (x1, y1), (x2, y2), (0, 255, 0), 2)

@@ -148,3 +148,28 @@ def test_camera_bench_runs_and_counts_add_up():
         assert r["received"] == r["sent"] == r["served"] + r["errors"] + sum(r["skipped"].values()), (policy, r)
         assert r["age_ms"]["p50"] > 0
     assert "latest_only" in format_camera_report(report)
+
+
+@needs_mqtt5
+def test_annotated_snapshot_is_a_jpeg_with_boxes(broker, start_runtime, collector, publisher):
+    snaps = collector("snapshots/#")
+    start_runtime(_config(broker, MODELS / "shapes-detector", "cam-snap", snapshot="snapshots/{1}"))
+    img, _ = draw_scene(np.random.default_rng(11), 320, 240)
+    _publish_frame(publisher, "gate", encode_frame(img), "snap-1")
+    msg, = snaps.take(1)
+    assert msg.topic == "snapshots/gate"
+    drawn = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == img.shape
+    green = (drawn[:, :, 1] > 200) & (drawn[:, :, 0] < 60) & (drawn[:, :, 2] < 60)
+    assert green.sum() > 100  # the boxes are drawn
+
+
+def test_snapshot_on_a_tensor_model_is_a_config_error(vibration_bundle):
+    from edge_runtime.config import parse_config
+    from edge_runtime.errors import ConfigError
+    from edge_runtime.runtime import Runtime
+
+    from conftest import route_config
+
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.snapshot"):
+        Runtime(parse_config(route_config("mqtt://127.0.0.1:1", vibration_bundle, client_id="x", snapshot="s/{1}")))
