@@ -108,6 +108,7 @@ class Runtime:
                                   key=f"routes[{i}].snapshot")
         self._route_cache: dict[str, list[Route]] = {}
         self._started = time.monotonic()
+        self._closing = False
         self._stop = threading.Event()
         self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
         self.control_topic = f"edge-runtime/{config.broker.client_id}/control"
@@ -181,6 +182,8 @@ class Runtime:
         for route in self.routes:  # whatever was accepted is answered before we go
             while len(route.batcher):
                 self._serve_batch(route, *route.batcher.take(time.monotonic()))
+        # From here on the link is only polled to flush results; inputs still arriving are not taken.
+        self._closing = True
         if self.link.connected:
             if self._metrics_every:
                 self.publish_metrics()  # the last word on what this run did
@@ -259,6 +262,11 @@ class Runtime:
             if len(self._route_cache) < 10_000:
                 self._route_cache[msg.topic] = routes
         now = time.monotonic()
+        if self._closing:  # not acknowledged: the broker redelivers a QoS 1 input to our next session
+            for route in routes:
+                route.stats.received += 1
+                route.stats.dropped["shutdown"] += 1
+            return
         for route in routes:
             route.stats.received += 1
             for given_up, reason in route.batcher.offer(msg, now, msg.topic):
