@@ -198,10 +198,16 @@ class DeviceConfig(_Strict):
         return value
 
 
+class HomeAssistantConfig(_Strict):
+    discovery: bool = Field(False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result.")
+    prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix.")
+
+
 class Config(_Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
 

@@ -109,6 +109,8 @@ class Runtime:
         self._route_cache: dict[str, list[Route]] = {}
         self._started = time.monotonic()
         self._closing = False
+        # Result topics already announced to Home Assistant (None: discovery off). Bounded like the route cache.
+        self._ha_announced: set[str] | None = set() if config.homeassistant.discovery else None
         self._stop = threading.Event()
         self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
         self.control_topic = f"edge-runtime/{config.broker.client_id}/control"
@@ -322,11 +324,14 @@ class Runtime:
         m = engine.manifest
         qos = route.config.qos
         publish, ack = self.link.publish, self.link.ack
+        announced = self._ha_announced
         for (p, msg_id, _), result in zip(accepted, results):
             msg = p.item
             body = {"id": msg_id, "model": m.name, "version": m.version, **result}
             topic, props = self._reply_target(route, route.publish, msg)
             publish(topic, encode(body), qos, properties=props)
+            if announced is not None and topic not in announced:
+                self._announce_to_home_assistant(route, topic)
             if route.snapshot is not None:
                 self._publish_snapshot(route, msg, result)
             ack(msg)
@@ -344,6 +349,18 @@ class Runtime:
         for p, _, _ in accepted:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
+
+    def _announce_to_home_assistant(self, route: Route, topic: str) -> None:
+        from devices.homeassistant import discovery_message
+
+        if len(self._ha_announced) >= 10_000:
+            return
+        self._ha_announced.add(topic)
+        m = route.engine.manifest
+        message = discovery_message(prefix=self.config.homeassistant.prefix, node=self.config.broker.client_id,
+                                    result_topic=topic, task=m.task, model=m.name, version=m.version)
+        if message is not None:
+            self.link.publish(message[0], encode(message[1]), 1, retain=True)
 
     def _publish_snapshot(self, route: Route, msg: Message, result: dict[str, Any]) -> None:
         try:

@@ -144,3 +144,26 @@ def test_record_then_replay_reproduces_messages_in_order(broker, tmp_path):
     for c in (sub, pub):
         c.disconnect()
         c.loop_stop()
+
+
+def test_home_assistant_discovery_on_first_result(broker, start_runtime, collector, publisher, vibration_bundle,
+                                                  vibration_data):
+    from conftest import payload
+
+    _, _, Xt, _ = vibration_data
+    configs = collector("homeassistant/#")
+    results = collector("results/#")
+    start_runtime(route_config(broker.url, vibration_bundle, client_id="ha-1", qos=1)
+                  + "[homeassistant]\ndiscovery = true\n")
+    for i in range(3):
+        publisher.publish("sensors/pump/vibration", payload(Xt[i], id=i), qos=1)
+    publisher.publish("sensors/fan/vibration", payload(Xt[0], id=9), qos=1)
+    results.take(4)
+    got = {m.topic: orjson.loads(m.payload) for m in configs.take(2)}
+    assert set(got) == {"homeassistant/sensor/ha-1/results_pump_vibration/config",
+                        "homeassistant/sensor/ha-1/results_fan_vibration/config"}
+    pump = got["homeassistant/sensor/ha-1/results_pump_vibration/config"]
+    assert pump["state_topic"] == "results/pump/vibration" and pump["value_template"] == "{{ value_json.label }}"
+    assert pump["availability_topic"] == "edge-runtime/ha-1/status"
+    with pytest.raises(AssertionError):
+        configs.take(1, timeout=0.5)  # announced once per topic, not per result
