@@ -29,7 +29,7 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
             validation: np.ndarray | str | os.PathLike[str] | None = None,
             labels: np.ndarray | str | os.PathLike[str] | None = None,
             calibration: np.ndarray | str | os.PathLike[str] | None = None, max_accuracy_drop: float = 1.0,
-            target: str | None = None, input_shape: tuple[int, ...] | None = None,
+            target: str | None = None, input_shape: tuple[int, ...] | None = None, keep_candidates: bool = False,
             progress: Callable[[str], None] | None = None) -> Bundle:
     """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
 
@@ -42,7 +42,8 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
     converter = get_converter(family or detect_family(src))
     model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape)
     return _finish(out_dir, model_bytes, manifest, version, quantize=quantize, validation=validation, labels=labels,
-                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress)
+                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress,
+                   keep_candidates=keep_candidates)
 
 
 def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1",
@@ -64,7 +65,7 @@ def _array(value: Any, what: str) -> np.ndarray | None:
 def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
             quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
             max_accuracy_drop: float = 1.0, target: str | None = None,
-            progress: Callable[[str], None] | None = None) -> Bundle:
+            progress: Callable[[str], None] | None = None, keep_candidates: bool = False) -> Bundle:
     from edge_runtime.engine import Engine
 
     from .calibrate import load_calibration
@@ -90,6 +91,7 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
             raise ConversionError("static quantization needs calibration data: --calibration X.npy (or --validation)")
         calib = X[:256]
     profile = _target(target)
+    extra_files: dict[str, bytes] = {}
     report: dict[str, Any] = {"target": target, "measured_on": _this_machine(),
                               "note": None if target in (None, "this-machine") else
                               f"latencies were measured on this machine, not on {target}"}
@@ -107,6 +109,11 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
         chosen = next(c for c in candidates if c.chosen)
         base = candidates[0]
         report["candidates"] = [c.report() for c in candidates]
+        if keep_candidates:  # for `bench model`: the same table for every candidate, on the device itself
+            for c, entry in zip(candidates, report["candidates"]):
+                if c.model is not None and not c.chosen:
+                    entry["file"] = f"candidates/{c.mode}.onnx"
+                    extra_files[entry["file"]] = c.model
         model_bytes = chosen.model
         quant = {"mode": chosen.mode, "notes": chosen.notes, "accuracy": chosen.accuracy,
                  "fp32_accuracy": base.accuracy, "accuracy_metric": "accuracy" if y is not None and
@@ -124,7 +131,7 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
     if profile is not None:
         manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
     bundle = write_bundle(out_dir, model_bytes, manifest,
-                          extra_files={"report.json": (json.dumps(report, indent=2) + "\n").encode()})
+                          extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()})
     Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
     return bundle
 

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--calibration", type=Path, help="static: calibration inputs (.npy) or a folder of images")
     conv.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points of accuracy a candidate may lose")
     conv.add_argument("--target", help="device profile the bundle is for (`edge-runtime devices list`)")
+    conv.add_argument("--keep-candidates", action="store_true",
+                      help="also keep the candidates not chosen (candidates/*.onnx) so `bench model` can compare them on the device")
     conv.add_argument("--input-shape", type=_shape, help="PyTorch: example input shape, e.g. 1,3,224,224")
     conv.set_defaults(handler=_convert)
 
@@ -41,7 +43,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     bundle = convert(args.source, args.output, name=args.name, version=args.model_version, quantize=args.quantize,
                      validation=args.validation, labels=args.labels, calibration=args.calibration,
-                     max_accuracy_drop=args.max_accuracy_drop, target=args.target, input_shape=args.input_shape)
+                     max_accuracy_drop=args.max_accuracy_drop, target=args.target, input_shape=args.input_shape,
+                     keep_candidates=args.keep_candidates)
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
     print(format_report(report))

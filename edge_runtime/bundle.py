@@ -184,9 +184,11 @@ def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: 
     files = {MODEL: model_bytes, **(extra_files or {}),
              MANIFEST: (json.dumps(fields, indent=2, sort_keys=False) + "\n").encode()}
     for name, data in files.items():  # manifest last: it names the checksum of what is already there
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; a bundle is read by the service's own user
-        os.replace(tmp, out / name)
+        os.replace(tmp, target)
     return load_bundle(out, signing_key=signing_key)

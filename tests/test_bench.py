@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import needs_mqtt5, route_config
@@ -30,6 +31,27 @@ def test_bench_model(vibration_bundle, tmp_path):
         assert _ordered(b["bare"]) and _ordered(b["core"])
         assert b["overhead_ratio"] > 0 and b["core"]["rows_per_s"] > 0 and b["decode_us_per_row"] > 0
     assert "core/bare" in out
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_bench_model_compares_the_kept_candidates(tmp_path):
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    from converters import write_estimator_bundle
+
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32) / 16
+    model = MLPClassifier(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y)
+    bundle = write_estimator_bundle(model, tmp_path / "b", name="d", validation=X[:200], labels=y[:200],
+                                    keep_candidates=True, progress=lambda _: None)
+    kept = sorted(p.stem for p in (bundle.path / "candidates").glob("*.onnx"))
+    assert len(kept) == 3 and bundle.manifest.quantization["mode"] not in kept
+    out = _run("bench", "model", str(bundle.path), "--batch-sizes", "1", "--duration", "0.2", "--json", str(tmp_path / "m.json"))
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert sorted(report["candidates"]) == kept
+    assert all(c["quantization"] in kept for c in report["candidates"].values())
+    assert out.count("core/bare") == 4
 
 
 @pytest.fixture

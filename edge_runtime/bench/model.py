@@ -7,6 +7,8 @@ shown in their own column, per row, since their cost grows with rows, not with t
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from ..bundle import load_bundle
+from ..bundle import load_bundle, write_bundle
 from ..codecs import encode
 from ..engine import Engine
 
@@ -42,8 +44,40 @@ def _stats(ms: np.ndarray, rows: int) -> dict:
 
 def bench_model(bundle_path: str | Path, *, batch_sizes: tuple[int, ...] = (1, 8, 32), threads: int = 1,
                 duration: float = 2.0, progress: Callable[[str], None] | None = None) -> dict:
-    """Measure each batch size: bare session.run, the runtime core, and the codecs; return a report dict."""
+    """Measure each batch size: bare session.run, the runtime core, and the codecs; return a report dict.
+
+    A bundle converted with ``--keep-candidates`` also holds the quantization candidates the converter
+    did not choose: each gets the same table, under ``candidates``.
+    """
     bundle = load_bundle(bundle_path)
+    report = _bench_bundle(bundle, batch_sizes=batch_sizes, threads=threads, duration=duration, progress=progress)
+    kept = _kept_candidates(bundle)
+    if kept:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["candidates"] = {}
+            for mode, model_bytes in kept.items():
+                fields = bundle.manifest.model_dump(exclude={"sha256", "signature", "model_file"})
+                fields["quantization"] = {"mode": mode}
+                candidate = write_bundle(Path(tmp) / mode, model_bytes, fields)
+                report["candidates"][mode] = _bench_bundle(candidate, batch_sizes=batch_sizes, threads=threads,
+                                                           duration=duration, progress=progress)
+    return report
+
+
+def _kept_candidates(bundle) -> dict[str, bytes]:
+    try:
+        report = json.loads((bundle.path / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for c in report.get("candidates", []):
+        path = bundle.path / str(c.get("file") or "")
+        if c.get("file") and not c.get("chosen") and bundle.path.resolve() in path.resolve().parents and path.is_file():
+            out[c["mode"]] = path.read_bytes()
+    return out
+
+
+def _bench_bundle(bundle, *, batch_sizes, threads, duration, progress) -> dict:
     engine = Engine(bundle, threads=threads)
     m = bundle.manifest
     options = ort.SessionOptions()
@@ -87,6 +121,13 @@ def bench_model(bundle_path: str | Path, *, batch_sizes: tuple[int, ...] = (1, 8
 
 
 def format_model_report(report: dict) -> str:
+    tables = [_format_one(report)]
+    for mode, sub in (report.get("candidates") or {}).items():
+        tables.append(f"candidate not chosen by the converter: {mode}\n" + _format_one(sub))
+    return "\n\n".join(tables)
+
+
+def _format_one(report: dict) -> str:
     lines = [f"{report['model']} ({report['task']}, {report['quantization']}) with {report['threads']} thread(s)",
              f"{'batch':>5}  {'bare p50':>9} {'p99':>8}  {'core p50':>9} {'p90':>8} {'p99':>8} {'max':>8}"
              f"  {'rows/s':>9}  {'core/bare':>9}  {'decode/row':>10}"]
