@@ -52,6 +52,9 @@ class Manifest(BaseModel):
     allow_non_finite: bool = Field(False, description="Accept NaN and Inf in inputs (most models do not).")
     model_file: str = MODEL
     sha256: str
+    files: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of every other file the bundle holds (external data, report, candidates)."
+    )
     source: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
     signature: str | None = None
@@ -78,6 +81,14 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
     return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> Bundle:
@@ -124,6 +135,12 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
             raise BundleError("unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where)
         if not hmac.compare_digest(sign_manifest(raw, signing_key), manifest.signature):
             raise BundleError("signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where)
+    for name, expected in manifest.files.items():
+        path = (root / name).resolve()
+        if root.resolve() not in path.parents or not path.is_file():
+            raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
+        if not hmac.compare_digest(_sha256_file(path), expected):
+            raise BundleError(f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where)
     _check_model(data, manifest, model.parent, root, where)
     if manifest.task == "classifier" and not manifest.scores_output:
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
@@ -144,6 +161,10 @@ def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, w
         problem = external_data_problem(location, model_dir, root)
         if problem:
             raise BundleError(f"{problem}; a bundle must be self-contained", bundle=where)
+        name = (model_dir / location).resolve().relative_to(root.resolve()).as_posix()
+        if name not in manifest.files:  # the model's checksum does not cover its external weights
+            raise BundleError(f"external data {location!r} has no checksum in the manifest's files; "
+                              "rebuild the bundle with write_bundle/edge-runtime convert", bundle=where)
     if len(info.inputs) != 1:
         raise BundleError(f"the model has {len(info.inputs)} inputs; this runtime serves single-input models", bundle=where)
     spec, actual = manifest.inputs[0], info.inputs[0]
@@ -177,6 +198,7 @@ def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: 
     fields.setdefault("format_version", FORMAT_VERSION)
     fields["model_file"] = MODEL
     fields["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+    fields["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted((extra_files or {}).items())}
     fields.pop("signature", None)
     Manifest.model_validate(fields)  # refuse to write what the runtime would refuse to read
     if signing_key is not None:

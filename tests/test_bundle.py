@@ -170,19 +170,29 @@ def _model_with_external_weights(tmp_path, location: str) -> bytes:
     return model.SerializeToString()
 
 
-def _external_bundle(tmp_path, location: str):
+def _external_bundle(tmp_path, location: str, extra_files=None):
     from edge_runtime.bundle import write_bundle
 
     manifest = {"name": "ext", "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}],
                 "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 4]}]}
-    return write_bundle(tmp_path / "bundle", _model_with_external_weights(tmp_path, location), manifest)
+    return write_bundle(tmp_path / "bundle", _model_with_external_weights(tmp_path, location), manifest,
+                        extra_files=extra_files)
 
 
-def test_external_data_inside_the_bundle_is_served(tmp_path):
+def test_external_data_inside_the_bundle_is_served_and_checksummed(tmp_path):
+    weights = (np.eye(4, dtype=np.float32) * 2).tobytes()
+    bundle = _external_bundle(tmp_path, "weights.bin", {"weights.bin": weights})
+    np.testing.assert_allclose(Engine(bundle).run(np.ones((1, 4), np.float32))["y"], [[2, 2, 2, 2]])
+    (bundle.path / "weights.bin").write_bytes((np.eye(4, dtype=np.float32) * 3).tobytes())  # weights swapped
+    with pytest.raises(BundleError, match="checksum mismatch: weights.bin"):
+        load_bundle(bundle.path)
+
+
+def test_external_data_without_a_checksum_is_refused(tmp_path):
     (tmp_path / "bundle").mkdir()
-    (tmp_path / "bundle" / "weights.bin").write_bytes((np.eye(4, dtype=np.float32) * 2).tobytes())
-    engine = Engine(_external_bundle(tmp_path, "weights.bin"))
-    np.testing.assert_allclose(engine.run(np.ones((1, 4), np.float32))["y"], [[2, 2, 2, 2]])
+    (tmp_path / "bundle" / "weights.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
+    with pytest.raises(BundleError, match="no checksum"):
+        _external_bundle(tmp_path, "weights.bin")
 
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "missing"])
