@@ -28,9 +28,11 @@ from conftest import payload, route_config
 pytestmark = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")
 
 
-def _persistent_client(port: int, client_id: str) -> mqtt.Client:
+def _persistent_client(port: int, client_id: str, *, on_connect=None, on_message=None, on_subscribe=None) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
     client.reconnect_delay_set(0.05, 0.5)
+    # Callbacks before connecting: set after loop_start, a fast CONNACK could run before them.
+    client.on_connect, client.on_message, client.on_subscribe = on_connect, on_message, on_subscribe
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 300
     client.connect_async("127.0.0.1", port, keepalive=10, clean_start=False, properties=props)
@@ -45,14 +47,11 @@ class Results:
         self.ids: set = set()
         self.duplicates = 0
         self.lock = threading.Lock()
-        self.client = _persistent_client(port, f"results-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, *_: c.subscribe("results/#", qos=1)
-        self.client.on_message = self._on_message
-        deadline = time.monotonic() + 10
-        while not self.client.is_connected():
-            assert time.monotonic() < deadline, "collector could not connect"
-            time.sleep(0.02)
-        time.sleep(0.2)  # the SUBACK
+        subscribed = threading.Event()
+        self.client = _persistent_client(port, f"results-{uuid.uuid4().hex[:8]}",
+                                         on_connect=lambda c, *_: c.subscribe("results/#", qos=1),
+                                         on_message=self._on_message, on_subscribe=lambda *_: subscribed.set())
+        assert subscribed.wait(30), "collector could not subscribe"
 
     def _on_message(self, _c, _u, msg):
         i = orjson.loads(msg.payload)["id"]
