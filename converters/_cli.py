@@ -7,15 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,224,224, not {text!r}") from None
-    if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError("every dimension must be at least 1")
-    return dims
+from edge_runtime.cli import positive_ints
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--target", help="device profile the bundle is for (`edge-runtime devices list`)")
     conv.add_argument("--keep-candidates", action="store_true",
                       help="also keep the candidates not chosen (candidates/*.onnx) so `bench model` can compare them on the device")
-    conv.add_argument("--input-shape", type=_shape, help="PyTorch: example input shape, e.g. 1,3,224,224")
+    conv.add_argument("--input-shape", type=positive_ints("1,3,224,224"), help="PyTorch: example input shape, e.g. 1,3,224,224")
     conv.set_defaults(handler=_convert)
 
 

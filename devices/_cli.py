@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli import positive_float, positive_int
+from edge_runtime.cli import frame_size, positive_float, positive_int
 from edge_runtime.errors import EdgeRuntimeError
 
 
@@ -19,16 +19,6 @@ def _fault_list(text: str) -> list[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"unknown fault {bad[0]!r}; choose from {', '.join(FAULTS)}")
     return faults
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH like 640x480, not {text!r}") from None
-    if w < 16 or h < 16 or w * h > 4096 * 4096:
-        raise argparse.ArgumentTypeError("each side at least 16 pixels, at most 16.7 megapixels in all")
-    return w, h
 
 
 def _profile(name: str | None):
@@ -57,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cam.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     cam.add_argument("--cameras", type=positive_int, default=1)
     cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
-    cam.add_argument("--size", type=_size, default=(320, 240), help="WxH, e.g. 640x480")
+    cam.add_argument("--size", type=frame_size, default=(320, 240), help="WxH, e.g. 640x480")
     cam.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     cam.add_argument("--scene", choices=["objects", "object"], default="objects",
                      help="objects: 1-3 shapes (detector); object: one large shape (classifier)")
@@ -197,25 +187,8 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
 
 
 def _camera(args: argparse.Namespace) -> int:
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        raise EdgeRuntimeError("simulated cameras need OpenCV: pip install 'edge-runtime[camera]'") from None
-    from edge_runtime.link import connect_client
+    from .simulate import simulate_cameras
 
-    from .cameras import CameraFleet
-
-    client = connect_client(args.broker)
     w, h = args.size
-    fleet = CameraFleet(client, cameras=args.cameras, fps=args.fps, width=w, height=h, fmt=args.format, scene=args.scene)
-    print(f"{args.cameras} camera(s) at {args.fps:g} fps, {w}x{h} {args.format}, on cameras/<camera>/frames",
-          file=sys.stderr, flush=True)
-    try:
-        fleet.run(args.duration)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    print(f"sent {fleet.sent} frames", file=sys.stderr)
-    return 0
+    return simulate_cameras(args.broker, cameras=args.cameras, fps=args.fps, width=w, height=h, fmt=args.format,
+                            scene=args.scene, duration=args.duration)

@@ -7,18 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import positive_float, positive_int
-from ..errors import EdgeRuntimeError
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,8,32, not {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("batch sizes must be at least 1")
-    return sizes
+from ..cli import frame_size, positive_float, positive_int, positive_ints
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = kinds.add_parser("model", help="the runtime core alone vs bare onnxruntime session.run")
     m.add_argument("bundle", type=Path)
-    m.add_argument("--batch-sizes", type=_sizes, default=(1, 8, 32))
+    m.add_argument("--batch-sizes", type=positive_ints("1,8,32"), default=(1, 8, 32))
     m.add_argument("--threads", type=positive_int, default=1)
     m.add_argument("--duration", type=positive_float, default=3.0, help="seconds of measurement per batch size")
     m.add_argument("--json", type=Path, help="also write the report as JSON")
@@ -55,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--bundle", type=Path, help="image model bundle (default: the demo detector)")
     c.add_argument("--cameras", type=positive_int, default=4)
     c.add_argument("--fps", type=positive_float, default=60.0, help="frames per second per camera")
-    c.add_argument("--size", default="1280x720", help="frame size WxH")
+    c.add_argument("--size", type=frame_size, default=(1280, 720), help="frame size WxH")
     c.add_argument("--duration", type=positive_float, default=10.0)
     c.add_argument("--max-queue", type=positive_int, default=500)
     c.add_argument("--json", type=Path, help="also write the report as JSON")
@@ -105,10 +94,7 @@ def _e2e(args: argparse.Namespace) -> int:
 def _camera(args: argparse.Namespace) -> int:
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise EdgeRuntimeError(f"--size: expected WxH like 1280x720, not {args.size!r}") from None
+    w, h = args.size
     options = CameraBenchOptions(bundle=args.bundle or DEFAULT_DETECTOR, cameras=args.cameras, fps=args.fps, width=w,
                                  height=h, duration=args.duration, max_queue=args.max_queue)
     report = bench_camera(options, progress=_progress)
