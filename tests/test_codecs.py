@@ -64,3 +64,30 @@ def test_any_json_decodes_or_raises_payload_error(doc):
         DEC.decode(data)
     except PayloadError as err:
         assert err.code in {"bad_json", "no_values", "bad_values", "bad_shape", "not_finite", "too_large"}
+
+
+# -- image frames: whatever the bytes, a PayloadError or a model-ready row ---------------------------
+
+@pytest.fixture(scope="module")
+def image_decoder():
+    pytest.importorskip("cv2")
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.vision import ImageDecoder
+
+    bundle = load_bundle(__import__("pathlib").Path(__file__).resolve().parent.parent / "edge_runtime" / "demo_models" / "shapes-detector")
+    return ImageDecoder(bundle.manifest, max_bytes=100_000)
+
+
+_JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+_PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"", _JPEG_HEAD, _PNG_HEAD, b"\x93NUMPY"]), st.binary(max_size=400))
+def test_any_frame_bytes_decode_or_raise_payload_error(image_decoder, head, tail):
+    try:
+        _, row, meta = image_decoder.decode(head + tail)
+    except PayloadError as err:
+        assert err.code in {"empty", "not_image", "bad_image", "bad_npy", "too_large"}
+    else:
+        assert row.shape == (3, 96, 96) and meta.width >= 8
