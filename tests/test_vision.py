@@ -174,3 +174,19 @@ def test_snapshot_on_a_tensor_model_is_a_config_error(vibration_bundle):
 
     with pytest.raises(ConfigError, match=r"routes\[0\]\.snapshot"):
         Runtime(parse_config(route_config("mqtt://127.0.0.1:1", vibration_bundle, client_id="x", snapshot="s/{1}")))
+
+
+def test_nhwc_bgr_with_mean_and_std():
+    from edge_runtime.bundle import Manifest
+    from edge_runtime.vision import ImageDecoder
+
+    manifest = Manifest(name="n", task="image_classifier", sha256="0" * 64,
+                        inputs=[{"name": "x", "dtype": "float32", "shape": [None, 32, 48, 3]}],
+                        outputs=[{"name": "y", "dtype": "float32", "shape": [None, 2]}],
+                        preprocess={"resize": "stretch", "color": "bgr", "layout": "NHWC", "scale": 1.0,
+                                    "mean": [10, 20, 30], "std": [2, 2, 2]})
+    img = np.zeros((64, 96, 3), np.uint8)
+    img[:] = (50, 100, 150)  # BGR
+    _, row, meta = ImageDecoder(manifest, max_bytes=10**6).decode(encode_frame(img, "png"))
+    assert row.shape == (32, 48, 3) and (meta.width, meta.height) == (96, 64)
+    np.testing.assert_allclose(row[0, 0], [(50 - 10) / 2, (100 - 20) / 2, (150 - 30) / 2])
