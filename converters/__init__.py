@@ -15,9 +15,6 @@ import numpy as np
 
 from edge_runtime.bundle import Bundle, write_bundle
 
-from . import onnx_source as _onnx_source  # noqa: F401  (each registers itself)
-from . import pytorch as _pytorch  # noqa: F401
-from . import sklearn as _sklearn  # noqa: F401
 from ._registry import ConversionError, detect_family, get_converter, register_converter
 from .sklearn import convert_estimator
 
@@ -66,7 +63,7 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
             quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
             max_accuracy_drop: float = 1.0, target: str | None = None,
             progress: Callable[[str], None] | None = None, keep_candidates: bool = False) -> Bundle:
-    from edge_runtime.engine import Engine
+    from edge_runtime.engines import Engine
 
     from .calibrate import load_calibration
     from .gate import run_gate
@@ -139,12 +136,9 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
 def _target(name: str | None):
     if name is None:
         return None
-    from devices.profiles import get_profile
+    from devices.detect import profile_for
 
-    try:
-        return get_profile(name)
-    except LookupError as err:
-        raise ConversionError(f"--target: {err}") from None
+    return profile_for(name)
 
 
 def _this_machine() -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli import positive_ints
+from edge_runtime.cli.argtypes import positive_ints
 
 
 def register(sub: argparse._SubParsersAction) -> None:

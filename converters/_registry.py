@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.registry import Registry
 
-__all__ = ["ConversionError", "SourceConverter", "register_converter", "get_converter", "detect_family"]
+__all__ = ["ConversionError", "SourceConverter", "register_converter", "get_converter", "detect_family", "CONVERTERS"]
 
 
 class ConversionError(EdgeRuntimeError):
@@ -24,28 +25,24 @@ class SourceConverter:
     convert: Callable[..., tuple[bytes, dict[str, Any]]]
 
 
-_CONVERTERS: dict[str, SourceConverter] = {}
+CONVERTERS: Registry[SourceConverter] = Registry(
+    "source family", plugins=("converters.sklearn", "converters.onnx_source", "converters.pytorch"),
+)
 
 
-def register_converter(converter: SourceConverter) -> None:
-    if converter.family in _CONVERTERS:
-        raise ValueError(f"a converter for {converter.family!r} is already registered")
-    _CONVERTERS[converter.family] = converter
+def register_converter(converter: SourceConverter) -> SourceConverter:
+    return CONVERTERS.register(converter.family, converter)
 
 
 def get_converter(family: str) -> SourceConverter:
-    try:
-        return _CONVERTERS[family]
-    except KeyError:
-        raise ConversionError(
-            f"no converter for {family!r}; known: {', '.join(sorted(_CONVERTERS))}"
-        ) from None
+    """The converter for a source family; ``UnknownNameError`` (a ``LookupError``) lists the known ones."""
+    return CONVERTERS.get(family)
 
 
 def detect_family(path: Path) -> str:
     suffix = path.suffix.lower()
-    for conv in _CONVERTERS.values():
-        if suffix in conv.suffixes:
-            return conv.family
-    known = sorted(s for c in _CONVERTERS.values() for s in c.suffixes)
+    found = CONVERTERS.find(lambda c: suffix in c.suffixes)
+    if found is not None:
+        return found.family
+    known = sorted(s for c in CONVERTERS.values() for s in c.suffixes)
     raise ConversionError(f"cannot tell what {path.name} is from its suffix; expected one of {', '.join(known)}")

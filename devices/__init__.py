@@ -1,16 +1,3 @@
-"""Device profiles and simulated devices (sensors publishing realistic streams over MQTT)."""
-
-from .sensors import CONDITIONS, SensorFleet, VibrationSensor, vibration_dataset
-
-__all__ = ["CONDITIONS", "SensorFleet", "VibrationSensor", "vibration_dataset", "profile_for"]
-
-
-def profile_for(name: str | None = None):
-    """The named device profile, or (None) this machine's: the detected board with its real cores and features.
-
-    The runtime takes its ONNX Runtime settings from here unless the config says otherwise.
-    """
-    from .detect import this_machine
-    from .profiles import get_profile
-
-    return get_profile(name) if name else this_machine()
+"""Board profiles (``devices.profiles``, ``devices.detect``) and simulated devices (sensors, cameras, fleets,
+recordings). The serving core reads the profiles only; the simulators are clients of the runtime and are
+imported from their own modules (``devices.sensors``, ``devices.cameras``, ...)."""

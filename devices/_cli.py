@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli import frame_size, positive_float, positive_int
+from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int
 from edge_runtime.errors import EdgeRuntimeError
 
 
@@ -22,13 +22,9 @@ def _fault_list(text: str) -> list[str]:
 
 
 def _profile(name: str | None):
-    from .profiles import get_profile
-    from .detect import detect
+    from .detect import detect, profile_for
 
-    try:
-        return get_profile(name) if name else detect()[0]
-    except LookupError as err:
-        raise EdgeRuntimeError(str(err)) from None
+    return profile_for(name) if name else detect()[0]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,7 +102,7 @@ def _sensors(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from edge_runtime.link import connect_client
+    from edge_runtime.mqtt.client import connect_client
 
     from .fleet import run_fleet
 
@@ -147,10 +143,10 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _devices_list(args: argparse.Namespace) -> int:
-    from .profiles import get_profile, known_profiles
+    from .detect import profile_for, profile_names
 
-    for name in known_profiles():
-        p = get_profile(name)
+    for name in profile_names():
+        p = profile_for(name)
         print(f"{name:16} {p.title:36} {p.cores} cores {p.memory_mb:6} MB  int8: {'yes' if p.int8_pays_off else 'no'}")
     return 0
 

@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .profiles import DeviceProfile, OrtSettings, get_profile
+from edge_runtime.errors import UnknownNameError
 
-__all__ = ["Facts", "read_facts", "detect", "this_machine"]
+from .profiles import DeviceProfile, OrtSettings, get_profile, known_profiles
+
+__all__ = ["Facts", "read_facts", "detect", "this_machine", "profile_for", "profile_names", "THIS_MACHINE"]
+
+THIS_MACHINE = "this-machine"
 
 # ARM "CPU part" numbers of the cores Raspberry Pis use.
 _ARM_PARTS = {"0xd03": ("Cortex-A53", "rpi-3b"), "0xd08": ("Cortex-A72", "rpi-4b"), "0xd0b": ("Cortex-A76", "rpi-5")}
@@ -82,7 +86,8 @@ def detect(facts: Facts | None = None) -> tuple[DeviceProfile, list[str]]:
         return get_profile("generic-arm64"), reasons + [f"architecture is {facts.machine}"]
     if facts.machine in ("x86_64", "amd64", "AMD64"):
         return get_profile("generic-x86-64"), reasons + [f"architecture is {facts.machine}"]
-    raise LookupError(f"no device profile for architecture {facts.machine!r}; name one with `[device] profile = ...`")
+    raise UnknownNameError("device profile", facts.machine, known_profiles(),
+                           hint="(no profile for this architecture; name one with `[device] profile = ...`)")
 
 
 def this_machine(facts: Facts | None = None) -> DeviceProfile:
@@ -96,3 +101,16 @@ def this_machine(facts: Facts | None = None) -> DeviceProfile:
                    ort=OrtSettings(intra_op_threads=threads, allow_spinning=base.ort.allow_spinning,
                                    graph_optimization_level=base.ort.graph_optimization_level,
                                    providers=base.ort.providers))
+
+
+def profile_names() -> list[str]:
+    """Every name ``profile_for`` takes: the registered boards and ``this-machine``."""
+    return known_profiles() + [THIS_MACHINE]
+
+
+def profile_for(name: str | None = None) -> DeviceProfile:
+    """The named profile, or (None or ``this-machine``) this machine's: the detected board with its real cores
+    and CPU features. The runtime takes its ONNX Runtime settings from here unless the config says otherwise."""
+    if name is None or name == THIS_MACHINE:
+        return this_machine()
+    return get_profile(name)

@@ -23,7 +23,7 @@ __all__ = ["record", "replay", "read_recording"]
 def record(url: str, filters: Iterable[str], out: Path, *, duration: float | None = None, count: int | None = None,
            ready=None) -> int:
     """Write messages on ``filters`` to ``out`` until ``duration`` seconds pass or ``count`` arrive."""
-    from edge_runtime.link import connect_client
+    from edge_runtime.mqtt.client import connect_client
 
     if duration is None and count is None:
         raise ValueError("give a duration or a count (or stop with Ctrl-C)")
@@ -77,7 +77,7 @@ def read_recording(path: Path) -> list[dict]:
 
 def replay(url: str, path: Path, *, speed: float = 1.0) -> int:
     """Publish a recording again, ``speed`` times as fast as it was recorded; returns how many were sent."""
-    from edge_runtime.link import connect_client
+    from edge_runtime.mqtt.client import connect_client
 
     if speed <= 0:
         raise ValueError("speed must be above 0")

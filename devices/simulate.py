@@ -7,7 +7,7 @@ import sys
 import threading
 
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.link import connect_client
+from edge_runtime.mqtt.client import connect_client
 
 from .sensors import SensorFleet
 

@@ -1,8 +1,18 @@
-"""edge-runtime: MQTT streams in, micro-batched ONNX Runtime inference, results out."""
+"""edge-runtime: MQTT streams in, micro-batched ONNX Runtime inference, results out.
 
-__version__ = "0.1.0"
+The public surface is small: the errors below and ``__version__``. Everything else is reached through
+its subpackage (``edge_runtime.config``, ``edge_runtime.serving.runtime``, ...); modules whose names
+start with ``_`` are private.
+"""
 
-from .errors import BrokerError, BundleError, ConfigError, EdgeRuntimeError, PayloadError  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import BrokerError, BundleError, ConfigError, EdgeRuntimeError, PayloadError, UnknownNameError
+
+try:
+    __version__: str = version("edge-runtime")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "__version__",
@@ -11,4 +21,5 @@ __all__ = [
     "BundleError",
     "PayloadError",
     "BrokerError",
+    "UnknownNameError",
 ]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .errors import ConfigError
 from .topics import TopicFilter, TopicTemplate
+from .vocabulary import Overflow
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,9 +122,6 @@ class ModelConfig(_Strict):
     )
 
 
-Overflow = Literal["drop_oldest", "reject", "latest_only"]
-
-
 class RouteConfig(_Strict):
     subscribe: str = Field(description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed).")
     model: str = Field(description="Name of a [[models]] entry.")
@@ -189,11 +187,11 @@ class DeviceConfig(_Strict):
     @classmethod
     def _known(cls, value: str | None) -> str | None:
         if value is not None:
-            from devices.profiles import get_profile
+            from devices.detect import profile_for
 
             try:
-                get_profile(value)
-            except LookupError as err:
+                profile_for(value)
+            except LookupError as err:  # pydantic reports ValueErrors with the key and line
                 raise ValueError(str(err)) from None
         return value
 

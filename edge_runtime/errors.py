@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["EdgeRuntimeError", "ConfigError", "BundleError", "PayloadError", "BrokerError"]
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .vocabulary import ErrorCode
+
+__all__ = ["EdgeRuntimeError", "ConfigError", "BundleError", "PayloadError", "BrokerError", "UnknownNameError"]
 
 
 class EdgeRuntimeError(Exception):
@@ -34,10 +40,30 @@ class BundleError(EdgeRuntimeError):
 class PayloadError(EdgeRuntimeError):
     """An input that cannot be served. ``code`` is short and stable (for machines), ``detail`` is for people."""
 
-    def __init__(self, code: str, detail: str, *, id: object = None):
+    def __init__(self, code: ErrorCode, detail: str, *, id: object = None):
         self.code, self.detail, self.id = code, detail, id
         super().__init__(f"{code}: {detail}")
 
 
 class BrokerError(EdgeRuntimeError):
     """The broker could not be started or reached."""
+
+
+class UnknownNameError(EdgeRuntimeError, LookupError):
+    """A name that no registry entry has (a task, an engine, a converter, a device profile).
+
+    Both an ``EdgeRuntimeError`` (the CLI prints it as one line) and a ``LookupError`` (what a failed
+    lookup is in Python). ``known`` lists what is available; ``broken`` the plug-ins that could not be
+    imported, with why (usually an optional extra that is not installed).
+    """
+
+    def __init__(self, kind: str, name: str, known: Sequence[str], *, hint: str = "",
+                 broken: Mapping[str, str] | None = None):
+        self.kind, self.name, self.known = kind, name, list(known)
+        self.broken = dict(broken or {})
+        message = f"unknown {kind} {name!r}; known: {', '.join(self.known) or '(none)'}"
+        for reason in self.broken.values():
+            message += f" (not available here: {reason})"
+        if hint:
+            message += f" {hint}"
+        super().__init__(message)

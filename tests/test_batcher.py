@@ -1,6 +1,6 @@
 import pytest
 
-from edge_runtime.batcher import Batcher
+from edge_runtime.serving.batcher import Batcher
 
 
 def items(batch):

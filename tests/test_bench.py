@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import needs_mqtt5, route_config
+from helpers import needs_mqtt5, route_config
 
 
 def _run(*args, timeout=240):
@@ -61,6 +61,7 @@ def bench_config(broker, vibration_bundle, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_bench_e2e_burst_with_naive_baseline(bench_config, tmp_path):
     out = _run("bench", "e2e", "--config", str(bench_config), "--burst", "300", "--baseline", "naive",
                "--duration", "2", "--json", str(tmp_path / "e.json"))
@@ -76,6 +77,7 @@ def test_bench_e2e_burst_with_naive_baseline(bench_config, tmp_path):
     assert "throughput vs naive" in out
 
 
+@pytest.mark.slow
 def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
     _run("bench", "e2e", "--config", str(bench_config), "--rate", "200", "--duration", "1", "--no-echo",
          "--json", str(tmp_path / "r.json"), "--payload", "npy")
@@ -102,7 +104,7 @@ def test_workers_share_a_route(broker, vibration_bundle, vibration_data, tmp_pat
     import time
 
 
-    from conftest import payload
+    from helpers import payload
 
     _, _, Xt, _ = vibration_data
     config = tmp_path / "w.toml"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle import load_bundle, sign_manifest
-from edge_runtime.engine import Engine
+from edge_runtime.engines import Engine
 from edge_runtime.errors import BundleError
 
 

@@ -7,13 +7,15 @@ import time
 import orjson
 import pytest
 
-from edge_runtime.broker import free_port, port_open, start_broker
+from edge_runtime.devtools.broker import free_port, port_open, start_broker
 from edge_runtime.config import parse_config
-from edge_runtime.runtime import Runtime
+from edge_runtime.serving.runtime import Runtime
 
-from conftest import Collector, payload, route_config
+from helpers import Collector, payload, route_config
 
 
+@pytest.mark.broker
+@pytest.mark.slow
 def test_demo_runs_and_summarises(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "edge_runtime", "demo", "--duration", "3", "--devices", "2", "--rate", "10",
@@ -29,6 +31,7 @@ def test_demo_runs_and_summarises(tmp_path):
     assert sent > 0 and answered == sent
 
 
+@pytest.mark.broker
 def test_runtime_through_the_embedded_amqtt_broker(tmp_path, vibration_bundle, vibration_data):
     """amqtt speaks MQTT 3.1.1 only: the link falls back from v5 and serves all the same."""
     pytest.importorskip("amqtt")
@@ -52,6 +55,7 @@ def test_runtime_through_the_embedded_amqtt_broker(tmp_path, vibration_bundle, v
             pub.close()
 
 
+@pytest.mark.broker
 def test_broker_command_binds_loopback_and_stops_on_sigterm():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "broker", "--port", str(port)],

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.codecs import RowDecoder
+from edge_runtime.tasks.codecs import RowDecoder
 from edge_runtime.errors import PayloadError
 
 DEC = RowDecoder(shape=(4,), dtype="float32", allow_non_finite=False, max_bytes=10_000)
@@ -72,7 +72,7 @@ def test_any_json_decodes_or_raises_payload_error(doc):
 def image_decoder():
     pytest.importorskip("cv2")
     from edge_runtime.bundle import load_bundle
-    from edge_runtime.vision import ImageDecoder
+    from edge_runtime.tasks.vision import ImageDecoder
 
     bundle = load_bundle(__import__("pathlib").Path(__file__).resolve().parent.parent / "edge_runtime" / "demo_models" / "shapes-detector")
     return ImageDecoder(bundle.manifest, max_bytes=100_000)

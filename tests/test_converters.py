@@ -16,7 +16,7 @@ from converters.gate import Candidate, choose
 from converters.quantize import QuantizeConfig, quantize, unsupported_reason
 from converters.sklearn import convert_estimator
 from edge_runtime.bundle import load_bundle
-from edge_runtime.engine import Engine
+from edge_runtime.engines import Engine
 
 # float32 inference against float64 scikit-learn: probabilities agree to 1e-4, regressions to 1e-4 relative.
 PROBA_ATOL, VALUE_RTOL = 1e-4, 1e-4

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from devices.detect import detect, read_facts, this_machine
+from devices.detect import detect, profile_names, read_facts, this_machine
 from devices.profiles import DeviceProfile, get_profile, known_profiles, register_profile
 from edge_runtime.config import parse_config
 from edge_runtime.errors import ConfigError
-from edge_runtime.link import connect_client
+from edge_runtime.mqtt.client import connect_client
 
-from conftest import route_config
+from helpers import route_config
 
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 
@@ -48,7 +48,8 @@ def test_registry_refuses_duplicates_and_names_the_known():
         register_profile(DeviceProfile(name="rpi-5", title="again", arch="aarch64", cores=4, memory_mb=1))
     with pytest.raises(LookupError, match="rpi-4b"):
         get_profile("rpi-6")
-    assert {"rpi-zero-2w", "rpi-3b", "rpi-4b", "rpi-5", "generic-arm64", "generic-x86-64", "this-machine"} <= set(known_profiles())
+    assert {"rpi-zero-2w", "rpi-3b", "rpi-4b", "rpi-5", "generic-arm64", "generic-x86-64"} <= set(known_profiles())
+    assert set(known_profiles()) | {"this-machine"} == set(profile_names())
 
 
 def test_config_names_a_profile(vibration_bundle):
@@ -148,7 +149,7 @@ def test_record_then_replay_reproduces_messages_in_order(broker, tmp_path):
 
 def test_home_assistant_discovery_on_first_result(broker, start_runtime, collector, publisher, vibration_bundle,
                                                   vibration_data):
-    from conftest import payload
+    from helpers import payload
 
     _, _, Xt, _ = vibration_data
     configs = collector("homeassistant/#")

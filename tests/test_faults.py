@@ -21,11 +21,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_runtime.broker import find_mosquitto, free_port, start_broker
+from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 
-from conftest import payload, route_config
+from helpers import payload, route_config
 
-pytestmark = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")
+pytestmark = [pytest.mark.broker, pytest.mark.slow,
+              pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")]
 
 
 def _persistent_client(port: int, client_id: str, *, on_connect=None, on_message=None, on_subscribe=None) -> mqtt.Client:

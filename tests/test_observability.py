@@ -10,11 +10,11 @@ import urllib.request
 
 import numpy as np
 
-from edge_runtime.broker import free_port
-from edge_runtime.cli import JsonFormatter
-from edge_runtime.metrics import Histogram
+from edge_runtime.devtools.broker import free_port
+from edge_runtime.cli.main import JsonFormatter
+from edge_runtime.observability.metrics import Histogram
 
-from conftest import payload, route_config
+from helpers import payload, route_config
 
 ROUTE = "sensors/+/vibration"
 

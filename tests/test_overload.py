@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import payload, route_config
+from helpers import payload, route_config
 
 N = 3000
 ROUTE = "sensors/+/vibration"
@@ -47,6 +47,7 @@ def _settled(rt, timeout=60.0) -> dict:
     raise AssertionError(f"not every input accounted for: {rt.runtime.stats()['routes'][ROUTE]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overflow", ["drop_oldest", "reject", "latest_only"])
 def test_burst_far_beyond_capacity(broker, start_runtime, collector, publisher, vibration_bundle, vibration_data,
                                    overflow):

@@ -8,7 +8,7 @@ import shutil
 
 import orjson
 
-from conftest import payload, route_config
+from helpers import payload, route_config
 
 
 def _ask(publisher, collector_results, vibration_data, topic="sensors/a/vibration") -> dict:

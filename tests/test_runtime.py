@@ -13,7 +13,7 @@ import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import needs_mqtt5, payload, route_config
+from helpers import needs_mqtt5, payload, route_config
 
 
 def test_results_match_sklearn_and_ids_round_trip(broker, vibration_bundle, vibration_model, vibration_data,

@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from edge_runtime.broker import find_mosquitto, free_port, start_broker
+from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 from edge_runtime.config import parse_config
 from edge_runtime.errors import BrokerError, ConfigError
-from edge_runtime.runtime import Runtime
+from edge_runtime.serving.runtime import Runtime
 
-from conftest import Collector, payload, route_config
+from helpers import Collector, payload, route_config
 
-pytestmark = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")
+pytestmark = [pytest.mark.broker, pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")]
 
 
 def _key_and_cert(subject: str, *, issuer=None, ca: bool = False):

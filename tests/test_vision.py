@@ -14,9 +14,9 @@ cv2 = pytest.importorskip("cv2")
 from devices.cameras import encode_frame  # noqa: E402
 from devices.scenes import draw_object, draw_scene  # noqa: E402
 from edge_runtime.errors import PayloadError  # noqa: E402
-from edge_runtime.vision import decode_detections, image_size, letterbox  # noqa: E402
+from edge_runtime.tasks.vision import decode_detections, image_size, letterbox  # noqa: E402
 
-from conftest import needs_mqtt5  # noqa: E402
+from helpers import needs_mqtt5  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent.parent / "edge_runtime" / "demo_models"
 
@@ -141,6 +141,8 @@ def test_decode_detections_yolov8_and_nms():
 
 
 @needs_mqtt5
+@pytest.mark.broker
+@pytest.mark.slow
 def test_camera_bench_runs_and_counts_add_up():
     from edge_runtime.bench.camera import CameraBenchOptions, bench_camera, format_camera_report
 
@@ -168,9 +170,9 @@ def test_annotated_snapshot_is_a_jpeg_with_boxes(broker, start_runtime, collecto
 def test_snapshot_on_a_tensor_model_is_a_config_error(vibration_bundle):
     from edge_runtime.config import parse_config
     from edge_runtime.errors import ConfigError
-    from edge_runtime.runtime import Runtime
+    from edge_runtime.serving.runtime import Runtime
 
-    from conftest import route_config
+    from helpers import route_config
 
     with pytest.raises(ConfigError, match=r"routes\[0\]\.snapshot"):
         Runtime(parse_config(route_config("mqtt://127.0.0.1:1", vibration_bundle, client_id="x", snapshot="s/{1}")))
@@ -178,7 +180,7 @@ def test_snapshot_on_a_tensor_model_is_a_config_error(vibration_bundle):
 
 def test_nhwc_bgr_with_mean_and_std():
     from edge_runtime.bundle import Manifest
-    from edge_runtime.vision import ImageDecoder
+    from edge_runtime.tasks.vision import ImageDecoder
 
     manifest = Manifest(name="n", task="image_classifier", sha256="0" * 64,
                         inputs=[{"name": "x", "dtype": "float32", "shape": [None, 32, 48, 3]}],

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from converters import ConversionError  # noqa: E402
 from devices.scenes import SHAPES, draw_object, draw_scene  # noqa: E402
 from edge_runtime.bundle import write_bundle  # noqa: E402
-from edge_runtime.vision import letterbox  # noqa: E402
+from edge_runtime.tasks.vision import letterbox  # noqa: E402
 
 OUT = ROOT / "edge_runtime" / "demo_models"
 OPSET = 17

@@ -1,15 +1,17 @@
 """Device profiles: what a board has (cores, memory, CPU features) and the settings that pay off there.
 
-One registry, as skl2onnx keeps one per kind of plug-in: ``register_profile`` refuses duplicates and a
-failed lookup lists the known names. Each board is one small module below that registers itself;
-adding a board is adding a file and naming it in ``_BOARDS``.
+One registry (``edge_runtime.registry``): ``register_profile`` refuses duplicates and a failed lookup lists
+the known names. Each board is one small module below that registers itself; adding a board is adding a
+file and naming it in ``_BOARDS``. The profile of the machine this runs on (``this-machine``) is built by
+``devices.detect``, which reads this module, never the other way round.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from edge_runtime.registry import Registry
 
 __all__ = ["DeviceProfile", "OrtSettings", "register_profile", "get_profile", "known_profiles"]
 
@@ -58,37 +60,22 @@ class DeviceProfile:
         return d
 
 
-_PROFILES: dict[str, DeviceProfile] = {}
 _BOARDS = ("pi_zero2w", "pi3", "pi4", "pi5", "generic_arm64", "generic_x86_64")
+PROFILES: Registry[DeviceProfile] = Registry(
+    "device profile", plugins=tuple(f"{__name__}.{board}" for board in _BOARDS),
+    hint="(see `edge-runtime devices list`; `this-machine` is the detected board)",
+)
 
 
 def register_profile(profile: DeviceProfile) -> DeviceProfile:
-    if profile.name in _PROFILES:
-        raise ValueError(f"a device profile named {profile.name!r} is already registered")
-    _PROFILES[profile.name] = profile
-    return profile
-
-
-def _load_boards() -> None:
-    for module in _BOARDS:
-        importlib.import_module(f"{__name__}.{module}")
+    return PROFILES.register(profile.name, profile)
 
 
 def known_profiles() -> list[str]:
-    return sorted(_PROFILES) + ["this-machine"]
+    """The registered boards' names (``devices.detect.profile_names`` adds ``this-machine``)."""
+    return PROFILES.names()
 
 
 def get_profile(name: str) -> DeviceProfile:
-    """A registered profile by name; ``this-machine`` is built from what this machine reports."""
-    if name == "this-machine":
-        from ..detect import this_machine
-
-        return this_machine()
-    try:
-        return _PROFILES[name]
-    except KeyError:
-        raise LookupError(f"unknown device profile {name!r}; known: {', '.join(known_profiles())} "
-                          "(see `edge-runtime devices list`)") from None
-
-
-_load_boards()
+    """A registered board's profile; ``UnknownNameError`` (a ``LookupError``) lists the known names."""
+    return PROFILES.get(name)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import frame_size, positive_float, positive_int, positive_ints
+from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 import orjson
 
-from ..broker import start_broker
+from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
-from ..link import connect_client
+from ..mqtt.client import connect_client
 
 __all__ = ["CameraBenchOptions", "bench_camera", "format_camera_report", "DEFAULT_DETECTOR"]
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..broker import BrokerProcess, port_open, start_broker
 from ..bundle import load_bundle
 from ..config import Config, load_config
+from ..devtools.broker import BrokerProcess, port_open, start_broker
 from ..errors import EdgeRuntimeError
-from ..link import connect_client
+from ..mqtt.client import connect_client
 from ..topics import TopicFilter, TopicTemplate
 from .load import LoadResult, Workload, run_load
 

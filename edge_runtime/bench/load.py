@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import BrokerConfig
 from ..errors import EdgeRuntimeError
-from ..link import connect_client
+from ..mqtt.client import connect_client
 
 __all__ = ["LoadResult", "Workload", "run_load"]
 

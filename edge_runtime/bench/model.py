@@ -18,8 +18,8 @@ import onnxruntime as ort
 import orjson
 
 from ..bundle import load_bundle, write_bundle
-from ..codecs import encode
-from ..engine import Engine
+from ..engines import Engine
+from ..tasks.codecs import encode
 
 __all__ = ["bench_model"]
 

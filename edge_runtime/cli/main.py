@@ -11,32 +11,18 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .errors import EdgeRuntimeError
+from .. import __version__
+from ..errors import EdgeRuntimeError
 
-__all__ = ["main", "positive_int", "positive_float", "positive_ints", "frame_size"]
+__all__ = ["main", "build_parser", "setup_logging", "JsonFormatter"]
 
 # Modules that provide ``register(subparsers)``; each parser sets ``handler=callable(args) -> int``.
 COMMAND_MODULES = (
-    "edge_runtime._commands",
+    "edge_runtime.cli.commands",
     "converters._cli",
     "devices._cli",
     "edge_runtime.bench._cli",
 )
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,31 +46,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-def positive_ints(example: str):
-    """An argparse type for comma-separated positive integers (``example`` shows the form in errors)."""
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(x) for x in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers like {example}, not {text!r}") from None
-        if not values or min(values) < 1:
-            raise argparse.ArgumentTypeError("every value must be at least 1")
-        return values
-
-    return parse
-
-
-def frame_size(text: str) -> tuple[int, int]:
-    """``WxH`` for camera frames: each side at least 16 pixels, at most 16.7 megapixels in all."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH like 640x480, not {text!r}") from None
-    if w < 16 or h < 16 or w * h > 4096 * 4096:
-        raise argparse.ArgumentTypeError("each side at least 16 pixels, at most 16.7 megapixels in all")
-    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:

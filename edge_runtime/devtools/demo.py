@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from ..bundle import load_bundle
+from ..errors import BundleError, EdgeRuntimeError
+from ..mqtt.client import connect_client
 from .broker import start_broker
-from .bundle import load_bundle
-from .errors import BundleError, EdgeRuntimeError
-from .link import connect_client
 
 __all__ = ["build_demo_bundle", "run_demo"]
 
@@ -166,7 +166,7 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         config = workdir / "demo.toml"
         text = CONFIG.format(url=broker.url)
         if cameras:
-            from .bench.camera import DEFAULT_DETECTOR
+            from ..bench.camera import DEFAULT_DETECTOR
 
             text += CAMERA_CONFIG.format(bundle=DEFAULT_DETECTOR)
         config.write_text(text)

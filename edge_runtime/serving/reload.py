@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .bundle import MANIFEST
-from .engine import Engine
-from .errors import EdgeRuntimeError
+from ..bundle import MANIFEST
+from ..engines import Engine
+from ..errors import EdgeRuntimeError
 
 __all__ = ["Reloader", "Outcome", "fingerprint"]
 

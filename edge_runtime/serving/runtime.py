@@ -14,25 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices import profile_for
+from devices.detect import profile_for
 from devices.profiles import DeviceProfile
 
-from . import __version__
+from .. import __version__
+from ..bundle import load_bundle
+from ..config import Config, RouteConfig
+from ..engines import Engine
+from ..errors import ConfigError, PayloadError
+from ..mqtt.link import Link, Message
+from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
+from ..tasks import Decoder
+from ..tasks.codecs import encode
+from ..topics import TopicFilter, TopicTemplate
+from ..vocabulary import DropReason
+from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
-from .bundle import load_bundle
-from .codecs import encode
-from .config import Config, RouteConfig
-from .engine import Engine
-from .errors import ConfigError, PayloadError
-from .link import Link, Message
-from .metrics import Histogram, RouteStats
+from .control import parse_control
 from .reload import Outcome, Reloader
-from .tasks import Decoder
-from .topics import TopicFilter, TopicTemplate
+from .snapshots import Snapshots
 
 __all__ = ["Runtime"]
 
@@ -47,8 +50,8 @@ class Route:
     publish: TopicTemplate
     errors: TopicTemplate
     decoder: Decoder
-    batcher: Batcher
-    snapshot: TopicTemplate | None = None
+    batcher: Batcher[Message]
+    snapshots: Snapshots | None = None
     stats: RouteStats = field(default_factory=RouteStats)
 
     @property
@@ -87,9 +90,16 @@ class Runtime:
         self.profile = profile_for(config.device.profile)
         self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
         self.routes: list[Route] = []
-        for rc in config.routes:
+        for i, rc in enumerate(config.routes):
             engine = self.engines[rc.model]
             flt = TopicFilter(rc.subscribe)
+            snapshots = None
+            if rc.snapshot is not None:
+                if not hasattr(engine.task, "annotate"):
+                    raise ConfigError(f"snapshot needs an image model; {rc.model!r} is a {engine.task.name}",
+                                      key=f"routes[{i}].snapshot")
+                snapshots = Snapshots(TopicTemplate(rc.snapshot, wildcards=flt.wildcards), flt,
+                                      lambda topic, jpeg: self.link.publish(topic, jpeg, 0))
             self.routes.append(Route(
                 config=rc,
                 engine=engine,
@@ -97,36 +107,36 @@ class Runtime:
                 publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
                 errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
                 decoder=_decoder(engine, rc),
-                snapshot=None if rc.snapshot is None else TopicTemplate(rc.snapshot, wildcards=flt.wildcards),
+                snapshots=snapshots,
                 batcher=Batcher(max_batch=rc.max_batch, max_delay=rc.max_delay_ms / 1000, max_queue=rc.max_queue,
                                 overflow=rc.overflow,
                                 deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
             ))
-        for i, route in enumerate(self.routes):
-            if route.snapshot is not None and not hasattr(route.engine.task, "annotate"):
-                raise ConfigError(f"snapshot needs an image model; {route.config.model!r} is a {route.engine.task.name}",
-                                  key=f"routes[{i}].snapshot")
         self._route_cache: dict[str, list[Route]] = {}
         self._started = time.monotonic()
         self._closing = False
-        # Result topics already announced to Home Assistant (None: discovery off). Bounded like the route cache.
-        self._ha_announced: set[str] | None = set() if config.homeassistant.discovery else None
         self._stop = threading.Event()
-        self.status_topic = f"edge-runtime/{config.broker.client_id}/status"
-        self.control_topic = f"edge-runtime/{config.broker.client_id}/control"
-        self.metrics_topic = config.metrics.topic or f"edge-runtime/{config.broker.client_id}/metrics"
+        client_id = config.broker.client_id
+        self.announcer = Announcer(
+            client_id=client_id, version=__version__, device=self.profile.name,
+            publish=lambda topic, payload, qos, retain: self.link.publish(topic, payload, qos, retain=retain),
+            discovery_prefix=config.homeassistant.prefix if config.homeassistant.discovery else None,
+        )
+        self.status_topic = self.announcer.status_topic
+        self.control_topic = f"edge-runtime/{client_id}/control"
+        self.metrics_topic = config.metrics.topic or f"edge-runtime/{client_id}/metrics"
         self._metrics_every = config.metrics.interval_s or None
         self._metrics_due = float("inf")
-        self._prometheus = None
-        self._last_reload: dict[str, Any] | None = None
-        self.reloader = Reloader({m.name: m.bundle for m in config.models}, lambda name: _load_engine(config, name, self.profile),
+        self._prometheus: Any = None
+        self.reloader = Reloader({m.name: m.bundle for m in config.models},
+                                 lambda name: _load_engine(config, name, self.profile),
                                  watched={m.name for m in config.models if m.watch})
         self.link = Link(
             config.broker,
             on_message=self._accept,
             subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes] + [(self.control_topic, 1)],
             persistent=any(r.config.qos > 0 for r in self.routes),
-            will=(self.status_topic, encode({"state": "offline"})),
+            will=(self.status_topic, OFFLINE),
         )
         self.link.on_connected.append(self._announce)
 
@@ -138,9 +148,10 @@ class Runtime:
         if self._metrics_every:
             self._metrics_due = time.monotonic() + self._metrics_every
         if self.config.metrics.prometheus_port:
-            from .prometheus import serve_prometheus
+            from ..observability.prometheus import serve_prometheus
 
-            self._prometheus = serve_prometheus(self, self.config.metrics.prometheus_host, self.config.metrics.prometheus_port)
+            self._prometheus = serve_prometheus(self.snapshot, self.config.metrics.prometheus_host,
+                                                self.config.metrics.prometheus_port)
 
     def stop(self) -> None:
         """Ask the loop to finish: batches in hand are served and their results published first."""
@@ -189,16 +200,12 @@ class Runtime:
         if self.link.connected:
             if self._metrics_every:
                 self.publish_metrics()  # the last word on what this run did
-            self.link.publish(self.status_topic, encode({"state": "offline"}), qos=1, retain=True)
+            self.announcer.offline()
             self.link.drain(5.0)
         self.link.close()
 
     def _announce(self) -> None:
-        status = {"state": "online", "version": __version__, "device": self.profile.name,
-                  "models": {n: e.manifest.version for n, e in self.engines.items()}}
-        if self._last_reload is not None:
-            status["reload"] = self._last_reload
-        self.link.publish(self.status_topic, encode(status), qos=1, retain=True)
+        self.announcer.online({n: e.manifest.version for n, e in self.engines.items()})
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
@@ -208,49 +215,37 @@ class Runtime:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
         name, engine = outcome.model, outcome.engine
         if engine is None:
-            self._last_reload = {"model": name, "ok": False, "reason": outcome.reason,
-                                 "serving": self.engines[name].manifest.version}
+            self.announcer.last_reload = {"model": name, "ok": False, "reason": outcome.reason,
+                                          "serving": self.engines[name].manifest.version}
         else:
             self.engines[name] = engine
             for route in self.routes:
                 if route.config.model == name:
                     route.engine, route.decoder = engine, _decoder(engine, route.config)
-            self._last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
+            self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:
             self._announce()
 
     def _control(self, msg: Message) -> None:
-        """``{"reload": "<model>"}`` (or ``"*"``) on the control topic: reload from the configured bundle path."""
+        """A control message: acknowledged at once (it asks for work, it is not work to answer)."""
         self.link.ack(msg)
-        try:
-            target = orjson.loads(msg.payload)["reload"]
-            names = self.reloader.request(None if target == "*" else str(target))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            names = []
-        if not names:
-            log.warning("control message ignored (expected {\"reload\": \"<model>\"} or \"*\"): %r", msg.payload[:200])
+        parse_control(msg.payload, self.reloader.request)
+
+    def snapshot(self) -> RuntimeSnapshot:
+        """Everything counted so far: per route, per model, and the link's counters (see observability)."""
+        routes = [RouteSnapshot(name=r.name, model=r.config.model, stats=r.stats, queue_depth=len(r.batcher),
+                                queue_high_water=r.batcher.high_water, queue_max=r.config.max_queue)
+                  for r in self.routes]
+        return RuntimeSnapshot(runtime=self.config.broker.client_id, version=__version__,
+                               uptime_s=time.monotonic() - self._started, routes=routes,
+                               models={n: e.manifest.version for n, e in self.engines.items()},
+                               connected=self.link.connected, pending_out=self.link.pending_out(),
+                               link=dict(self.link.counters))
 
     def stats(self) -> dict[str, Any]:
-        """Everything counted so far: per route, per model, and the link's counters.
-
-        What the metrics topic publishes and ``run --stats-json`` writes. Histogram-derived
-        percentiles are the upper bound of their bucket (within one bucket of the truth).
-        """
-        routes: dict[str, Any] = {}
-        infer: dict[str, Histogram] = {}
-        for r in self.routes:
-            routes[r.name] = {"model": r.config.model, **r.stats.as_dict(),
-                              "queue": {"depth": len(r.batcher), "high_water": r.batcher.high_water,
-                                        "max": r.config.max_queue}}
-            infer[r.config.model] = infer.get(r.config.model, Histogram()).merge(r.stats.stages["infer"])
-        models = {name: {"version": e.manifest.version, "batches": infer[name].total if name in infer else 0,
-                         "rows": sum(r.stats.results for r in self.routes if r.config.model == name),
-                         "infer": (infer.get(name) or Histogram()).summary()}
-                  for name, e in self.engines.items()}
-        link = {"connected": self.link.connected, "pending_out": self.link.pending_out(), **self.link.counters}
-        return {"runtime": self.config.broker.client_id, "version": __version__,
-                "uptime_s": round(time.monotonic() - self._started, 3), "routes": routes, "models": models, "link": link}
+        """The snapshot as JSON-ready data: what the metrics topic publishes and ``run --stats-json`` writes."""
+        return self.snapshot().as_dict()
 
     # -- the data path ----------------------------------------------------------------------
 
@@ -276,7 +271,7 @@ class Runtime:
         if not routes:
             self.link.ack(msg)
 
-    def _give_up(self, route: Route, msg: Message, reason: str) -> None:
+    def _give_up(self, route: Route, msg: Message, reason: DropReason) -> None:
         """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
         if reason == "rejected":
             self._publish_error(route, msg, PayloadError("overloaded", "the route's queue is full; input refused"))
@@ -324,16 +319,17 @@ class Runtime:
         m = engine.manifest
         qos = route.config.qos
         publish, ack = self.link.publish, self.link.ack
-        announced = self._ha_announced
+        announce = self.announcer.result_topic
+        snapshots = route.snapshots
+        annotate = getattr(engine.task, "annotate", None)
         for (p, msg_id, _), result in zip(accepted, results):
             msg = p.item
             body = {"id": msg_id, "model": m.name, "version": m.version, **result}
             topic, props = self._reply_target(route, route.publish, msg)
             publish(topic, encode(body), qos, properties=props)
-            if announced is not None and topic not in announced:
-                self._announce_to_home_assistant(route, topic)
-            if route.snapshot is not None:
-                self._publish_snapshot(route, msg, result)
+            announce(topic, task=m.task, model=m.name, version=m.version)
+            if snapshots is not None and annotate is not None:
+                snapshots.publish(annotate, msg.topic, msg.payload, result)
             ack(msg)
         self.link.flush_writes()
         t3 = time.monotonic()
@@ -349,27 +345,6 @@ class Runtime:
         for p, _, _ in accepted:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
-
-    def _announce_to_home_assistant(self, route: Route, topic: str) -> None:
-        from devices.homeassistant import discovery_message
-
-        if len(self._ha_announced) >= 10_000:
-            return
-        self._ha_announced.add(topic)
-        m = route.engine.manifest
-        message = discovery_message(prefix=self.config.homeassistant.prefix, node=self.config.broker.client_id,
-                                    result_topic=topic, task=m.task, model=m.name, version=m.version)
-        if message is not None:
-            self.link.publish(message[0], encode(message[1]), 1, retain=True)
-
-    def _publish_snapshot(self, route: Route, msg: Message, result: dict[str, Any]) -> None:
-        try:
-            jpeg = route.engine.task.annotate(msg.payload, result)
-        except PayloadError:
-            return
-        if jpeg is not None:
-            captures = route.filter.match(msg.topic) if route.snapshot.needs_captures else []
-            self.link.publish(route.snapshot.render(captures or [], msg.topic), jpeg, 0)
 
     def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
         props_in = getattr(msg, "properties", None)

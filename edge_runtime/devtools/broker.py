@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BrokerError
+from ..errors import BrokerError
 
 __all__ = ["BrokerProcess", "find_mosquitto", "free_port", "mosquitto_config", "start_broker", "serve_amqtt"]
 

@@ -1,73 +1,16 @@
-"""Tasks: how a bundle's inputs are decoded and its outputs turned into results, keyed by ``manifest.task``.
-
-One registry, as skl2onnx keeps one per kind of converter: ``register_task`` refuses duplicates, and a
-failed lookup lists what is known. The tensor tasks live here; image tasks register themselves from
-``edge_runtime.vision``, which is imported only when such a bundle is loaded (it needs OpenCV).
-"""
+"""Tensor tasks: rows of numbers in (JSON or .npy), classes, values, anomaly flags or raw outputs out."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .bundle import Manifest
+from ..bundle import Manifest
+from . import Decoder, register_task, user_property
 from .codecs import RowDecoder
 
-__all__ = ["Decoder", "Task", "get_task", "register_task", "known_tasks", "user_property"]
-
-
-class Decoder(Protocol):
-    def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, Any]:
-        """Return ``(id, row, meta)``: the row for the model, and what ``results`` needs to know about it.
-
-        ``properties`` are the message's MQTT v5 properties (paho ``Properties``; None under v3.1.1):
-        ``ContentType`` and ``UserProperty`` (a list of (key, value) pairs) may say what the payload is.
-        Raise ``PayloadError`` for anything that cannot be served.
-        """
-
-
-class Task(Protocol):
-    name: str
-
-    def decoder(self, manifest: Manifest, *, max_bytes: int) -> Decoder: ...
-
-    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
-        """One JSON-ready dict per row of the batch."""
-
-
-_TASKS: dict[str, Task] = {}
-_PLUGINS = ("edge_runtime.vision",)  # modules that register further tasks when imported
-
-
-def register_task(task: Task) -> None:
-    if task.name in _TASKS:
-        raise ValueError(f"a task named {task.name!r} is already registered")
-    _TASKS[task.name] = task
-
-
-def get_task(name: str) -> Task:
-    if name not in _TASKS:
-        for module in _PLUGINS:
-            importlib.import_module(module)
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise LookupError(f"unknown task {name!r}; this runtime serves: {', '.join(known_tasks())}") from None
-
-
-def known_tasks() -> list[str]:
-    return sorted(_TASKS)
-
-
-def user_property(properties: Any, key: str) -> str | None:
-    """The value of an MQTT v5 user property (the last one, if repeated), or None."""
-    value = None
-    for k, v in getattr(properties, "UserProperty", None) or ():
-        if k == key:
-            value = v
-    return value
+__all__ = ["Classifier", "Regressor", "Anomaly", "Generic"]
 
 
 class _TensorDecoder:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 __all__ = ["as_worker", "run_workers"]
 

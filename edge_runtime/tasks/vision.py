@@ -17,13 +17,17 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from .bundle import Manifest
+try:
+    import cv2
+except ImportError as _err:  # the registry names this reason when an image task is looked up
+    raise ImportError("image models need OpenCV: pip install 'edge-runtime[camera]'") from _err
+
+from ..bundle import Manifest
+from ..errors import PayloadError
+from . import register_task, user_property
 from .codecs import NPY_MAGIC
-from .errors import PayloadError
-from .tasks import register_task, user_property
 
 __all__ = ["ImageDecoder", "Preprocess", "image_size", "letterbox", "decode_detections", "annotate"]
 

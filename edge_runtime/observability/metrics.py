@@ -5,8 +5,9 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Histogram", "RouteStats", "STAGES"]
+__all__ = ["Histogram", "RouteStats", "RouteSnapshot", "RuntimeSnapshot", "STAGES"]
 
 STAGES = ("queue", "decode", "infer", "publish")
 
@@ -84,3 +85,54 @@ class RouteStats:
             "latency": self.latency.summary(),
             "stages": {name: h.summary() for name, h in self.stages.items()},
         }
+
+
+@dataclass(frozen=True)
+class RouteSnapshot:
+    """One route's counters as the runtime holds them, with its queue's state at the time of the snapshot."""
+
+    name: str
+    model: str
+    stats: RouteStats
+    queue_depth: int
+    queue_high_water: int
+    queue_max: int
+
+
+@dataclass(frozen=True)
+class RuntimeSnapshot:
+    """Everything counted so far, in one object that every exporter reads (metrics topic, Prometheus, files).
+
+    Taken by ``Runtime.snapshot()``; exporters depend on this, not on the runtime.
+    """
+
+    runtime: str
+    version: str
+    uptime_s: float
+    routes: list[RouteSnapshot]
+    models: dict[str, str]  # model name -> version served
+    connected: bool
+    pending_out: int
+    link: dict[str, int]
+
+    def model_infer(self) -> dict[str, Histogram]:
+        """Inference time per model, merged over the routes that use it."""
+        infer: dict[str, Histogram] = {}
+        for r in self.routes:
+            infer[r.model] = infer.get(r.model, Histogram()).merge(r.stats.stages["infer"])
+        return infer
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the metrics topic publishes and ``run --stats-json`` writes. Histogram-derived percentiles are
+        the upper bound of their bucket (within one bucket of the truth)."""
+        routes = {r.name: {"model": r.model, **r.stats.as_dict(),
+                           "queue": {"depth": r.queue_depth, "high_water": r.queue_high_water, "max": r.queue_max}}
+                  for r in self.routes}
+        infer = self.model_infer()
+        models = {name: {"version": version, "batches": infer[name].total if name in infer else 0,
+                         "rows": sum(r.stats.results for r in self.routes if r.model == name),
+                         "infer": (infer.get(name) or Histogram()).summary()}
+                  for name, version in self.models.items()}
+        link = {"connected": self.connected, "pending_out": self.pending_out, **self.link}
+        return {"runtime": self.runtime, "version": self.version, "uptime_s": round(self.uptime_s, 3),
+                "routes": routes, "models": models, "link": link}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import PayloadError
+from ..errors import PayloadError
 
 __all__ = ["RowDecoder", "encode", "NPY_MAGIC"]
 

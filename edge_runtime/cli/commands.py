@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .cli import positive_float, positive_int
+from .argtypes import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from .config import load_config
-    from .runtime import Runtime
-    from .workers import as_worker, run_workers
+    from ..config import load_config
+    from ..serving.runtime import Runtime
+    from ..serving.workers import as_worker, run_workers
 
     config = load_config(args.config)
     if args.workers > 1 and not args.validate_config and args.worker_index is None:
@@ -78,19 +78,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from .broker import run_foreground
+    from ..devtools.broker import run_foreground
 
     return run_foreground(args.port, kind=args.kind)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import watch_status
+    from ..observability.status import watch_status
 
     return watch_status(args.broker, duration=args.duration)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..devtools.demo import run_demo
 
     return run_demo(duration=args.duration, devices=args.devices, rate=args.rate, workdir=args.workdir,
                     broker_kind=args.broker, cameras=args.cameras, fps=args.fps)

@@ -1,8 +1,9 @@
-"""Model bundles: a directory with ``model.onnx`` and ``manifest.json``.
+"""Loading a bundle: nothing is served that has not been checked.
 
-The runtime never trusts a bundle it has not checked: the model file must match the manifest's sha256,
-and when a signing key is configured the manifest must carry a valid HMAC-SHA256 signature (which covers
-the checksum, so it covers the model too). No pickle is ever loaded here.
+The model file must match the manifest's sha256 (so must every other file the manifest lists), and when a
+signing key is configured the manifest must carry a valid HMAC-SHA256 signature (which covers the
+checksums, so it covers the model too). The ONNX file is parsed by our own walker before ONNX Runtime
+sees it. No pickle is ever loaded here.
 """
 
 from __future__ import annotations
@@ -11,79 +12,18 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from ._onnx_check import OnnxFormatError, external_data_problem, inspect_model
-from .errors import BundleError
+from ..errors import BundleError
+from ._onnx_walker import OnnxFormatError, external_data_problem, inspect_model
+from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, sign_manifest
 
-__all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL"]
-
-MANIFEST = "manifest.json"
-MODEL = "model.onnx"
-FORMAT_VERSION = 1
+__all__ = ["load_bundle", "sha256_file"]
 
 
-
-class TensorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    dtype: str = Field(description="numpy dtype name: float32, int64, str, ...")
-    shape: list[int | str | None] = Field(description="Dimensions; None or a name for a dynamic axis (the first is the batch).")
-
-
-class Manifest(BaseModel):
-    # Newer converters may add fields an older runtime does not know: keep them rather than refuse the bundle.
-    model_config = ConfigDict(extra="allow")
-
-    format_version: int = FORMAT_VERSION
-    name: str
-    version: str = "1"
-    task: str = Field("generic", description="How inputs are decoded and outputs read: see edge_runtime.tasks.")
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
-    labels: list[str | int] | None = Field(None, description="Class labels, in the order of the scores.")
-    scores_output: str | None = Field(None, description="Classifiers: the output with one score per class.")
-    value_output: str | None = Field(None, description="Regressors: the output with the predicted value.")
-    allow_non_finite: bool = Field(False, description="Accept NaN and Inf in inputs (most models do not).")
-    model_file: str = MODEL
-    sha256: str
-    files: dict[str, str] = Field(
-        default_factory=dict, description="sha256 of every other file the bundle holds (external data, report, candidates)."
-    )
-    source: dict[str, Any] = Field(default_factory=dict)
-    quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
-    signature: str | None = None
-
-    def row_shape(self) -> tuple[int | None, ...]:
-        """The first input's shape without its batch axis; None for a dynamic dimension."""
-        return tuple(d if isinstance(d, int) and d > 0 else None for d in self.inputs[0].shape[1:])
-
-
-@dataclass(frozen=True)
-class Bundle:
-    path: Path
-    manifest: Manifest
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / self.manifest.model_file
-
-
-def _canonical(manifest: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
-    return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -139,7 +79,7 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         path = (root / name).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
-        if not hmac.compare_digest(_sha256_file(path), expected):
+        if not hmac.compare_digest(sha256_file(path), expected):
             raise BundleError(f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where)
     _check_model(data, manifest, model.parent, root, where)
     if manifest.task == "classifier" and not manifest.scores_output:
@@ -178,39 +118,3 @@ def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, w
     for out in (manifest.scores_output, manifest.value_output, *(o.name for o in manifest.outputs)):
         if out and out not in names:
             raise BundleError(f"manifest names output {out!r}, the model has {sorted(names)}", bundle=where)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it: done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], *,
-                 signing_key: bytes | None = None, extra_files: dict[str, bytes] | None = None) -> Bundle:
-    """Write model and manifest (sha256 filled in) so that a reader never sees a half-written bundle."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fields = dict(manifest)
-    fields.setdefault("format_version", FORMAT_VERSION)
-    fields["model_file"] = MODEL
-    fields["sha256"] = hashlib.sha256(model_bytes).hexdigest()
-    fields["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted((extra_files or {}).items())}
-    fields.pop("signature", None)
-    Manifest.model_validate(fields)  # refuse to write what the runtime would refuse to read
-    if signing_key is not None:
-        fields["signature"] = sign_manifest(fields, signing_key)
-    files = {MODEL: model_bytes, **(extra_files or {}),
-             MANIFEST: (json.dumps(fields, indent=2, sort_keys=False) + "\n").encode()}
-    for name, data in files.items():  # manifest last: it names the checksum of what is already there
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; a bundle is read by the service's own user
-        os.replace(tmp, target)
-    return load_bundle(out, signing_key=signing_key)

@@ -13,9 +13,7 @@ import random
 import select
 import socket
 import ssl
-import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
@@ -24,17 +22,18 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .config import BrokerConfig
-from .errors import BrokerError
+from ..config import BrokerConfig
+from ..errors import BrokerError
+from . import _paho
 
-__all__ = ["Link", "Message"]
+__all__ = ["Link", "Message", "set_nodelay", "V5_PROBE_S"]
 
 log = logging.getLogger("edge_runtime.link")
 
 Message = mqtt.MQTTMessage
 
 # How long a v5 CONNECT may go unanswered before we assume a v3.1.1-only broker.
-_V5_PROBE_S = 3.0
+V5_PROBE_S = 3.0
 
 # CONNACK reason codes that mean "this broker does not speak MQTT v5": v3.1.1's 1 and v5's 0x84.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
@@ -107,7 +106,7 @@ _WRITE_CHUNK = 64 * 1024
 def _buffer_socket(client: mqtt.Client) -> None:
     sock = client.socket()
     if sock is not None and not isinstance(sock, _BufferedSocket):
-        client._sock = _BufferedSocket(sock)  # paho has no public hook for this; pinned to paho 2.x
+        _paho.replace_socket(client, _BufferedSocket(sock))
 
 
 def set_nodelay(client: mqtt.Client) -> None:
@@ -201,7 +200,7 @@ class Link:
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                 continue
             v5 = self.protocol == MQTTProtocolVersion.MQTTv5
-            attempt_end = min(deadline, time.monotonic() + (_V5_PROBE_S if v5 else timeout))
+            attempt_end = min(deadline, time.monotonic() + (V5_PROBE_S if v5 else timeout))
             # Wait for the SUBACK too: whatever is published after connect() returns reaches us.
             while not (self.connected and self.subscribed) and self.client.socket() is not None \
                     and time.monotonic() < attempt_end:
@@ -212,7 +211,7 @@ class Link:
             if v5 and (self._refused == "v5" or silent):
                 log.warning("broker %s does not answer MQTT v5; using v3.1.1 (no response topics, no shared "
                             "subscriptions)", self.broker.url)
-                self.client.socket() and self.client._sock_close()
+                _paho.close_socket(self.client)
                 self.protocol = MQTTProtocolVersion.MQTTv311
                 self._refused = None
                 self.client = self._make_client()
@@ -333,7 +332,7 @@ class Link:
                 sock.flush()
             except OSError as err:
                 log.warning("write to %s failed: %s", self.broker.url, err)
-                client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+                _paho.connection_lost(client)
 
     # -- traffic ----------------------------------------------------------------------------
 
@@ -369,7 +368,7 @@ class Link:
         """Outgoing packets (or bytes) not yet written, or QoS>0 messages not yet acknowledged by the broker."""
         sock = self.client.socket()
         unsent = 1 if isinstance(sock, _BufferedSocket) and sock.want_write() else 0
-        return len(self.client._out_packet) + len(self.client._out_messages) + unsent + len(self._backlog)
+        return _paho.unsent_packets(self.client) + _paho.unacknowledged(self.client) + unsent + len(self._backlog)
 
     def drain(self, timeout: float) -> bool:
         """Write out and wait for acknowledgements until nothing is pending or ``timeout`` passes."""
@@ -383,59 +382,5 @@ class Link:
             self.client.disconnect()
             self.flush_writes()
         finally:
-            self.client.socket() and self.client._sock_close()
+            _paho.close_socket(self.client)
             self.connected = False
-
-
-_V311_ONLY: set[str] = set()
-
-
-def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_message=None,
-                   subscriptions: Iterable[tuple[str, int]] = (), protocol: str = "5") -> mqtt.Client:
-    """A plain paho client on its own network thread, connected (and subscribed) before it returns.
-
-    For simulators, the demo's monitor and tests: the runtime itself uses ``Link``. Speaks MQTT v5,
-    or v3.1.1 to a broker that does not answer v5.
-    """
-    # A unique id: some brokers (amqtt) merge clients that connect with an empty one into one session.
-    client_id = client_id or f"edge-client-{uuid.uuid4().hex[:12]}"
-    deadline = time.monotonic() + timeout
-    v311_only = url in _V311_ONLY or protocol == "3.1.1"
-    protocols = (MQTTProtocolVersion.MQTTv311,) if v311_only else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
-    for protocol in protocols:
-        wait = min(_V5_PROBE_S, timeout) if protocol == MQTTProtocolVersion.MQTTv5 else deadline - time.monotonic()
-        client = _try_client(url, client_id, protocol, max(wait, 0.1), on_message, list(subscriptions))
-        if client is not None:
-            if protocol == MQTTProtocolVersion.MQTTv311:
-                _V311_ONLY.add(url)  # later clients of this process skip the v5 probe
-            return client
-    raise BrokerError(f"no CONNACK/SUBACK from {url} within {timeout:g}s")
-
-
-def _try_client(url, client_id, protocol, wait, on_message, subs) -> mqtt.Client | None:
-    cfg = BrokerConfig(url=url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-    ready = threading.Event()
-
-    def on_connect(c, _u, _f, reason, _p):
-        if not reason.is_failure:
-            set_nodelay(c)
-            if subs:
-                c.subscribe(subs)
-            else:
-                ready.set()
-
-    client.on_connect = on_connect
-    client.on_subscribe = lambda *_: ready.set()
-    if on_message is not None:
-        client.on_message = on_message
-    try:
-        client.connect(cfg.host, cfg.port, keepalive=30)
-    except OSError as err:
-        raise BrokerError(f"cannot reach the broker at {url}: {err.strerror or err}") from err
-    client.loop_start()
-    if ready.wait(wait):
-        return client
-    client.loop_stop()
-    client.socket() and client._sock_close()
-    return None

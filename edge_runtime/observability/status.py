@@ -85,7 +85,7 @@ class StatusBoard:
 
 def watch_status(url: str, *, duration: float | None = None, refresh: float = 1.0, out: TextIO = sys.stdout) -> int:
     """Show the table until Ctrl-C (or ``duration`` seconds); redrawn in place on a terminal."""
-    from .link import connect_client
+    from ..mqtt.client import connect_client
 
     board = StatusBoard()
     client = connect_client(url, on_message=lambda _c, _u, m: board.update(m.topic, m.payload),

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle
-from .errors import BundleError
-from .tasks import get_task
+from ..bundle import Bundle
+from ..errors import BundleError, UnknownNameError
+from ..tasks import get_task
 
 __all__ = ["Engine"]
 
@@ -21,8 +21,8 @@ class Engine:
         m = self.manifest = bundle.manifest
         try:
             self.task = get_task(m.task)
-        except LookupError as err:
-            raise BundleError(str(err), bundle=str(bundle.path)) from None
+        except UnknownNameError as err:
+            raise BundleError(str(err), bundle=str(bundle.path)) from err
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

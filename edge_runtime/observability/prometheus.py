@@ -7,13 +7,11 @@ Prometheus' conventions: ``_total`` counters, ``_seconds`` histograms, base unit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from .errors import ConfigError
-from .metrics import STAGES, Histogram
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..errors import ConfigError
+from .metrics import STAGES, Histogram, RuntimeSnapshot
 
 __all__ = ["serve_prometheus", "RuntimeCollector"]
 
@@ -30,13 +28,15 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
 
 
 class RuntimeCollector:
-    def __init__(self, runtime: "Runtime"):
-        self.runtime = runtime
+    """Reads a fresh ``RuntimeSnapshot`` on every scrape."""
 
-    def collect(self) -> Iterator:
+    def __init__(self, snapshot: Callable[[], RuntimeSnapshot]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        rt = self.runtime
+        snap = self.snapshot()
         received = CounterMetricFamily("edge_runtime_messages_received", "Inputs received per route.", labels=["route"])
         results = CounterMetricFamily("edge_runtime_results", "Results published per route.", labels=["route"])
         batches = CounterMetricFamily("edge_runtime_batches", "Batches served per route.", labels=["route"])
@@ -48,7 +48,7 @@ class RuntimeCollector:
                                         labels=["route"])
         stages = HistogramMetricFamily("edge_runtime_stage_seconds", "Time per stage: queue wait per input; decode, "
                                        "inference and encode+publish per batch.", labels=["route", "stage"])
-        for r in rt.routes:
+        for r in snap.routes:
             s, name = r.stats, r.name
             received.add_metric([name], s.received)
             results.add_metric([name], s.results)
@@ -57,25 +57,25 @@ class RuntimeCollector:
                 errors.add_metric([name, code], n)
             for reason, n in list(s.dropped.items()):
                 dropped.add_metric([name, reason], n)
-            depth.add_metric([name], len(r.batcher))
+            depth.add_metric([name], r.queue_depth)
             latency.add_metric([name], _buckets(s.latency), s.latency.sum / 1000)
             for stage in STAGES:
                 h = s.stages[stage]
                 stages.add_metric([name, stage], _buckets(h), h.sum / 1000)
         info = GaugeMetricFamily("edge_runtime_model_info", "The model version each model name serves (always 1).",
                                  labels=["model", "version"])
-        for model, engine in list(rt.engines.items()):
-            info.add_metric([model, engine.manifest.version], 1)
-        link = rt.link.counters
-        reconnects = CounterMetricFamily("edge_runtime_reconnects", "Reconnections to the broker.", value=link["reconnects"])
+        for model, version in snap.models.items():
+            info.add_metric([model, version], 1)
+        link = snap.link
+        reconnects = CounterMetricFamily("edge_runtime_reconnects", "Reconnections to the broker.", value=link.get("reconnects", 0))
         lost = CounterMetricFamily("edge_runtime_outgoing_dropped", "Results dropped because the outgoing queue "
-                                   "was full while the broker was away.", value=link["outgoing_dropped"])
+                                   "was full while the broker was away.", value=link.get("outgoing_dropped", 0))
         connected = GaugeMetricFamily("edge_runtime_connected", "1 while connected to the broker.",
-                                      value=1 if rt.link.connected else 0)
+                                      value=1 if snap.connected else 0)
         yield from (received, results, batches, errors, dropped, depth, latency, stages, info, reconnects, lost, connected)
 
 
-def serve_prometheus(runtime: "Runtime", host: str, port: int):
+def serve_prometheus(snapshot: Callable[[], RuntimeSnapshot], host: str, port: int) -> Any:
     """Start the endpoint on its own thread; returns the server (``shutdown()`` stops it)."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server
@@ -83,7 +83,7 @@ def serve_prometheus(runtime: "Runtime", host: str, port: int):
         raise ConfigError("prometheus_port is set but prometheus-client is not installed: "
                           "pip install 'edge-runtime[prometheus]'", key="metrics.prometheus_port") from None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector(snapshot))
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as err:

@@ -1,0 +1,12 @@
+"""Model bundles: a directory with ``model.onnx``, ``manifest.json`` and the files the manifest lists.
+
+``load_bundle`` verifies before anything is served; ``write_bundle`` writes so that a reader never sees
+half a bundle. Both layers below the serving core: they import nothing of it.
+"""
+
+from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorSpec, sign_manifest
+from .verify import load_bundle
+from .write import write_bundle
+
+__all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL",
+           "FORMAT_VERSION"]

@@ -1,0 +1,72 @@
+"""What a bundle's ``manifest.json`` says: the model's inputs and outputs, its task, checksums, signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Bundle", "Manifest", "TensorSpec", "sign_manifest", "MANIFEST", "MODEL", "FORMAT_VERSION"]
+
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+FORMAT_VERSION = 1
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dtype: str = Field(description="numpy dtype name: float32, int64, str, ...")
+    shape: list[int | str | None] = Field(description="Dimensions; None or a name for a dynamic axis (the first is the batch).")
+
+
+class Manifest(BaseModel):
+    # Newer converters may add fields an older runtime does not know: keep them rather than refuse the bundle.
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str = "1"
+    task: str = Field("generic", description="How inputs are decoded and outputs read: see edge_runtime.tasks.")
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    labels: list[str | int] | None = Field(None, description="Class labels, in the order of the scores.")
+    scores_output: str | None = Field(None, description="Classifiers: the output with one score per class.")
+    value_output: str | None = Field(None, description="Regressors: the output with the predicted value.")
+    allow_non_finite: bool = Field(False, description="Accept NaN and Inf in inputs (most models do not).")
+    model_file: str = MODEL
+    sha256: str
+    files: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of every other file the bundle holds (external data, report, candidates)."
+    )
+    source: dict[str, Any] = Field(default_factory=dict)
+    quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
+    signature: str | None = None
+
+    def row_shape(self) -> tuple[int | None, ...]:
+        """The first input's shape without its batch axis; None for a dynamic dimension."""
+        return tuple(d if isinstance(d, int) and d > 0 else None for d in self.inputs[0].shape[1:])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()

@@ -1,0 +1,5 @@
+"""The ``edge-runtime`` command."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Workstation tools, never needed on a device: a local broker launcher and the demo."""

@@ -1,0 +1,36 @@
+"""The fixed sets of values the project names in more than one place, each defined once.
+
+They are ``Literal`` aliases rather than enums so that config files, manifests, metrics and error
+messages carry plain strings, while mypy checks every place that spells one. Each has a tuple of its
+values for checks at run time and for help texts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "Overflow", "OVERFLOW_POLICIES",
+    "DropReason", "DROP_REASONS",
+    "ErrorCode", "ERROR_CODES",
+    "QuantizationMode", "QUANTIZATION_MODES",
+]
+
+# What a full route queue gives up (see serving/batcher.py).
+Overflow = Literal["drop_oldest", "reject", "latest_only"]
+OVERFLOW_POLICIES: tuple[Overflow, ...] = get_args(Overflow)
+
+# Why an input was given up without an answer; counted per route under this name.
+DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown"]
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
+
+# The ``error`` field of a message on a route's error topic: short, stable, for machines.
+ErrorCode = Literal[
+    "too_large", "empty", "bad_json", "no_values", "bad_values", "bad_npy", "bad_dtype", "bad_shape", "not_finite",
+    "bad_image", "not_image", "overloaded", "inference_failed",
+]
+ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
+
+# How a bundle's model was (or is to be) quantized.
+QuantizationMode = Literal["none", "fp16", "dynamic", "static"]
+QUANTIZATION_MODES: tuple[QuantizationMode, ...] = get_args(QuantizationMode)
