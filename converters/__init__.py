@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,13 +22,23 @@ from .sklearn import convert_estimator
 __all__ = ["convert", "convert_estimator", "ConversionError", "register_converter", "write_estimator_bundle"]
 
 
-def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str | None = None,
-            version: str = "1", family: str | None = None, quantize: str | None = None,
-            validation: np.ndarray | str | os.PathLike[str] | None = None,
-            labels: np.ndarray | str | os.PathLike[str] | None = None,
-            calibration: np.ndarray | str | os.PathLike[str] | None = None, max_accuracy_drop: float = 1.0,
-            target: str | None = None, input_shape: tuple[int, ...] | None = None, keep_candidates: bool = False,
-            progress: Callable[[str], None] | None = None) -> Bundle:
+def convert(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str = "1",
+    family: str | None = None,
+    quantize: str | None = None,
+    validation: np.ndarray | str | os.PathLike[str] | None = None,
+    labels: np.ndarray | str | os.PathLike[str] | None = None,
+    calibration: np.ndarray | str | os.PathLike[str] | None = None,
+    max_accuracy_drop: float = 1.0,
+    target: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    keep_candidates: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Bundle:
     """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
 
     ``quantize``: ``auto`` (the default when validation data is given) measures every mode and keeps the
@@ -38,13 +49,25 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
         raise ConversionError(f"{src}: no such file")
     converter = get_converter(family or detect_family(src))
     model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape)
-    return _finish(out_dir, model_bytes, manifest, version, quantize=quantize, validation=validation, labels=labels,
-                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress,
-                   keep_candidates=keep_candidates)
+    return _finish(
+        out_dir,
+        model_bytes,
+        manifest,
+        version,
+        quantize=quantize,
+        validation=validation,
+        labels=labels,
+        calibration=calibration,
+        max_accuracy_drop=max_accuracy_drop,
+        target=target,
+        progress=progress,
+        keep_candidates=keep_candidates,
+    )
 
 
-def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1",
-                           **options: Any) -> Bundle:
+def write_estimator_bundle(
+    estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1", **options: Any
+) -> Bundle:
     """Convert an in-memory fitted scikit-learn estimator straight to a bundle (no pickle involved)."""
     model_bytes, manifest = convert_estimator(estimator, name=name)
     return _finish(out_dir, model_bytes, manifest, version, **options)
@@ -59,15 +82,27 @@ def _array(value: Any, what: str) -> np.ndarray | None:
         raise ConversionError(f"{what} {value}: not a readable .npy array ({err})") from err
 
 
-def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
-            quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
-            max_accuracy_drop: float = 1.0, target: str | None = None,
-            progress: Callable[[str], None] | None = None, keep_candidates: bool = False) -> Bundle:
+def _finish(
+    out_dir: str | os.PathLike[str],
+    model_bytes: bytes,
+    manifest: dict[str, Any],
+    version: str,
+    *,
+    quantize: str | None = None,
+    validation: Any = None,
+    labels: Any = None,
+    calibration: Any = None,
+    max_accuracy_drop: float = 1.0,
+    target: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    keep_candidates: bool = False,
+) -> Bundle:
     from edge_runtime.engines import Engine
 
     from .calibrate import load_calibration
     from .gate import run_gate
-    from .quantize import MODES, QuantizeConfig, quantize as apply_mode
+    from .quantize import MODES, QuantizeConfig
+    from .quantize import quantize as apply_mode
 
     X, y = _array(validation, "validation data"), _array(labels, "labels")
     mode = quantize or ("auto" if X is not None else "none")
@@ -89,14 +124,25 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
         calib = X[:256]
     profile = _target(target)
     extra_files: dict[str, bytes] = {}
-    report: dict[str, Any] = {"target": target, "measured_on": _this_machine(),
-                              "note": None if target in (None, "this-machine") else
-                              f"latencies were measured on this machine, not on {target}"}
+    report: dict[str, Any] = {
+        "target": target,
+        "measured_on": _this_machine(),
+        "note": None
+        if target in (None, "this-machine")
+        else f"latencies were measured on this machine, not on {target}",
+    }
     if X is not None:
         modes = MODES if mode == "auto" else ("none", mode)
-        candidates = run_gate(model_bytes, manifest, modes=modes, validation=X, labels=y, calibration=calib,
-                              max_accuracy_drop=max_accuracy_drop if mode == "auto" else float("inf"),
-                              progress=progress)
+        candidates = run_gate(
+            model_bytes,
+            manifest,
+            modes=modes,
+            validation=X,
+            labels=y,
+            calibration=calib,
+            max_accuracy_drop=max_accuracy_drop if mode == "auto" else float("inf"),
+            progress=progress,
+        )
         if mode != "auto":  # a forced mode is kept whatever it measured; the report still says how it compares
             for c in candidates:
                 c.chosen = c.mode == mode and c.model is not None
@@ -112,23 +158,42 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
                     entry["file"] = f"candidates/{c.mode}.onnx"
                     extra_files[entry["file"]] = c.model
         model_bytes = chosen.model
-        quant = {"mode": chosen.mode, "notes": chosen.notes, "accuracy": chosen.accuracy,
-                 "fp32_accuracy": base.accuracy, "accuracy_metric": "accuracy" if y is not None and
-                 manifest.get("task") == "classifier" else "agreement with fp32",
-                 "latency_p50_ms": chosen.latency_p50_ms, "fp32_latency_p50_ms": base.latency_p50_ms,
-                 "size_bytes": chosen.size_bytes, "fp32_size_bytes": base.size_bytes}
+        quant = {
+            "mode": chosen.mode,
+            "notes": chosen.notes,
+            "accuracy": chosen.accuracy,
+            "fp32_accuracy": base.accuracy,
+            "accuracy_metric": "accuracy"
+            if y is not None and manifest.get("task") == "classifier"
+            else "agreement with fp32",
+            "latency_p50_ms": chosen.latency_p50_ms,
+            "fp32_latency_p50_ms": base.latency_p50_ms,
+            "size_bytes": chosen.size_bytes,
+            "fp32_size_bytes": base.size_bytes,
+        }
     else:
         result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib))
         model_bytes = result.model
         quant = {"mode": mode, "notes": result.notes, "measured": False}
-        report["candidates"] = [{"mode": mode, "size_bytes": len(model_bytes), "chosen": True,
-                                 "reason": "asked for; not measured (no --validation)", "notes": result.notes}]
+        report["candidates"] = [
+            {
+                "mode": mode,
+                "size_bytes": len(model_bytes),
+                "chosen": True,
+                "reason": "asked for; not measured (no --validation)",
+                "notes": result.notes,
+            }
+        ]
     quant.update(target=target, measured_on=report["measured_on"])
     manifest = {**manifest, "version": version, "quantization": quant}
     if profile is not None:
         manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
-    bundle = write_bundle(out_dir, model_bytes, manifest,
-                          extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()})
+    bundle = write_bundle(
+        out_dir,
+        model_bytes,
+        manifest,
+        extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()},
+    )
     Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
     return bundle
 

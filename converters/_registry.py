@@ -26,7 +26,8 @@ class SourceConverter:
 
 
 CONVERTERS: Registry[SourceConverter] = Registry(
-    "source family", plugins=("converters.sklearn", "converters.onnx_source", "converters.pytorch"),
+    "source family",
+    plugins=("converters.sklearn", "converters.onnx_source", "converters.pytorch"),
 )
 
 

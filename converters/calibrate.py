@@ -7,8 +7,8 @@ a few hundred representative inputs calibrate as well as thousands.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -31,8 +31,9 @@ def load_calibration(source: Path | np.ndarray, input_shape: list, *, limit: int
             raise ConversionError(f"calibration file {source}: not a readable .npy array ({err})") from err
     want = [d if isinstance(d, int) and d > 0 else None for d in input_shape[1:]]
     if data.ndim != len(input_shape) or any(w is not None and w != d for w, d in zip(want, data.shape[1:])):
-        raise ConversionError(f"calibration data has shape {list(data.shape)}; the model takes {input_shape} "
-                              "(rows along the first axis)")
+        raise ConversionError(
+            f"calibration data has shape {list(data.shape)}; the model takes {input_shape} (rows along the first axis)"
+        )
     if len(data) == 0:
         raise ConversionError("calibration data is empty")
     return data[:limit]
@@ -63,7 +64,8 @@ class CalibrationReader:
 
     def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16):
         self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: data[i:i + batch].astype(np.float32)} for i in range(0, len(data), batch))
+            {input_name: data[i : i + batch].astype(np.float32)} for i in range(0, len(data), batch)
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)

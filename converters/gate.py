@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,12 +60,17 @@ def choose(candidates: list[Candidate], *, max_accuracy_drop: float) -> Candidat
             eligible.append(c)
 
     def speed(c: Candidate) -> float:  # geometric mean of the latency ratios to fp32
-        return float(np.exp(np.mean([np.log(c.latency_p50_ms[b] / base.latency_p50_ms[b]) for b in base.latency_p50_ms])))
+        return float(
+            np.exp(np.mean([np.log(c.latency_p50_ms[b] / base.latency_p50_ms[b]) for b in base.latency_p50_ms]))
+        )
 
     best = min(eligible, key=speed)
     best.chosen = True
-    best.reason = "fp32 baseline: no candidate was faster within the accuracy allowed" if best is base else \
-        f"fastest within the accuracy allowed: {1 / speed(best):.2f}x fp32"
+    best.reason = (
+        "fp32 baseline: no candidate was faster within the accuracy allowed"
+        if best is base
+        else f"fastest within the accuracy allowed: {1 / speed(best):.2f}x fp32"
+    )
     for c in eligible:
         if c is not best:
             c.reason = f"within accuracy but slower than {best.mode} ({1 / speed(c):.2f}x fp32)"
@@ -93,8 +99,13 @@ def _latency(session, name: str, rows: np.ndarray, batch: int, *, budget_s: floa
     return round(float(np.median(times)) * 1000, 4)
 
 
-def _score(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
-           manifest: dict[str, Any], names: list[str]) -> float:
+def _score(
+    outputs: list[np.ndarray],
+    reference: list[np.ndarray],
+    labels: np.ndarray | None,
+    manifest: dict[str, Any],
+    names: list[str],
+) -> float:
     """Percent: accuracy against labels for classifiers, else agreement with the fp32 outputs."""
     if manifest.get("task") == "classifier":
         scores = outputs[names.index(manifest["scores_output"])]
@@ -112,10 +123,19 @@ def _score(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.nd
     return round(float(np.mean(np.all(np.abs(out - ref) <= tol, axis=1))) * 100, 3)
 
 
-def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] = MODES,
-             validation: np.ndarray | None = None, labels: np.ndarray | None = None,
-             calibration: np.ndarray | None = None, max_accuracy_drop: float = 1.0, threads: int = 1,
-             budget_s: float = 0.5, progress: Callable[[str], None] | None = None) -> list[Candidate]:
+def run_gate(
+    model: bytes,
+    manifest: dict[str, Any],
+    *,
+    modes: tuple[str, ...] = MODES,
+    validation: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    calibration: np.ndarray | None = None,
+    max_accuracy_drop: float = 1.0,
+    threads: int = 1,
+    budget_s: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> list[Candidate]:
     """Build and measure each mode; return all candidates, the chosen one marked."""
     if validation is None:
         raise ConversionError("measuring candidates needs validation data: --validation X.npy")
@@ -125,7 +145,7 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
     calib = calibration if calibration is not None else validation
     candidates: list[Candidate] = []
     reference: list[np.ndarray] = []
-    for i, mode in enumerate(("none",) + tuple(m for m in modes if m != "none")):
+    for i, mode in enumerate(("none", *tuple(m for m in modes if m != "none"))):
         c = Candidate(mode)
         candidates.append(c)
         reason = unsupported_reason(model, mode)
@@ -153,7 +173,9 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
         if mode == "none":
             reference = outputs
         c.accuracy = _score(outputs, reference, labels, manifest, names)
-        c.latency_p50_ms = {str(b): _latency(session, input_name, validation, b, budget_s=budget_s) for b in BATCH_SIZES}
+        c.latency_p50_ms = {
+            str(b): _latency(session, input_name, validation, b, budget_s=budget_s) for b in BATCH_SIZES
+        }
         c.model = result.model
     if candidates[0].model is None:
         raise ConversionError(f"the float32 model cannot be measured: {candidates[0].reason}")

@@ -29,8 +29,10 @@ def describe_onnx(model, *, name: str) -> dict[str, Any]:
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise ConversionError(f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                              "edge-runtime serves single-input models")
+        raise ConversionError(
+            f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+            "edge-runtime serves single-input models"
+        )
 
     def spec(v):
         elem = v.type.tensor_type.elem_type
@@ -40,8 +42,13 @@ def describe_onnx(model, *, name: str) -> dict[str, Any]:
         return {"name": v.name, "dtype": dtype, "shape": _dims(v)}
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"name": name, "inputs": [spec(inputs[0])], "outputs": [spec(o) for o in model.graph.output],
-            "task": "generic", "source": {"family": "onnx", "opset": opset, "producer": model.producer_name or None}}
+    return {
+        "name": name,
+        "inputs": [spec(inputs[0])],
+        "outputs": [spec(o) for o in model.graph.output],
+        "task": "generic",
+        "source": {"family": "onnx", "opset": opset, "producer": model.producer_name or None},
+    }
 
 
 def _convert_file(path: Path, *, name: str, **_: Any) -> tuple[bytes, dict[str, Any]]:
@@ -52,7 +59,7 @@ def _convert_file(path: Path, *, name: str, **_: Any) -> tuple[bytes, dict[str, 
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as err:  # noqa: BLE001 - onnx raises DecodeError, ValidationError, ...
+    except Exception as err:
         raise ConversionError(f"{path} is not a valid ONNX model: {str(err).splitlines()[0]}") from err
     return model.SerializeToString(), describe_onnx(model, name=name)
 

@@ -20,8 +20,10 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise ConversionError("converting PyTorch models needs torch: pip install torch "
-                              "(CPU wheels: --index-url https://download.pytorch.org/whl/cpu)") from None
+        raise ConversionError(
+            "converting PyTorch models needs torch: pip install torch "
+            "(CPU wheels: --index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
     return torch
 
 
@@ -35,8 +37,15 @@ def convert_module(module: Any, example: Any, *, name: str, opset: int = 17) -> 
     buf = io.BytesIO()
     module.eval()
     with torch.no_grad():
-        torch.onnx.export(module, (example,), buf, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset)
+        torch.onnx.export(
+            module,
+            (example,),
+            buf,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=opset,
+        )
     model = onnx.load_from_string(buf.getvalue())
     manifest = describe_onnx(model, name=name)
     manifest["source"] = {"family": "pytorch", "torch": torch.__version__, "opset": opset}
@@ -49,7 +58,7 @@ def _convert_file(path: Path, *, name: str, input_shape: tuple[int, ...] | None 
         raise ConversionError("a PyTorch model needs an example input shape: --input-shape 1,3,224,224")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ConversionError(f"{path} is not a TorchScript file (save with torch.jit.save): {err}") from err
     return convert_module(module, torch.zeros(input_shape), name=name)
 

@@ -40,7 +40,9 @@ class QuantizeConfig:
         if self.mode not in MODES:
             raise ConversionError(f"unknown quantization mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.mode == "static" and self.calibration is None:
-            raise ConversionError("static quantization needs calibration data: --calibration X.npy (or a folder of images)")
+            raise ConversionError(
+                "static quantization needs calibration data: --calibration X.npy (or a folder of images)"
+            )
 
 
 @dataclass
@@ -68,8 +70,17 @@ def unsupported_reason(model_bytes: bytes, mode: str) -> str | None:
     trees = ops & _TREES
     if trees:
         return f"{sorted(trees)[0]} has no {'fp16' if mode == 'fp16' else 'int8'} kernels in ONNX Runtime: kept float32"
-    if mode in ("dynamic", "static") and not ops & {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM", "GRU",
-                                                   "Attention", "MatMulInteger"}:
+    if mode in ("dynamic", "static") and not ops & {
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "ConvTranspose",
+        "Gather",
+        "LSTM",
+        "GRU",
+        "Attention",
+        "MatMulInteger",
+    }:
         return "no MatMul, Gemm or Conv to quantize: int8 would change nothing"
     return None
 
@@ -129,15 +140,28 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         # retry without it, then per tensor, and say which one worked.
         ladder = [({}, per_channel, None)]
         if per_channel:
-            ladder += [({"QDQDisableWeightAdjustForInt32Bias": True}, True, "int32-bias weight-scale adjustment failed; disabled"),
-                       ({}, False, "per-channel quantization failed; per tensor instead")]
+            ladder += [
+                (
+                    {"QDQDisableWeightAdjustForInt32Bias": True},
+                    True,
+                    "int32-bias weight-scale adjustment failed; disabled",
+                ),
+                ({}, False, "per-channel quantization failed; per tensor instead"),
+            ]
         for extra, channel, note in ladder:
             try:
-                quantize_static(prep, out, CalibrationReader(input_name, config.calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=channel, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                                extra_options=extra)
-            except Exception as err:  # noqa: BLE001
+                quantize_static(
+                    prep,
+                    out,
+                    CalibrationReader(input_name, config.calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options=extra,
+                )
+            except Exception as err:
                 failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
                 if (extra, channel, note) == ladder[-1]:
                     raise ConversionError(f"static quantization failed: {failure}") from err
@@ -146,8 +170,10 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
                 notes.append(f"{note} ({failure})")
             per_channel = channel
             break
-        notes.append(f"QDQ, uint8 activations, int8 weights{', per channel' if per_channel else ''}; "
-                     f"calibrated on {len(config.calibration)} rows")
+        notes.append(
+            f"QDQ, uint8 activations, int8 weights{', per channel' if per_channel else ''}; "
+            f"calibrated on {len(config.calibration)} rows"
+        )
         return QuantizeResult("static", out.read_bytes(), notes)
 
 
@@ -168,10 +194,14 @@ def _preprocess(src: Path, out: Path) -> list[str]:
     """ONNX Runtime's recommended preprocessing, with the known failures worked around."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    attempts = (({}, None),
-                ({"skip_symbolic_shape": True}, "symbolic shape inference failed; used ONNX shape inference instead"),
-                ({"skip_symbolic_shape": True, "skip_onnx_shape": True, "skip_optimization": True},
-                 "shape inference failed; quantized without preprocessing"))
+    attempts = (
+        ({}, None),
+        ({"skip_symbolic_shape": True}, "symbolic shape inference failed; used ONNX shape inference instead"),
+        (
+            {"skip_symbolic_shape": True, "skip_onnx_shape": True, "skip_optimization": True},
+            "shape inference failed; quantized without preprocessing",
+        ),
+    )
     last = None
     for kwargs, note in attempts:
         try:

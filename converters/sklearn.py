@@ -35,8 +35,9 @@ def _final_step(model: Any) -> Any:
     return _final_step(steps[-1][1]) if steps else model
 
 
-def convert_estimator(model: Any, *, name: str, n_features: int | None = None,
-                      target_opset: int | dict[str, int] | None = None) -> tuple[bytes, dict[str, Any]]:
+def convert_estimator(
+    model: Any, *, name: str, n_features: int | None = None, target_opset: int | dict[str, int] | None = None
+) -> tuple[bytes, dict[str, Any]]:
     """Convert a fitted estimator; return the ONNX bytes and the manifest fields that describe it."""
     try:
         import sklearn
@@ -78,8 +79,11 @@ def convert_estimator(model: Any, *, name: str, n_features: int | None = None,
     if is_outlier_detector(final) and len(outputs) == 2:  # IsolationForest, OneClassSVM, ...: label -1/1 and a score
         manifest.update(task="anomaly", value_output=outputs[0], scores_output=outputs[1])
     elif is_classifier:
-        manifest.update(task="classifier", scores_output=outputs[1],
-                        labels=[c.item() if isinstance(c, np.generic) else c for c in final.classes_])
+        manifest.update(
+            task="classifier",
+            scores_output=outputs[1],
+            labels=[c.item() if isinstance(c, np.generic) else c for c in final.classes_],
+        )
     elif hasattr(final, "predict"):
         manifest.update(task="regressor", value_output=outputs[0])
     return onx.SerializeToString(), manifest

@@ -45,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
     cam.add_argument("--size", type=frame_size, default=(320, 240), help="WxH, e.g. 640x480")
     cam.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
-    cam.add_argument("--scene", choices=["objects", "object"], default="objects",
-                     help="objects: 1-3 shapes (detector); object: one large shape (classifier)")
+    cam.add_argument(
+        "--scene",
+        choices=["objects", "object"],
+        default="objects",
+        help="objects: 1-3 shapes (detector); object: one large shape (classifier)",
+    )
     cam.add_argument("--duration", type=positive_float, help="seconds (default: until Ctrl-C)")
     cam.set_defaults(handler=_camera)
 
@@ -97,8 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sensors(args: argparse.Namespace) -> int:
     from .simulate import simulate_sensors
 
-    return simulate_sensors(args.broker, devices=args.devices, rate=args.rate, duration=args.duration,
-                            qos=args.qos, seed=args.seed)
+    return simulate_sensors(
+        args.broker, devices=args.devices, rate=args.rate, duration=args.duration, qos=args.qos, seed=args.seed
+    )
 
 
 def _fleet(args: argparse.Namespace) -> int:
@@ -108,8 +113,15 @@ def _fleet(args: argparse.Namespace) -> int:
 
     client = connect_client(args.broker)
     try:
-        fleet = run_fleet(client, devices=args.devices, rate=args.rate, duration=args.duration, faults=args.faults,
-                          qos=args.qos, seed=args.seed)
+        fleet = run_fleet(
+            client,
+            devices=args.devices,
+            rate=args.rate,
+            duration=args.duration,
+            faults=args.faults,
+            qos=args.qos,
+            seed=args.seed,
+        )
     finally:
         client.disconnect()
         client.loop_stop()
@@ -163,7 +175,8 @@ def _devices_detect(args: argparse.Namespace) -> int:
     print(f"{profile.name}: {profile.title}")
     for reason in reasons:
         print(f"  because {reason}")
-    print(f"  int8 pays off: {'yes' if profile.int8_pays_off else 'no'}; ONNX Runtime threads: {profile.ort.intra_op_threads}")
+    int8 = "yes" if profile.int8_pays_off else "no"
+    print(f"  int8 pays off: {int8}; ONNX Runtime threads: {profile.ort.intra_op_threads}")
     return 0
 
 
@@ -186,5 +199,13 @@ def _camera(args: argparse.Namespace) -> int:
     from .simulate import simulate_cameras
 
     w, h = args.size
-    return simulate_cameras(args.broker, cameras=args.cameras, fps=args.fps, width=w, height=h, fmt=args.format,
-                            scene=args.scene, duration=args.duration)
+    return simulate_cameras(
+        args.broker,
+        cameras=args.cameras,
+        fps=args.fps,
+        width=w,
+        height=h,
+        fmt=args.format,
+        scene=args.scene,
+        duration=args.duration,
+    )

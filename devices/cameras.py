@@ -21,8 +21,9 @@ __all__ = ["CameraFleet", "encode_frame"]
 def encode_frame(img: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> bytes:
     import cv2
 
-    ok, data = cv2.imencode(".png" if fmt == "png" else ".jpg", img,
-                            [] if fmt == "png" else [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, data = cv2.imencode(
+        ".png" if fmt == "png" else ".jpg", img, [] if fmt == "png" else [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise ValueError(f"OpenCV could not encode a {fmt} frame")
     return data.tobytes()
@@ -31,9 +32,21 @@ def encode_frame(img: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> bytes
 class CameraFleet:
     """``cameras`` cameras at ``fps`` frames per second each, publishing from one thread."""
 
-    def __init__(self, client, *, cameras: int = 1, fps: float = 5.0, width: int = 320, height: int = 240,
-                 fmt: str = "jpeg", scene: str = "objects", prefix: str = "cameras", seed: int = 0, qos: int = 0,
-                 frames: int = 16):
+    def __init__(
+        self,
+        client,
+        *,
+        cameras: int = 1,
+        fps: float = 5.0,
+        width: int = 320,
+        height: int = 240,
+        fmt: str = "jpeg",
+        scene: str = "objects",
+        prefix: str = "cameras",
+        seed: int = 0,
+        qos: int = 0,
+        frames: int = 16,
+    ):
         if cameras < 1 or fps <= 0 or width < 16 or height < 16:
             raise ValueError("cameras must be at least 1, fps above 0, and the size at least 16x16")
         if fmt not in ("jpeg", "png") or scene not in ("objects", "object"):
@@ -71,8 +84,12 @@ class CameraFleet:
             props.ContentType = f"image/{self.fmt}"
             props.UserProperty = [("id", frame_id), ("timestamp", f"{time.time():.6f}")]
             v5 = getattr(self.client, "protocol", 5) == 5
-            if self.client.publish(f"{self.prefix}/{name}/frames", payload, qos=self.qos,
-                                   properties=props if v5 else None).rc == 0:
+            if (
+                self.client.publish(
+                    f"{self.prefix}/{name}/frames", payload, qos=self.qos, properties=props if v5 else None
+                ).rc
+                == 0
+            ):
                 self.sent += 1
                 if len(self.truth) < 100_000:
                     self.truth[frame_id] = objects

@@ -11,8 +11,9 @@ from .profiles import DeviceProfile
 __all__ = ["systemd_unit"]
 
 
-def systemd_unit(config: Path, profile: DeviceProfile, *, user: str = "edge-runtime",
-                 executable: str | None = None) -> str:
+def systemd_unit(
+    config: Path, profile: DeviceProfile, *, user: str = "edge-runtime", executable: str | None = None
+) -> str:
     """The unit text. Limits come from the profile: the runtime gets at most half the board's memory
     (the OS and Mosquitto need the rest) and the cores its ONNX Runtime threads use, plus one for MQTT."""
     config = config.resolve()

@@ -23,8 +23,13 @@ THIS_MACHINE = "this-machine"
 
 # ARM "CPU part" numbers of the cores Raspberry Pis use.
 _ARM_PARTS = {"0xd03": ("Cortex-A53", "rpi-3b"), "0xd08": ("Cortex-A72", "rpi-4b"), "0xd0b": ("Cortex-A76", "rpi-5")}
-_PI_MODELS = (("Raspberry Pi 5", "rpi-5"), ("Raspberry Pi 4", "rpi-4b"), ("Raspberry Pi Compute Module 4", "rpi-4b"),
-              ("Raspberry Pi Zero 2", "rpi-zero-2w"), ("Raspberry Pi 3", "rpi-3b"))
+_PI_MODELS = (
+    ("Raspberry Pi 5", "rpi-5"),
+    ("Raspberry Pi 4", "rpi-4b"),
+    ("Raspberry Pi Compute Module 4", "rpi-4b"),
+    ("Raspberry Pi Zero 2", "rpi-zero-2w"),
+    ("Raspberry Pi 3", "rpi-3b"),
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Facts:
 
 def read_facts(root: Path = Path("/"), *, machine: str | None = None) -> Facts:
     """What the kernel says about this machine; ``root`` lets tests read fixture copies of /proc."""
+
     def read(rel: str) -> str | None:
         try:
             return (root / rel).read_bytes().decode("utf-8", "replace")
@@ -57,9 +63,14 @@ def read_facts(root: Path = Path("/"), *, machine: str | None = None) -> Facts:
     mem = re.search(r"^MemTotal:\s*(\d+)\s*kB", meminfo, re.M)
     cores = len(re.findall(r"^processor\s*:", cpuinfo, re.M)) or os.cpu_count() or 1
     arch = machine or _arch_from_cpuinfo(cpuinfo) or platform.machine()
-    return Facts(model=model.rstrip("\0\n ") if model else None, machine=arch, cores=cores,
-                 memory_mb=int(mem.group(1)) // 1024 if mem else None, features=frozenset(features),
-                 cpu_part=part.group(1) if part else None)
+    return Facts(
+        model=model.rstrip("\0\n ") if model else None,
+        machine=arch,
+        cores=cores,
+        memory_mb=int(mem.group(1)) // 1024 if mem else None,
+        features=frozenset(features),
+        cpu_part=part.group(1) if part else None,
+    )
 
 
 def _arch_from_cpuinfo(cpuinfo: str) -> str | None:
@@ -81,31 +92,58 @@ def detect(facts: Facts | None = None) -> tuple[DeviceProfile, list[str]]:
         reasons.append(f"device-tree model {facts.model!r} is not a known board")
     if facts.cpu_part in _ARM_PARTS:
         core, name = _ARM_PARTS[facts.cpu_part]
-        return get_profile(name), reasons + [f"CPU part {facts.cpu_part} is a {core}, the core of {get_profile(name).title}"]
+        return get_profile(name), [
+            *reasons,
+            f"CPU part {facts.cpu_part} is a {core}, the core of {get_profile(name).title}",
+        ]
     if facts.machine in ("aarch64", "arm64"):
-        return get_profile("generic-arm64"), reasons + [f"architecture is {facts.machine}"]
+        return get_profile("generic-arm64"), [*reasons, f"architecture is {facts.machine}"]
     if facts.machine in ("x86_64", "amd64", "AMD64"):
-        return get_profile("generic-x86-64"), reasons + [f"architecture is {facts.machine}"]
-    raise UnknownNameError("device profile", facts.machine, known_profiles(),
-                           hint="(no profile for this architecture; name one with `[device] profile = ...`)")
+        return get_profile("generic-x86-64"), [*reasons, f"architecture is {facts.machine}"]
+    raise UnknownNameError(
+        "device profile",
+        facts.machine,
+        known_profiles(),
+        hint="(no profile for this architecture; name one with `[device] profile = ...`)",
+    )
 
 
 def this_machine(facts: Facts | None = None) -> DeviceProfile:
     """The detected profile, with this machine's real cores, memory and CPU features."""
     facts = facts or read_facts()
     base, _ = detect(facts)
-    relevant = {"asimd", "asimddp", "asimdhp", "crc32", "atomics", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+    relevant = {
+        "asimd",
+        "asimddp",
+        "asimdhp",
+        "crc32",
+        "atomics",
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+    }
     threads = max(1, min(base.ort.intra_op_threads, facts.cores - 1))  # leave a core for MQTT and the broker
-    return replace(base, name="this-machine", title=f"This machine ({base.title})", cores=facts.cores,
-                   memory_mb=facts.memory_mb or base.memory_mb, cpu_features=frozenset(facts.features & relevant),
-                   ort=OrtSettings(intra_op_threads=threads, allow_spinning=base.ort.allow_spinning,
-                                   graph_optimization_level=base.ort.graph_optimization_level,
-                                   providers=base.ort.providers))
+    return replace(
+        base,
+        name="this-machine",
+        title=f"This machine ({base.title})",
+        cores=facts.cores,
+        memory_mb=facts.memory_mb or base.memory_mb,
+        cpu_features=frozenset(facts.features & relevant),
+        ort=OrtSettings(
+            intra_op_threads=threads,
+            allow_spinning=base.ort.allow_spinning,
+            graph_optimization_level=base.ort.graph_optimization_level,
+            providers=base.ort.providers,
+        ),
+    )
 
 
 def profile_names() -> list[str]:
     """Every name ``profile_for`` takes: the registered boards and ``this-machine``."""
-    return known_profiles() + [THIS_MACHINE]
+    return [*known_profiles(), THIS_MACHINE]
 
 
 def profile_for(name: str | None = None) -> DeviceProfile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -20,7 +21,13 @@ __all__ = ["FAULTS", "FleetDevice", "run_fleet"]
 
 FAULTS = ("silent", "garbage", "burst")
 _RATE_MIX = (0.5, 1.0, 2.0, 5.0)  # multiples of the base rate, device by device
-_GARBAGE = (b'{"values": [1, 2', b'{"values": [1.0, 2.0]}', b'{"values": [' + b"NaN, " * 15 + b"NaN]}", b"\xff\xfe", b"")
+_GARBAGE = (
+    b'{"values": [1, 2',
+    b'{"values": [1.0, 2.0]}',
+    b'{"values": [' + b"NaN, " * 15 + b"NaN]}",
+    b"\xff\xfe",
+    b"",
+)
 
 
 @dataclass
@@ -36,15 +43,26 @@ class FleetDevice:
 
 
 def _plan(devices: int, rate: float, faults: list[str], seed: int) -> list[FleetDevice]:
-    fleet = [FleetDevice(VibrationSensor(f"fleet-{i + 1}", seed=seed + i), rate * _RATE_MIX[i % len(_RATE_MIX)])
-             for i in range(devices)]
+    fleet = [
+        FleetDevice(VibrationSensor(f"fleet-{i + 1}", seed=seed + i), rate * _RATE_MIX[i % len(_RATE_MIX)])
+        for i in range(devices)
+    ]
     for device, fault in zip(fleet, faults):  # the first devices are the faulty ones, one fault each
         device.fault = fault
     return fleet
 
 
-def run_fleet(client, *, devices: int, rate: float, duration: float, faults: list[str] = (), qos: int = 0,
-              prefix: str = "sensors", seed: int = 0) -> list[FleetDevice]:
+def run_fleet(
+    client,
+    *,
+    devices: int,
+    rate: float,
+    duration: float,
+    faults: Sequence[str] = (),
+    qos: int = 0,
+    prefix: str = "sensors",
+    seed: int = 0,
+) -> list[FleetDevice]:
     """Publish for ``duration`` seconds; return the devices with what each sent, by topic."""
     unknown = set(faults) - set(FAULTS)
     if unknown:
@@ -72,8 +90,13 @@ def run_fleet(client, *, devices: int, rate: float, duration: float, faults: lis
             payload = _GARBAGE[count % len(_GARBAGE)]
         else:
             _, spectrum, _ = device.sensor.read()
-            payload = orjson.dumps({"id": f"{device.name}-{device.sent[topic] + 1}", "ts": time.time(),
-                                    "values": spectrum.round(5).tolist()})
+            payload = orjson.dumps(
+                {
+                    "id": f"{device.name}-{device.sent[topic] + 1}",
+                    "ts": time.time(),
+                    "values": spectrum.round(5).tolist(),
+                }
+            )
         if client.publish(topic, payload, qos=qos).rc == 0:
             device.sent[topic] += 1
         bursting = device.fault == "burst" and duration / 3 <= elapsed < 2 * duration / 3

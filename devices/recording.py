@@ -11,8 +11,8 @@ import base64
 import json
 import queue
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,16 +20,18 @@ from paho.mqtt.properties import Properties
 __all__ = ["record", "replay", "read_recording"]
 
 
-def record(url: str, filters: Iterable[str], out: Path, *, duration: float | None = None, count: int | None = None,
-           ready=None) -> int:
+def record(
+    url: str, filters: Iterable[str], out: Path, *, duration: float | None = None, count: int | None = None, ready=None
+) -> int:
     """Write messages on ``filters`` to ``out`` until ``duration`` seconds pass or ``count`` arrive."""
     from edge_runtime.mqtt.client import connect_client
 
     if duration is None and count is None:
         raise ValueError("give a duration or a count (or stop with Ctrl-C)")
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    client = connect_client(url, on_message=lambda _c, _u, m: inbox.put((time.monotonic(), m)),
-                            subscriptions=[(f, 1) for f in filters])
+    client = connect_client(
+        url, on_message=lambda _c, _u, m: inbox.put((time.monotonic(), m)), subscriptions=[(f, 1) for f in filters]
+    )
     if ready is not None:
         ready.set()
     written, first = 0, None
@@ -42,13 +44,20 @@ def record(url: str, filters: Iterable[str], out: Path, *, duration: float | Non
                 except queue.Empty:
                     continue
                 first = at if first is None else first
-                line = {"t": round(at - first, 6), "topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
-                        "payload": base64.b64encode(msg.payload).decode()}
+                line = {
+                    "t": round(at - first, 6),
+                    "topic": msg.topic,
+                    "qos": msg.qos,
+                    "retain": bool(msg.retain),
+                    "payload": base64.b64encode(msg.payload).decode(),
+                }
                 props = getattr(msg, "properties", None)
-                if getattr(props, "ContentType", None):
-                    line["content_type"] = props.ContentType
-                if getattr(props, "UserProperty", None):
-                    line["user_properties"] = [list(kv) for kv in props.UserProperty]
+                content_type = getattr(props, "ContentType", None)
+                if content_type:
+                    line["content_type"] = content_type
+                user_properties = getattr(props, "UserProperty", None)
+                if user_properties:
+                    line["user_properties"] = [list(kv) for kv in user_properties]
                 f.write(json.dumps(line) + "\n")
                 written += 1
     except KeyboardInterrupt:
@@ -68,7 +77,7 @@ def read_recording(path: Path) -> list[dict]:
             try:
                 entry = json.loads(line)
                 entry["payload"] = base64.b64decode(entry["payload"])
-                entry["topic"], entry["t"]  # noqa: B018 - both required
+                entry["topic"], entry["t"]
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{n}: not a recorded message ({err})") from err
             out.append(entry)
@@ -96,8 +105,12 @@ def replay(url: str, path: Path, *, speed: float = 1.0) -> int:
                 if e.get("user_properties"):
                     props.UserProperty = [tuple(kv) for kv in e["user_properties"]]
             qos = e.get("qos", 0)
-            infos.append((qos, client.publish(e["topic"], e["payload"], qos=qos, retain=e.get("retain", False),
-                                              properties=props)))
+            infos.append(
+                (
+                    qos,
+                    client.publish(e["topic"], e["payload"], qos=qos, retain=e.get("retain", False), properties=props),
+                )
+            )
         for qos, info in infos:
             if qos:
                 info.wait_for_publish(10)

@@ -45,8 +45,9 @@ def draw_object(rng: np.random.Generator, size: int = 64, shape: str | None = No
     return img, shape
 
 
-def draw_scene(rng: np.random.Generator, width: int = 320, height: int = 240, objects: int | None = None
-               ) -> tuple[np.ndarray, list[tuple[str, tuple[float, float, float, float]]]]:
+def draw_scene(
+    rng: np.random.Generator, width: int = 320, height: int = 240, objects: int | None = None
+) -> tuple[np.ndarray, list[tuple[str, tuple[float, float, float, float]]]]:
     """A frame with 1-3 non-overlapping shapes; returns it (BGR) and each shape's label and box."""
     n = objects if objects is not None else int(rng.integers(1, 4))
     img = _background(rng, width, height)
@@ -58,7 +59,9 @@ def draw_scene(rng: np.random.Generator, width: int = 320, height: int = 240, ob
         s = rng.uniform(0.18, 0.38) * side
         cx, cy = rng.uniform(s / 2 + 2, width - s / 2 - 2), rng.uniform(s / 2 + 2, height - s / 2 - 2)
         box = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
-        if any(not (box[2] + 4 < b[0] or b[2] + 4 < box[0] or box[3] + 4 < b[1] or b[3] + 4 < box[1]) for _, b in placed):
+        if any(
+            not (box[2] + 4 < b[0] or b[2] + 4 < box[0] or box[3] + 4 < b[1] or b[3] + 4 < box[1]) for _, b in placed
+        ):
             continue
         shape = str(rng.choice(SHAPES))
         placed.append((shape, _draw(img, shape, cx, cy, s, _COLOURS[rng.integers(len(_COLOURS))])))

@@ -85,8 +85,18 @@ class SensorFleet:
     process can measure end-to-end latency; it is bounded by what one run publishes.
     """
 
-    def __init__(self, client, *, devices: int, rate: float, prefix: str = "sensors", qos: int = 0,
-                 seed: int = 0, temperature: bool = True, record_sends: bool = False):
+    def __init__(
+        self,
+        client,
+        *,
+        devices: int,
+        rate: float,
+        prefix: str = "sensors",
+        qos: int = 0,
+        seed: int = 0,
+        temperature: bool = True,
+        record_sends: bool = False,
+    ):
         if devices < 1 or rate <= 0:
             raise ValueError("devices must be at least 1 and rate above 0")
         self.client = client
@@ -117,8 +127,11 @@ class SensorFleet:
             else:
                 self.sent += 1
             if self.temperature:
-                self.client.publish(f"{self.prefix}/{s.device}/temperature",
-                                    orjson.dumps({"id": f"{s.device}-t{n}", "ts": time.time(), "values": [temp]}), qos=self.qos)
+                self.client.publish(
+                    f"{self.prefix}/{s.device}/temperature",
+                    orjson.dumps({"id": f"{s.device}-t{n}", "ts": time.time(), "values": [temp]}),
+                    qos=self.qos,
+                )
 
     def run(self, duration: float | None = None) -> None:
         """Publish every 1/rate seconds (open loop: a slow consumer does not slow the sensors)."""

@@ -28,17 +28,32 @@ def _publish_until_done(client, fleet, duration: float | None, started: str) -> 
         client.loop_stop()
 
 
-def simulate_sensors(broker: str, *, devices: int, rate: float, duration: float | None, qos: int = 0, seed: int = 0) -> int:
+def simulate_sensors(
+    broker: str, *, devices: int, rate: float, duration: float | None, qos: int = 0, seed: int = 0
+) -> int:
     client = connect_client(broker, client_id="")
     fleet = SensorFleet(client, devices=devices, rate=rate, qos=qos, seed=seed)
-    _publish_until_done(client, fleet, duration, f"{devices} sensors publishing at {rate:g} Hz each to {broker} on "
-                        "sensors/<device>/vibration|temperature")
+    _publish_until_done(
+        client,
+        fleet,
+        duration,
+        f"{devices} sensors publishing at {rate:g} Hz each to {broker} on sensors/<device>/vibration|temperature",
+    )
     print(f"sent {fleet.sent} vibration readings ({fleet.failed} failed)", file=sys.stderr)
     return 0
 
 
-def simulate_cameras(broker: str, *, cameras: int, fps: float, width: int, height: int, fmt: str = "jpeg",
-                     scene: str = "objects", duration: float | None = None) -> int:
+def simulate_cameras(
+    broker: str,
+    *,
+    cameras: int,
+    fps: float,
+    width: int,
+    height: int,
+    fmt: str = "jpeg",
+    scene: str = "objects",
+    duration: float | None = None,
+) -> int:
     try:
         import cv2  # noqa: F401
     except ImportError:
@@ -47,7 +62,11 @@ def simulate_cameras(broker: str, *, cameras: int, fps: float, width: int, heigh
 
     client = connect_client(broker)
     fleet = CameraFleet(client, cameras=cameras, fps=fps, width=width, height=height, fmt=fmt, scene=scene)
-    _publish_until_done(client, fleet, duration, f"{cameras} camera(s) at {fps:g} fps, {width}x{height} {fmt}, "
-                        "on cameras/<camera>/frames")
+    _publish_until_done(
+        client,
+        fleet,
+        duration,
+        f"{cameras} camera(s) at {fps:g} fps, {width}x{height} {fmt}, on cameras/<camera>/frames",
+    )
     print(f"sent {fleet.sent} frames", file=sys.stderr)
     return 0

@@ -24,7 +24,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["Config", "BrokerConfig", "DeviceConfig", "MetricsConfig", "ModelConfig", "RouteConfig", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "BrokerConfig",
+    "DeviceConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "RouteConfig",
+    "load_config",
+    "parse_config",
+]
 
 
 class _Strict(BaseModel):
@@ -33,14 +42,19 @@ class _Strict(BaseModel):
 
 class BrokerConfig(_Strict):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port for TLS.")
-    client_id: str = Field("edge-runtime", min_length=1, max_length=128, description="MQTT client id; unique per broker.")
+    client_id: str = Field(
+        "edge-runtime", min_length=1, max_length=128, description="MQTT client id; unique per broker."
+    )
     protocol: Literal["5", "3.1.1"] = Field(
         "5",
         description="MQTT version. 5 gives response topics, content types and session expiry; 3.1.1 costs "
         "less per message in paho. A broker without v5 is detected and served with 3.1.1 anyway.",
     )
     share_group: str = Field(
-        "edge-runtime", min_length=1, max_length=64, pattern=r"^[^/+#]+$",
+        "edge-runtime",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^/+#]+$",
         description="Shared-subscription group that `run --workers N` (and a fleet) serves routes through.",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval in seconds.")
@@ -48,18 +62,28 @@ class BrokerConfig(_Strict):
     password_env: str | None = Field(
         None, description="Name of the environment variable that holds the password (never the password itself)."
     )
-    ca_file: Path | None = Field(None, strict=False, description="CA certificate for mqtts://; the system's CAs when absent.")
+    ca_file: Path | None = Field(
+        None, strict=False, description="CA certificate for mqtts://; the system's CAs when absent."
+    )
     cert_file: Path | None = Field(None, strict=False, description="Client certificate for mutual TLS.")
     key_file: Path | None = Field(None, strict=False, description="Client private key for mutual TLS.")
     session_expiry_s: int = Field(
-        3600, ge=0, le=2**32 - 1, description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away."
+        3600,
+        ge=0,
+        le=2**32 - 1,
+        description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away.",
     )
     receive_maximum: int = Field(
-        1024, ge=1, le=65535,
-        description="QoS 1 inputs the broker may send before we acknowledge (MQTT v5): above max_batch, or batches starve.",
+        1024,
+        ge=1,
+        le=65535,
+        description="QoS 1 inputs the broker may send before we acknowledge (MQTT v5): above max_batch, "
+        "or batches starve.",
     )
     max_outgoing: int = Field(
-        10_000, ge=1, le=10_000_000,
+        10_000,
+        ge=1,
+        le=10_000_000,
         description="Results held while the broker is away; beyond it they are dropped and counted (never silently).",
     )
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
@@ -73,13 +97,13 @@ class BrokerConfig(_Strict):
         if not parts.hostname:
             raise ValueError(f"no host in {value!r}")
         try:
-            parts.port
+            _ = parts.port  # urlsplit checks the port only when it is read
         except ValueError as err:
             raise ValueError(f"bad port in {value!r}") from err
         return value
 
     @model_validator(mode="after")
-    def _tls_pairs(self) -> "BrokerConfig":
+    def _tls_pairs(self) -> BrokerConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both or neither")
         return self
@@ -107,17 +131,28 @@ class BrokerConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to.")
-    bundle: Path = Field(strict=False, description="Bundle directory (model.onnx + manifest.json), relative to the config file.")
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to."
+    )
+    bundle: Path = Field(
+        strict=False, description="Bundle directory (model.onnx + manifest.json), relative to the config file."
+    )
     threads: int | None = Field(
-        None, ge=1, le=64, description="ONNX Runtime intra-op threads; default: the device profile's (one per worker with --workers)."
+        None,
+        ge=1,
+        le=64,
+        description="ONNX Runtime intra-op threads; default: the device profile's (one per worker with --workers).",
     )
     signing_key_env: str | None = Field(
-        None, description="Environment variable holding the HMAC key; when set, the bundle must carry a valid signature."
+        None,
+        description="Environment variable holding the HMAC key; when set, the bundle must carry a valid signature.",
     )
-    warmup: bool = Field(True, description="Run one inference per batch size at start so the first real request is not slow.")
+    warmup: bool = Field(
+        True, description="Run one inference per batch size at start so the first real request is not slow."
+    )
     watch: bool = Field(
-        True, description="Reload when the bundle directory is swapped for a new one (checked every 2 s). A reload can "
+        True,
+        description="Reload when the bundle directory is swapped for a new one (checked every 2 s). A reload can "
         "also be asked for on the control topic; a bad new bundle leaves the old model serving.",
     )
 
@@ -125,23 +160,37 @@ class ModelConfig(_Strict):
 class RouteConfig(_Strict):
     subscribe: str = Field(description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed).")
     model: str = Field(description="Name of a [[models]] entry.")
-    publish: str = Field(description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic.")
-    errors: str | None = Field(None, description="Error topic (same placeholders); default: the result topic + '/error'.")
+    publish: str = Field(
+        description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic."
+    )
+    errors: str | None = Field(
+        None, description="Error topic (same placeholders); default: the result topic + '/error'."
+    )
     max_batch: int = Field(32, ge=1, le=4096, description="A batch closes at this many rows...")
-    max_delay_ms: float = Field(2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting.")
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting."
+    )
     qos: Literal[0, 1, 2] = Field(0, description="QoS of the subscription and of the results.")
-    max_queue: int = Field(10_000, ge=1, le=10_000_000, description="Inputs waiting at most; beyond it `overflow` applies.")
+    max_queue: int = Field(
+        10_000, ge=1, le=10_000_000, description="Inputs waiting at most; beyond it `overflow` applies."
+    )
     overflow: Overflow = Field(
         "drop_oldest",
         description="Under overload: drop_oldest, reject (answer on the error topic), or latest_only (keep only "
         "the newest waiting input per input topic, e.g. per camera).",
     )
     deadline_ms: float | None = Field(
-        None, gt=0, le=3_600_000, description="Inputs that waited longer than this are dropped (counted), not served late."
+        None,
+        gt=0,
+        le=3_600_000,
+        description="Inputs that waited longer than this are dropped (counted), not served late.",
     )
-    max_payload_bytes: int = Field(1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding.")
+    max_payload_bytes: int = Field(
+        1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding."
+    )
     snapshot: str | None = Field(
-        None, description="Image routes: also publish each frame with its detections drawn, as JPEG, on this topic "
+        None,
+        description="Image routes: also publish each frame with its detections drawn, as JPEG, on this topic "
         "(same placeholders). Off by default: it costs an encode per frame.",
     )
 
@@ -168,9 +217,14 @@ class MetricsConfig(_Strict):
     interval_s: float = Field(10.0, ge=0, le=86_400, description="Publish the runtime's metrics this often; 0: never.")
     topic: str | None = Field(None, description="Metrics topic; default: edge-runtime/<client_id>/metrics.")
     prometheus_port: int | None = Field(
-        None, ge=1, le=65535, description="Serve the same metrics for Prometheus on this port (needs the [prometheus] extra)."
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the same metrics for Prometheus on this port (needs the [prometheus] extra).",
     )
-    prometheus_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to (0.0.0.0 to expose it).")
+    prometheus_host: str = Field(
+        "127.0.0.1", description="Address the Prometheus endpoint binds to (0.0.0.0 to expose it)."
+    )
 
     @field_validator("topic")
     @classmethod
@@ -197,8 +251,12 @@ class DeviceConfig(_Strict):
 
 
 class HomeAssistantConfig(_Strict):
-    discovery: bool = Field(False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result.")
-    prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix.")
+    discovery: bool = Field(
+        False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result."
+    )
+    prefix: str = Field(
+        "homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix."
+    )
 
 
 class Config(_Strict):
@@ -250,14 +308,22 @@ def _check_references(config: Config, text: str, path: str) -> None:
     for i, model in enumerate(config.models):
         if model.name in seen:
             loc = ("models", i, "name")
-            raise ConfigError(f"model name {model.name!r} is used twice; names must be unique",
-                              path=path, key=_dotted(loc), line=_find_line(text, loc))
+            raise ConfigError(
+                f"model name {model.name!r} is used twice; names must be unique",
+                path=path,
+                key=_dotted(loc),
+                line=_find_line(text, loc),
+            )
         seen.add(model.name)
     for i, route in enumerate(config.routes):
         if route.model not in seen:
             loc = ("routes", i, "model")
-            raise ConfigError(f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}",
-                              path=path, key=_dotted(loc), line=_find_line(text, loc))
+            raise ConfigError(
+                f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}",
+                path=path,
+                key=_dotted(loc),
+                line=_find_line(text, loc),
+            )
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
@@ -271,7 +337,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(update={"broker": broker, "models": models})
 
 
-def _dotted(loc: tuple) -> str:
+def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -283,16 +349,20 @@ def _line_from_message(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _find_line(text: str, loc: tuple) -> int | None:
+def _find_line(text: str, loc: tuple[str | int, ...]) -> int | None:
     """Best effort: the line of the table (or array-of-tables entry) and key that ``loc`` names."""
     lines = text.splitlines()
     start, end = 0, len(lines)
     parts = list(loc)
     if parts and isinstance(parts[0], str) and len(parts) > 1:
         table, rest = parts[0], parts[1:]
-        index = rest.pop(0) if rest and isinstance(rest[0], int) else None
-        header = re.compile(r"^\s*\[\[\s*%s\s*\]\]" % re.escape(table)) if index is not None else re.compile(
-            r"^\s*\[\s*%s\s*\]" % re.escape(table)
+        index: int | None = None
+        if rest and isinstance(rest[0], int):
+            index, rest = rest[0], rest[1:]
+        header = (
+            re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+            if index is not None
+            else re.compile(rf"^\s*\[\s*{re.escape(table)}\s*\]")
         )
         hits = [i for i, line in enumerate(lines) if header.match(line)]
         pick = index if index is not None else 0
@@ -305,7 +375,7 @@ def _find_line(text: str, loc: tuple) -> int | None:
     else:
         keys = [p for p in parts if isinstance(p, str)]
     if keys:
-        key_re = re.compile(r"^\s*%s\s*=" % re.escape(keys[0]))
+        key_re = re.compile(rf"^\s*{re.escape(keys[0])}\s*=")
         for i in range(start, end):
             if key_re.match(lines[i]):
                 return i + 1

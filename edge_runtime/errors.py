@@ -57,8 +57,9 @@ class UnknownNameError(EdgeRuntimeError, LookupError):
     imported, with why (usually an optional extra that is not installed).
     """
 
-    def __init__(self, kind: str, name: str, known: Sequence[str], *, hint: str = "",
-                 broken: Mapping[str, str] | None = None):
+    def __init__(
+        self, kind: str, name: str, known: Sequence[str], *, hint: str = "", broken: Mapping[str, str] | None = None
+    ):
         self.kind, self.name, self.known = kind, name, list(known)
         self.broken = dict(broken or {})
         message = f"unknown {kind} {name!r}; known: {', '.join(self.known) or '(none)'}"

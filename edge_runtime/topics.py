@@ -67,7 +67,10 @@ class TopicFilter:
 
 
 class TopicTemplate:
-    """A result topic such as ``results/{1}/vibration``: ``{n}`` is the n-th wildcard's match, ``{topic}`` the input topic."""
+    """A result topic such as ``results/{1}/vibration``.
+
+    ``{n}`` is what the filter's n-th wildcard matched, ``{topic}`` the whole input topic.
+    """
 
     __slots__ = ("text", "_format", "needs_captures")
 
@@ -96,7 +99,7 @@ class TopicTemplate:
         self.needs_captures = bool(fields)
         # Turn {1} into {0[0]} so str.format can fill it from the capture list in one call.
         self._format = _PLACEHOLDER.sub(
-            lambda m: "{topic}" if m.group(1) == "topic" else "{c[%d]}" % (int(m.group(1)) - 1), text
+            lambda m: "{topic}" if m.group(1) == "topic" else f"{{c[{int(m.group(1)) - 1}]}}", text
         )
 
     def render(self, captures: list[str], topic: str) -> str:

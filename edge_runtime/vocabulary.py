@@ -10,10 +10,14 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
-    "Overflow", "OVERFLOW_POLICIES",
-    "DropReason", "DROP_REASONS",
-    "ErrorCode", "ERROR_CODES",
-    "QuantizationMode", "QUANTIZATION_MODES",
+    "Overflow",
+    "OVERFLOW_POLICIES",
+    "DropReason",
+    "DROP_REASONS",
+    "ErrorCode",
+    "ERROR_CODES",
+    "QuantizationMode",
+    "QUANTIZATION_MODES",
 ]
 
 # What a full route queue gives up (see serving/batcher.py).
@@ -26,8 +30,19 @@ DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 # The ``error`` field of a message on a route's error topic: short, stable, for machines.
 ErrorCode = Literal[
-    "too_large", "empty", "bad_json", "no_values", "bad_values", "bad_npy", "bad_dtype", "bad_shape", "not_finite",
-    "bad_image", "not_image", "overloaded", "inference_failed",
+    "too_large",
+    "empty",
+    "bad_json",
+    "no_values",
+    "bad_values",
+    "bad_npy",
+    "bad_dtype",
+    "bad_shape",
+    "not_finite",
+    "bad_image",
+    "not_image",
+    "overloaded",
+    "inference_failed",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 

@@ -33,9 +33,6 @@ def broker(tmp_path_factory):
         yield b
 
 
-
-
-
 @pytest.fixture(scope="session")
 def vibration_data():
     from devices.sensors import vibration_dataset
@@ -78,12 +75,6 @@ def regressor_bundle(tmp_path_factory) -> Path:
     return out
 
 
-
-
-
-
-
-
 @pytest.fixture
 def start_runtime():
     started: list[RunningRuntime] = []
@@ -97,9 +88,6 @@ def start_runtime():
     for r in started:
         if r.thread.is_alive():
             r.stop()
-
-
-
 
 
 @pytest.fixture
@@ -122,5 +110,3 @@ def publisher(broker):
     yield client
     client.disconnect()
     client.loop_stop()
-
-

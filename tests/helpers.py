@@ -25,12 +25,21 @@ needs_mqtt5 = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto (
 
 
 def route_config(broker_url: str, bundle: Path, *, client_id: str, extra_route: str = "", **route) -> str:
-    fields = {"subscribe": "sensors/+/vibration", "publish": "results/{1}/vibration", "errors": "errors/{1}",
-              "max_batch": 8, "max_delay_ms": 2, "qos": 0, **route}
+    fields = {
+        "subscribe": "sensors/+/vibration",
+        "publish": "results/{1}/vibration",
+        "errors": "errors/{1}",
+        "max_batch": 8,
+        "max_delay_ms": 2,
+        "qos": 0,
+        **route,
+    }
     lines = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items())
-    return (f'[broker]\nurl = "{broker_url}"\nclient_id = "{client_id}"\n'
-            f'[[models]]\nname = "m"\nbundle = "{bundle}"\n'
-            f'[[routes]]\nmodel = "m"\n{lines}\n{extra_route}')
+    return (
+        f'[broker]\nurl = "{broker_url}"\nclient_id = "{client_id}"\n'
+        f'[[models]]\nname = "m"\nbundle = "{bundle}"\n'
+        f'[[routes]]\nmodel = "m"\n{lines}\n{extra_route}'
+    )
 
 
 class RunningRuntime:
@@ -44,7 +53,7 @@ class RunningRuntime:
     def _serve(self):
         try:
             self.runtime.serve()
-        except BaseException as err:  # surfaced by stop()
+        except BaseException as err:  # noqa: BLE001 - surfaced by stop()
             self.error = err
 
     def stop(self):
@@ -61,8 +70,9 @@ class Collector:
 
     def __init__(self, url: str, *filters: str):
         self.messages: queue.Queue = queue.Queue()
-        self.client = connect_client(url, on_message=lambda _c, _u, m: self.messages.put(m),
-                                     subscriptions=[(f, 1) for f in filters])
+        self.client = connect_client(
+            url, on_message=lambda _c, _u, m: self.messages.put(m), subscriptions=[(f, 1) for f in filters]
+        )
 
     def take(self, n: int, timeout: float = 10.0) -> list:
         out, deadline = [], time.monotonic() + timeout

@@ -63,8 +63,9 @@ def test_deadline_expires_stale_inputs():
     assert items(batch) == ["fresh"] and expired == ["old"]
 
 
-@pytest.mark.parametrize("kw", [dict(max_batch=0), dict(max_queue=0), dict(max_delay=-1), dict(deadline=0),
-                                dict(overflow="nope")])
+@pytest.mark.parametrize(
+    "kw", [dict(max_batch=0), dict(max_queue=0), dict(max_delay=-1), dict(deadline=0), dict(overflow="nope")]
+)
 def test_bad_options_are_refused_at_once(kw):
     args = dict(max_batch=1, max_delay=0, max_queue=1) | kw
     with pytest.raises(ValueError):

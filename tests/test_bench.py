@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import needs_mqtt5, route_config
 
 
 def _run(*args, timeout=240):
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -23,8 +24,17 @@ def _ordered(s):
 
 
 def test_bench_model(vibration_bundle, tmp_path):
-    out = _run("bench", "model", str(vibration_bundle), "--batch-sizes", "1,4", "--duration", "0.3",
-               "--json", str(tmp_path / "m.json"))
+    out = _run(
+        "bench",
+        "model",
+        str(vibration_bundle),
+        "--batch-sizes",
+        "1,4",
+        "--duration",
+        "0.3",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
     report = json.loads((tmp_path / "m.json").read_text())
     assert [b["batch"] for b in report["batches"]] == [1, 4]
     for b in report["batches"]:
@@ -43,11 +53,28 @@ def test_bench_model_compares_the_kept_candidates(tmp_path):
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32) / 16
     model = MLPClassifier(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y)
-    bundle = write_estimator_bundle(model, tmp_path / "b", name="d", validation=X[:200], labels=y[:200],
-                                    keep_candidates=True, progress=lambda _: None)
+    bundle = write_estimator_bundle(
+        model,
+        tmp_path / "b",
+        name="d",
+        validation=X[:200],
+        labels=y[:200],
+        keep_candidates=True,
+        progress=lambda _: None,
+    )
     kept = sorted(p.stem for p in (bundle.path / "candidates").glob("*.onnx"))
     assert len(kept) == 3 and bundle.manifest.quantization["mode"] not in kept
-    out = _run("bench", "model", str(bundle.path), "--batch-sizes", "1", "--duration", "0.2", "--json", str(tmp_path / "m.json"))
+    out = _run(
+        "bench",
+        "model",
+        str(bundle.path),
+        "--batch-sizes",
+        "1",
+        "--duration",
+        "0.2",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
     report = json.loads((tmp_path / "m.json").read_text())
     assert sorted(report["candidates"]) == kept
     assert all(c["quantization"] in kept for c in report["candidates"].values())
@@ -63,8 +90,20 @@ def bench_config(broker, vibration_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_bench_e2e_burst_with_naive_baseline(bench_config, tmp_path):
-    out = _run("bench", "e2e", "--config", str(bench_config), "--burst", "300", "--baseline", "naive",
-               "--duration", "2", "--json", str(tmp_path / "e.json"))
+    out = _run(
+        "bench",
+        "e2e",
+        "--config",
+        str(bench_config),
+        "--burst",
+        "300",
+        "--baseline",
+        "naive",
+        "--duration",
+        "2",
+        "--json",
+        str(tmp_path / "e.json"),
+    )
     report = json.loads((tmp_path / "e.json").read_text())
     assert set(report["systems"]) == {"echo", "runtime", "naive"}
     for s in report["systems"].values():
@@ -79,13 +118,38 @@ def test_bench_e2e_burst_with_naive_baseline(bench_config, tmp_path):
 
 @pytest.mark.slow
 def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
-    _run("bench", "e2e", "--config", str(bench_config), "--rate", "200", "--duration", "1", "--no-echo",
-         "--json", str(tmp_path / "r.json"), "--payload", "npy")
+    _run(
+        "bench",
+        "e2e",
+        "--config",
+        str(bench_config),
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--no-echo",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--payload",
+        "npy",
+    )
     rate = json.loads((tmp_path / "r.json").read_text())["systems"]["runtime"]
     assert rate["sent"] == 200 and rate["answered"] == 200 and rate["mode"] == "rate"
     # An SLO nothing can meet: the sweep stops at its first step and says nothing was sustained.
-    _run("bench", "e2e", "--config", str(bench_config), "--sweep", "--slo-ms", "0.001", "--duration", "1",
-         "--no-echo", "--json", str(tmp_path / "s.json"))
+    _run(
+        "bench",
+        "e2e",
+        "--config",
+        str(bench_config),
+        "--sweep",
+        "--slo-ms",
+        "0.001",
+        "--duration",
+        "1",
+        "--no-echo",
+        "--json",
+        str(tmp_path / "s.json"),
+    )
     sweep = json.loads((tmp_path / "s.json").read_text())["systems"]["runtime"]
     assert sweep["sustained_rate"] == 0 and len(sweep["steps"]) == 1 and not sweep["steps"][0]["ok"]
 
@@ -93,8 +157,12 @@ def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
 def test_bench_e2e_refuses_a_remote_broker(vibration_bundle, tmp_path):
     path = tmp_path / "remote.toml"
     path.write_text(route_config("mqtt://192.0.2.10:1883", vibration_bundle, client_id="x"))
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "e2e", "--config", str(path), "--burst", "1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "bench", "e2e", "--config", str(path), "--burst", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "only to a broker on this machine" in proc.stderr
 
 
@@ -103,15 +171,25 @@ def test_workers_share_a_route(broker, vibration_bundle, vibration_data, tmp_pat
     """Two workers behind one shared subscription: every input answered exactly once, both did work."""
     import time
 
-
     from helpers import payload
 
     _, _, Xt, _ = vibration_data
     config = tmp_path / "w.toml"
     config.write_text(route_config(broker.url, vibration_bundle, client_id="t-workers"))
     status = collector("edge-runtime/+/status")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config), "--workers", "2",
-                             "--stats-json", str(tmp_path / "stats.json")])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "run",
+            str(config),
+            "--workers",
+            "2",
+            "--stats-json",
+            str(tmp_path / "stats.json"),
+        ]
+    )
     try:
         online = set()
         deadline = time.monotonic() + 60

@@ -6,21 +6,34 @@ import time
 
 import orjson
 import pytest
-
-from edge_runtime.devtools.broker import free_port, port_open, start_broker
-from edge_runtime.config import parse_config
-from edge_runtime.serving.runtime import Runtime
-
 from helpers import Collector, payload, route_config
+
+from edge_runtime.config import parse_config
+from edge_runtime.devtools.broker import free_port, port_open, start_broker
+from edge_runtime.serving.runtime import Runtime
 
 
 @pytest.mark.broker
 @pytest.mark.slow
 def test_demo_runs_and_summarises(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "demo", "--duration", "3", "--devices", "2", "--rate", "10",
-         "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "demo",
+            "--duration",
+            "3",
+            "--devices",
+            "2",
+            "--rate",
+            "10",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -58,8 +71,11 @@ def test_runtime_through_the_embedded_amqtt_broker(tmp_path, vibration_bundle, v
 @pytest.mark.broker
 def test_broker_command_binds_loopback_and_stops_on_sigterm():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "broker", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 15
         while not port_open(port):
@@ -74,17 +90,38 @@ def test_broker_command_binds_loopback_and_stops_on_sigterm():
 
 
 def test_broker_port_in_use_is_one_line(broker):
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "broker", "--port", str(broker.port)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "broker", "--port", str(broker.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "already in use" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_simulated_sensors_publish_what_they_say(broker):
     sub = Collector(broker.url, "sensors/#")
     try:
-        proc = subprocess.run([sys.executable, "-m", "edge_runtime", "simulate", "sensors", "--broker", broker.url,
-                               "--devices", "3", "--rate", "20", "--duration", "1"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime",
+                "simulate",
+                "sensors",
+                "--broker",
+                broker.url,
+                "--devices",
+                "3",
+                "--rate",
+                "20",
+                "--duration",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         sent = int(proc.stderr.split("sent ")[1].split()[0])
         msgs = sub.take(2 * sent, timeout=10)  # vibration + temperature

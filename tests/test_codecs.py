@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.tasks.codecs import RowDecoder
 from edge_runtime.errors import PayloadError
+from edge_runtime.tasks.codecs import RowDecoder
 
 DEC = RowDecoder(shape=(4,), dtype="float32", allow_non_finite=False, max_bytes=10_000)
 
@@ -47,7 +47,7 @@ def test_any_bytes_decode_or_raise_payload_error(data):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-2**70, 2**70) | st.text(max_size=5),
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-(2**70), 2**70) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=30,
 )
@@ -68,13 +68,19 @@ def test_any_json_decodes_or_raises_payload_error(doc):
 
 # -- image frames: whatever the bytes, a PayloadError or a model-ready row ---------------------------
 
+
 @pytest.fixture(scope="module")
 def image_decoder():
     pytest.importorskip("cv2")
     from edge_runtime.bundle import load_bundle
     from edge_runtime.tasks.vision import ImageDecoder
 
-    bundle = load_bundle(__import__("pathlib").Path(__file__).resolve().parent.parent / "edge_runtime" / "demo_models" / "shapes-detector")
+    bundle = load_bundle(
+        __import__("pathlib").Path(__file__).resolve().parent.parent
+        / "edge_runtime"
+        / "demo_models"
+        / "shapes-detector"
+    )
     return ImageDecoder(bundle.manifest, max_bytes=100_000)
 
 

@@ -36,19 +36,22 @@ def test_the_readme_example_is_valid(tmp_path):
     assert config.broker.port == 1883
 
 
-@pytest.mark.parametrize("old,new,key,line,words", [
-    ("max_batch = 32", "max_batch = 0", "routes[0].max_batch", 14, "greater than or equal to 1"),
-    ("max_batch = 32", 'max_batch = "32"', "routes[0].max_batch", 14, "integer"),
-    ("qos = 1", "qoss = 1", "routes[0].qoss", 16, "unknown key"),
-    ("qos = 1", "qos = 3", "routes[0].qos", 16, "0, 1 or 2"),
-    ('"sensors/+/vibration"', '"sensors/x+/vibration"', "routes[0].subscribe", 10, "whole level"),
-    ('"sensors/+/vibration"', '"sensors/#/vibration"', "routes[0].subscribe", 10, "last one"),
-    ('"results/{1}/vibration"', '"results/{2}/vibration"', "routes[0].publish", 12, "only 1"),
-    ('"errors/{1}"', '"errors/{x}"', "routes[0].errors", 13, "unknown placeholder"),
-    ('model = "vibration"', 'model = "nope"', "routes[0].model", 11, "no model named"),
-    ('"mqtt://127.0.0.1:1883"', '"http://127.0.0.1"', "broker.url", 2, "mqtt://"),
-    ('client_id = "edge-1"', 'client_id = "edge-1"\npassword = "secret"', "broker.password", 4, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "old,new,key,line,words",
+    [
+        ("max_batch = 32", "max_batch = 0", "routes[0].max_batch", 14, "greater than or equal to 1"),
+        ("max_batch = 32", 'max_batch = "32"', "routes[0].max_batch", 14, "integer"),
+        ("qos = 1", "qoss = 1", "routes[0].qoss", 16, "unknown key"),
+        ("qos = 1", "qos = 3", "routes[0].qos", 16, "0, 1 or 2"),
+        ('"sensors/+/vibration"', '"sensors/x+/vibration"', "routes[0].subscribe", 10, "whole level"),
+        ('"sensors/+/vibration"', '"sensors/#/vibration"', "routes[0].subscribe", 10, "last one"),
+        ('"results/{1}/vibration"', '"results/{2}/vibration"', "routes[0].publish", 12, "only 1"),
+        ('"errors/{1}"', '"errors/{x}"', "routes[0].errors", 13, "unknown placeholder"),
+        ('model = "vibration"', 'model = "nope"', "routes[0].model", 11, "no model named"),
+        ('"mqtt://127.0.0.1:1883"', '"http://127.0.0.1"', "broker.url", 2, "mqtt://"),
+        ('client_id = "edge-1"', 'client_id = "edge-1"\npassword = "secret"', "broker.password", 4, "unknown key"),
+    ],
+)
 def test_bad_config_names_key_and_line(old, new, key, line, words):
     with pytest.raises(ConfigError) as info:
         parse_config(GOOD.replace(old, new, 1), path="edge.toml")
@@ -67,8 +70,9 @@ def test_toml_syntax_error_has_a_line():
 def test_validate_config_cli_prints_one_line(tmp_path):
     path = tmp_path / "edge.toml"
     path.write_text(GOOD.replace("max_batch = 32", "max_batch = -1"))
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert f"{path}:14: routes[0].max_batch" in proc.stderr
@@ -77,10 +81,12 @@ def test_validate_config_cli_prints_one_line(tmp_path):
 def test_validate_config_checks_the_bundle(tmp_path, vibration_bundle):
     path = tmp_path / "edge.toml"
     path.write_text(GOOD.replace('"bundles/vibration"', f'"{vibration_bundle}"'))
-    ok = subprocess.run([sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "ok" in ok.stdout
     path.write_text(GOOD)  # bundles/vibration does not exist next to this config
-    bad = subprocess.run([sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "no such directory" in bad.stderr

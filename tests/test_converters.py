@@ -34,16 +34,26 @@ CLASSIFIERS = [
     ("wine", ensemble.ExtraTreesClassifier(n_estimators=10, random_state=0)),
     ("breast_cancer", ensemble.GradientBoostingClassifier(n_estimators=10, random_state=0)),
     ("breast_cancer", tree.DecisionTreeClassifier(max_depth=5, random_state=0)),
-    ("digits", pipeline.make_pipeline(preprocessing.MinMaxScaler(),
-                                      neural_network.MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, random_state=0))),
+    (
+        "digits",
+        pipeline.make_pipeline(
+            preprocessing.MinMaxScaler(),
+            neural_network.MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, random_state=0),
+        ),
+    ),
     ("iris", neighbors.KNeighborsClassifier(5)),
 ]
 REGRESSORS = [
     ("diabetes", linear_model.Ridge()),
     ("diabetes", ensemble.RandomForestRegressor(n_estimators=10, random_state=0)),
     ("diabetes", ensemble.GradientBoostingRegressor(n_estimators=10, random_state=0)),
-    ("diabetes", pipeline.make_pipeline(preprocessing.StandardScaler(),
-                                        neural_network.MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0))),
+    (
+        "diabetes",
+        pipeline.make_pipeline(
+            preprocessing.StandardScaler(),
+            neural_network.MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0),
+        ),
+    ),
 ]
 
 
@@ -58,7 +68,7 @@ def _engine_outputs(model, X, tmp_path):
 def test_classifier_parity(dataset, model, tmp_path):
     X, y = _data(dataset)
     model.fit(X, y)
-    engine, results = _engine_outputs(model, X, tmp_path)
+    _engine, results = _engine_outputs(model, X, tmp_path)
     np.testing.assert_allclose([r["scores"] for r in results], model.predict_proba(X), atol=PROBA_ATOL)
     agree = np.mean(np.array([r["label"] for r in results]) == model.predict(X))
     assert agree >= 0.995  # ties between equal probabilities may break differently in float32
@@ -71,7 +81,9 @@ def test_regressor_parity(dataset, model, tmp_path):
     model.fit(X, y)
     _, results = _engine_outputs(model, X, tmp_path)
     expected = model.predict(X)
-    np.testing.assert_allclose([r["value"] for r in results], expected, rtol=VALUE_RTOL, atol=VALUE_RTOL * np.abs(expected).max())
+    np.testing.assert_allclose(
+        [r["value"] for r in results], expected, rtol=VALUE_RTOL, atol=VALUE_RTOL * np.abs(expected).max()
+    )
 
 
 def test_anomaly_detector(tmp_path):
@@ -85,6 +97,7 @@ def test_anomaly_detector(tmp_path):
 
 # -- quantization ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits_mlp():
     X, y = _data("digits")
@@ -96,9 +109,10 @@ def digits_mlp():
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("mode", ["fp16", "dynamic", "static"])
 def test_each_mode_builds_a_model_that_agrees(digits_mlp, mode, tmp_path):
-    model, X, y = digits_mlp
-    bundle = write_estimator_bundle(model, tmp_path / mode, name="d", quantize=mode,
-                                    calibration=X[:100] if mode == "static" else None)
+    model, X, _y = digits_mlp
+    bundle = write_estimator_bundle(
+        model, tmp_path / mode, name="d", quantize=mode, calibration=X[:100] if mode == "static" else None
+    )
     assert bundle.manifest.quantization["mode"] == mode
     engine = Engine(bundle)
     pred = [r["label"] for r in engine.task.results(engine.manifest, engine.run(X), [None] * len(X))]
@@ -122,7 +136,9 @@ def test_static_needs_calibration_and_modes_are_checked():
 
 def test_tree_ensembles_stay_float():
     X, y = _data("iris")
-    model_bytes, _ = convert_estimator(ensemble.RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y), name="t")
+    model_bytes, _ = convert_estimator(
+        ensemble.RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y), name="t"
+    )
     for mode in ("fp16", "dynamic", "static"):
         assert "TreeEnsemble" in unsupported_reason(model_bytes, mode)
     with pytest.raises(ConversionError, match="no int8 kernels"):
@@ -132,8 +148,9 @@ def test_tree_ensembles_stay_float():
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_gate_measures_every_candidate_and_reports(digits_mlp, tmp_path):
     model, X, y = digits_mlp
-    bundle = write_estimator_bundle(model, tmp_path / "auto", name="d", validation=X, labels=y, target="rpi-4b",
-                                    progress=lambda _: None)
+    bundle = write_estimator_bundle(
+        model, tmp_path / "auto", name="d", validation=X, labels=y, target="rpi-4b", progress=lambda _: None
+    )
     report = json.loads((bundle.path / "report.json").read_text())
     modes = {c["mode"]: c for c in report["candidates"]}
     assert set(modes) == {"none", "fp16", "dynamic", "static"}
@@ -170,6 +187,7 @@ def test_gate_rule_on_injected_measurements():
 
 # -- plain ONNX, old opset, images ------------------------------------------------------------------
 
+
 def _tiny_cnn(opset: int) -> bytes:
     """A small CNN exported the old way: opset ``opset``, dynamic batch axis, Conv + Relu + pool + Gemm."""
     import onnx
@@ -180,11 +198,20 @@ def _tiny_cnn(opset: int) -> bytes:
     b = numpy_helper.from_array(np.zeros(8, np.float32), "b")
     fc = numpy_helper.from_array(rng.normal(0, 0.3, (8, 4)).astype(np.float32), "fc")
     fcb = numpy_helper.from_array(np.zeros(4, np.float32), "fcb")
-    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"])]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w, b, fc, fcb])
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [w, b, fc, fcb],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
     model.ir_version = 7
     onnx.checker.check_model(model)
@@ -217,6 +244,7 @@ def test_calibration_from_a_folder_of_images(tmp_path):
 
 # -- the CLI ----------------------------------------------------------------------------------------
 
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=300)
 
@@ -227,19 +255,30 @@ def test_convert_cli_auto_with_validation(digits_mlp, tmp_path):
     joblib.dump(model, tmp_path / "m.joblib")
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y)
-    out = _cli("convert", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "b"), "--validation", str(tmp_path / "X.npy"),
-               "--labels", str(tmp_path / "y.npy"))
+    out = _cli(
+        "convert",
+        str(tmp_path / "m.joblib"),
+        "-o",
+        str(tmp_path / "b"),
+        "--validation",
+        str(tmp_path / "X.npy"),
+        "--labels",
+        str(tmp_path / "y.npy"),
+    )
     assert out.returncode == 0, out.stderr
     assert "MODE" in out.stdout and "dynamic" in out.stdout and out.stdout.count("\n*") == 1
     assert "measuring" in out.stderr  # progress while measuring
     assert load_bundle(tmp_path / "b").manifest.quantization["mode"] in ("none", "fp16", "dynamic", "static")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--quantize", "auto"], "--validation"),
-    (["--target", "rpi-9"], "unknown device profile"),
-    (["--quantize", "static"], "calibration"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--quantize", "auto"], "--validation"),
+        (["--target", "rpi-9"], "unknown device profile"),
+        (["--quantize", "static"], "calibration"),
+    ],
+)
 def test_convert_cli_errors_are_one_line(digits_mlp, tmp_path, args, words):
     joblib.dump(digits_mlp[0], tmp_path / "m.joblib")
     out = _cli("convert", str(tmp_path / "m.joblib"), "-o", str(tmp_path / "b"), *args)
@@ -250,6 +289,7 @@ def test_pytorch_without_torch_says_how_to_install(tmp_path):
     pytest.importorskip("onnx")
     try:
         import torch  # noqa: F401
+
         pytest.skip("torch is installed")
     except ImportError:
         pass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from helpers import route_config
 
 from devices.detect import detect, profile_names, read_facts, this_machine
 from devices.profiles import DeviceProfile, get_profile, known_profiles, register_profile
@@ -18,15 +19,20 @@ from edge_runtime.config import parse_config
 from edge_runtime.errors import ConfigError
 from edge_runtime.mqtt.client import connect_client
 
-from helpers import route_config
-
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 
 
-@pytest.mark.parametrize("board, expected, int8", [
-    ("rpi-zero-2w", "rpi-zero-2w", False), ("rpi-3b", "rpi-3b", False), ("rpi-4b", "rpi-4b", False),
-    ("rpi-5", "rpi-5", True), ("container-a72", "rpi-4b", False), ("x86-vnni", "generic-x86-64", False),
-])
+@pytest.mark.parametrize(
+    "board, expected, int8",
+    [
+        ("rpi-zero-2w", "rpi-zero-2w", False),
+        ("rpi-3b", "rpi-3b", False),
+        ("rpi-4b", "rpi-4b", False),
+        ("rpi-5", "rpi-5", True),
+        ("container-a72", "rpi-4b", False),
+        ("x86-vnni", "generic-x86-64", False),
+    ],
+)
 def test_detection_from_proc_files(board, expected, int8):
     facts = read_facts(BOARDS / board)
     profile, reasons = detect(facts)
@@ -60,7 +66,9 @@ def test_config_names_a_profile(vibration_bundle):
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=60, **kw
+    )
 
 
 def test_devices_cli():
@@ -78,8 +86,15 @@ def test_systemd_unit(vibration_bundle, tmp_path):
     out = _cli("deploy", "systemd", str(config), "--profile", "rpi-zero-2w", "--user", "edge")
     assert out.returncode == 0, out.stderr
     unit = out.stdout
-    for line in ("User=edge", "Restart=on-failure", "MemoryMax=256M", "CPUQuota=300%", "NoNewPrivileges=yes",
-                 f"run {config.resolve()}", "TimeoutStopSec=30"):
+    for line in (
+        "User=edge",
+        "Restart=on-failure",
+        "MemoryMax=256M",
+        "CPUQuota=300%",
+        "NoNewPrivileges=yes",
+        f"run {config.resolve()}",
+        "TimeoutStopSec=30",
+    ):
         assert line in unit, line
     config.write_text("[broker]\nurl = 1\n")
     bad = _cli("deploy", "systemd", str(config))
@@ -99,8 +114,9 @@ def test_fleet_counts_match_what_a_subscriber_receives(broker):
     sub = connect_client(broker.url, on_message=on_message, subscriptions=[("fleetsim/#", 1)])
     pub = connect_client(broker.url)
     try:
-        fleet = run_fleet(pub, devices=6, rate=4.0, duration=2.0, faults=["silent", "garbage", "burst"], qos=1,
-                          prefix="fleetsim")
+        fleet = run_fleet(
+            pub, devices=6, rate=4.0, duration=2.0, faults=["silent", "garbage", "burst"], qos=1, prefix="fleetsim"
+        )
         sent = Counter()
         for d in fleet:
             sent.update(d.sent)
@@ -135,8 +151,9 @@ def test_record_then_replay_reproduces_messages_in_order(broker, tmp_path):
     assert [e["t"] for e in entries] == sorted(e["t"] for e in entries)
 
     got = []
-    sub = connect_client(broker.url, on_message=lambda _c, _u, m: got.append((m.topic, m.payload)),
-                         subscriptions=[("rec/#", 1)])
+    sub = connect_client(
+        broker.url, on_message=lambda _c, _u, m: got.append((m.topic, m.payload)), subscriptions=[("rec/#", 1)]
+    )
     assert replay(broker.url, out, speed=10) == 30
     deadline = time.monotonic() + 10
     while len(got) < 30 and time.monotonic() < deadline:
@@ -147,22 +164,26 @@ def test_record_then_replay_reproduces_messages_in_order(broker, tmp_path):
         c.loop_stop()
 
 
-def test_home_assistant_discovery_on_first_result(broker, start_runtime, collector, publisher, vibration_bundle,
-                                                  vibration_data):
+def test_home_assistant_discovery_on_first_result(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data
+):
     from helpers import payload
 
     _, _, Xt, _ = vibration_data
     configs = collector("homeassistant/#")
     results = collector("results/#")
-    start_runtime(route_config(broker.url, vibration_bundle, client_id="ha-1", qos=1)
-                  + "[homeassistant]\ndiscovery = true\n")
+    start_runtime(
+        route_config(broker.url, vibration_bundle, client_id="ha-1", qos=1) + "[homeassistant]\ndiscovery = true\n"
+    )
     for i in range(3):
         publisher.publish("sensors/pump/vibration", payload(Xt[i], id=i), qos=1)
     publisher.publish("sensors/fan/vibration", payload(Xt[0], id=9), qos=1)
     results.take(4)
     got = {m.topic: orjson.loads(m.payload) for m in configs.take(2)}
-    assert set(got) == {"homeassistant/sensor/ha-1/results_pump_vibration/config",
-                        "homeassistant/sensor/ha-1/results_fan_vibration/config"}
+    assert set(got) == {
+        "homeassistant/sensor/ha-1/results_pump_vibration/config",
+        "homeassistant/sensor/ha-1/results_fan_vibration/config",
+    }
     pump = got["homeassistant/sensor/ha-1/results_pump_vibration/config"]
     assert pump["state_topic"] == "results/pump/vibration" and pump["value_template"] == "{{ value_json.label }}"
     assert pump["availability_topic"] == "edge-runtime/ha-1/status"

@@ -17,19 +17,23 @@ import uuid
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import payload, route_config
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 
-from helpers import payload, route_config
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto"),
+]
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow,
-              pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto: apt-get install mosquitto")]
 
-
-def _persistent_client(port: int, client_id: str, *, on_connect=None, on_message=None, on_subscribe=None) -> mqtt.Client:
+def _persistent_client(
+    port: int, client_id: str, *, on_connect=None, on_message=None, on_subscribe=None
+) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
     client.reconnect_delay_set(0.05, 0.5)
     # Callbacks before connecting: set after loop_start, a fast CONNACK could run before them.
@@ -49,9 +53,13 @@ class Results:
         self.duplicates = 0
         self.lock = threading.Lock()
         subscribed = threading.Event()
-        self.client = _persistent_client(port, f"results-{uuid.uuid4().hex[:8]}",
-                                         on_connect=lambda c, *_: c.subscribe("results/#", qos=1),
-                                         on_message=self._on_message, on_subscribe=lambda *_: subscribed.set())
+        self.client = _persistent_client(
+            port,
+            f"results-{uuid.uuid4().hex[:8]}",
+            on_connect=lambda c, *_: c.subscribe("results/#", qos=1),
+            on_message=self._on_message,
+            on_subscribe=lambda *_: subscribed.set(),
+        )
         assert subscribed.wait(30), "collector could not subscribe"
 
     def _on_message(self, _c, _u, msg):
@@ -82,8 +90,10 @@ def publish_stream(port: int, rows, *, count: int, rate: float, on_tick=None) ->
                 time.sleep(delay)
             if on_tick:
                 on_tick(i)
-            while client.publish(f"sensors/d{i % 4}/vibration", payload(rows[i % len(rows)], id=i), qos=1).rc \
-                    != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            while (
+                client.publish(f"sensors/d{i % 4}/vibration", payload(rows[i % len(rows)], id=i), qos=1).rc
+                != MQTTErrorCode.MQTT_ERR_SUCCESS
+            ):
                 time.sleep(0.02)
         deadline = time.monotonic() + 20
         while client._out_messages and time.monotonic() < deadline:  # wait for the broker's PUBACKs
@@ -157,8 +167,9 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
     port, _ = own_broker
     _, _, Xt, _ = vibration_data
     config = tmp_path / "edge.toml"
-    config.write_text(route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-kill", qos=1,
-                                   max_delay_ms=5))
+    config.write_text(
+        route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-kill", qos=1, max_delay_ms=5)
+    )
     log = open(tmp_path / "runtime.log", "wb")
     procs = [_start_runtime(config, log)]
     results = None

@@ -9,12 +9,11 @@ import sys
 import urllib.request
 
 import numpy as np
-
-from edge_runtime.devtools.broker import free_port
-from edge_runtime.cli.main import JsonFormatter
-from edge_runtime.observability.metrics import Histogram
-
 from helpers import payload, route_config
+
+from edge_runtime.cli.main import JsonFormatter
+from edge_runtime.devtools.broker import free_port
+from edge_runtime.observability.metrics import Histogram
 
 ROUTE = "sensors/+/vibration"
 
@@ -23,7 +22,7 @@ def _known_workload(publisher, vibration_data, *, good=40, bad=5):
     _, _, Xt, _ = vibration_data
     for i in range(good):
         publisher.publish("sensors/a/vibration", payload(Xt[i % len(Xt)], id=i), qos=1)
-    for i in range(bad):
+    for _ in range(bad):
         publisher.publish("sensors/a/vibration", b'{"values": [1, 2', qos=1)
 
 
@@ -35,8 +34,12 @@ def test_metrics_topic_counts_are_exact(broker, start_runtime, collector, publis
     metrics = collector("edge-runtime/obs-1/metrics")
     start_runtime(_config(broker, vibration_bundle, "obs-1", "interval_s = 0.2"))
     _known_workload(publisher, vibration_data)
-    body = metrics.json_until(lambda b: b["routes"][ROUTE]["received"] == 45
-                          and b["routes"][ROUTE]["results"] + sum(b["routes"][ROUTE]["errors"].values()) == 45)
+    body = metrics.json_until(
+        lambda b: (
+            b["routes"][ROUTE]["received"] == 45
+            and b["routes"][ROUTE]["results"] + sum(b["routes"][ROUTE]["errors"].values()) == 45
+        )
+    )
     r = body["routes"][ROUTE]
     assert (r["results"], r["errors"], r["dropped"]) == (40, {"bad_json": 5}, {})
     assert r["latency"]["count"] == r["stages"]["queue"]["count"] == 40
@@ -70,8 +73,11 @@ def test_prometheus_endpoint_parses(broker, start_runtime, collector, publisher,
     _known_workload(publisher, vibration_data)
     metrics.json_until(lambda b: b["routes"][ROUTE]["results"] + sum(b["routes"][ROUTE]["errors"].values()) == 45)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     route = (("route", ROUTE),)
     assert samples[("edge_runtime_results_total", route)] == 40
     assert samples[("edge_runtime_messages_received_total", route)] == 45
@@ -84,8 +90,12 @@ def test_prometheus_endpoint_parses(broker, start_runtime, collector, publisher,
 def test_status_table(broker, start_runtime, publisher, vibration_bundle, vibration_data):
     start_runtime(_config(broker, vibration_bundle, "obs-3", "interval_s = 0.2"))
     _known_workload(publisher, vibration_data, good=10, bad=0)
-    out = subprocess.run([sys.executable, "-m", "edge_runtime", "status", "--broker", broker.url, "--duration", "1.5"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "status", "--broker", broker.url, "--duration", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     row = next(line for line in out.stdout.splitlines() if line.startswith("obs-3"))
     assert "online" in row and ROUTE in row

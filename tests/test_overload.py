@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from helpers import payload, route_config
 
 N = 3000
@@ -49,12 +48,23 @@ def _settled(rt, timeout=60.0) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overflow", ["drop_oldest", "reject", "latest_only"])
-def test_burst_far_beyond_capacity(broker, start_runtime, collector, publisher, vibration_bundle, vibration_data,
-                                   overflow):
+def test_burst_far_beyond_capacity(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, overflow
+):
     _, _, Xt, _ = vibration_data
     results, errors = collector("results/+/vibration"), collector("errors/#")
-    rt = start_runtime(route_config(broker.url, vibration_bundle, client_id=f"over-{overflow}", max_batch=4,
-                                    max_delay_ms=1, max_queue=50, overflow=overflow, deadline_ms=250))
+    rt = start_runtime(
+        route_config(
+            broker.url,
+            vibration_bundle,
+            client_id=f"over-{overflow}",
+            max_batch=4,
+            max_delay_ms=1,
+            max_queue=50,
+            overflow=overflow,
+            deadline_ms=250,
+        )
+    )
     _slow_engine(rt.runtime, 0.005)
     for i in range(N):  # 20 devices, so latest_only keeps one waiting input per device
         publisher.publish(f"sensors/d{i % 20}/vibration", payload(Xt[i % len(Xt)], id=i))

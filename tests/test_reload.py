@@ -7,7 +7,6 @@ import os
 import shutil
 
 import orjson
-
 from helpers import payload, route_config
 
 
@@ -32,8 +31,9 @@ def _swap_symlink(link, target):
     os.replace(tmp, link)
 
 
-def test_swapped_bundle_is_served_and_a_corrupt_one_is_not(broker, start_runtime, collector, publisher,
-                                                            vibration_bundle, vibration_data, tmp_path):
+def test_swapped_bundle_is_served_and_a_corrupt_one_is_not(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
     _version_copy(vibration_bundle, tmp_path / "v3", "3")
     current = tmp_path / "current"
     os.symlink(tmp_path / "v3", current)
@@ -59,13 +59,16 @@ def test_swapped_bundle_is_served_and_a_corrupt_one_is_not(broker, start_runtime
     assert rt.runtime.stats()["routes"]["sensors/+/vibration"]["errors"] == {}
 
 
-def test_reload_on_the_control_topic(broker, start_runtime, collector, publisher, vibration_bundle,
-                                     vibration_data, tmp_path):
+def test_reload_on_the_control_topic(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
     bundle = tmp_path / "b"
     _version_copy(vibration_bundle, bundle, "3")
     status = collector("edge-runtime/reload-2/status")
     results = collector("results/+/vibration")
-    config = route_config(broker.url, bundle, client_id="reload-2", qos=1).replace('name = "m"\n', 'name = "m"\nwatch = false\n')
+    config = route_config(broker.url, bundle, client_id="reload-2", qos=1).replace(
+        'name = "m"\n', 'name = "m"\nwatch = false\n'
+    )
     start_runtime(config)
     status.json_until(lambda b: b["state"] == "online")
     manifest = json.loads((bundle / "manifest.json").read_text())

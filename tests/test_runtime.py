@@ -10,14 +10,14 @@ import time
 
 import numpy as np
 import orjson
+from helpers import needs_mqtt5, payload, route_config
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from helpers import needs_mqtt5, payload, route_config
 
-
-def test_results_match_sklearn_and_ids_round_trip(broker, vibration_bundle, vibration_model, vibration_data,
-                                                   start_runtime, collector, publisher):
+def test_results_match_sklearn_and_ids_round_trip(
+    broker, vibration_bundle, vibration_model, vibration_data, start_runtime, collector, publisher
+):
     _, _, Xt, _ = vibration_data
     start_runtime(route_config(broker.url, vibration_bundle, client_id="t-match"))
     results = collector("results/#")
@@ -39,8 +39,16 @@ def test_regressor_value_and_npy_payload(broker, regressor_bundle, start_runtime
     from sklearn.datasets import load_diabetes
 
     X, _ = load_diabetes(return_X_y=True)
-    start_runtime(route_config(broker.url, regressor_bundle, client_id="t-reg", subscribe="reg/+/in",
-                               publish="reg/{1}/out", errors="reg/{1}/err"))
+    start_runtime(
+        route_config(
+            broker.url,
+            regressor_bundle,
+            client_id="t-reg",
+            subscribe="reg/+/in",
+            publish="reg/{1}/out",
+            errors="reg/{1}/err",
+        )
+    )
     out = collector("reg/+/out")
     buf = io.BytesIO()
     np.save(buf, X[0].astype(np.float32))
@@ -64,8 +72,9 @@ BAD_INPUTS = [
 ]
 
 
-def test_bad_inputs_get_errors_and_serving_goes_on(broker, vibration_bundle, vibration_data, start_runtime,
-                                                   collector, publisher):
+def test_bad_inputs_get_errors_and_serving_goes_on(
+    broker, vibration_bundle, vibration_data, start_runtime, collector, publisher
+):
     _, _, Xt, _ = vibration_data
     start_runtime(route_config(broker.url, vibration_bundle, client_id="t-bad"))
     errors = collector("errors/#")
@@ -87,13 +96,14 @@ def test_error_keeps_the_id_when_known(broker, vibration_bundle, start_runtime, 
     start_runtime(route_config(broker.url, vibration_bundle, client_id="t-id"))
     errors = collector("errors/#")
     publisher.publish("sensors/x/vibration", orjson.dumps({"id": {"seq": 5}, "values": [1, 2, 3]}))
-    (_, body), = errors.json(1)
+    ((_, body),) = errors.json(1)
     assert body["id"] == {"seq": 5} and body["error"] == "bad_shape" and "16" in body["detail"]
 
 
 @needs_mqtt5
-def test_response_topic_and_correlation_data(broker, vibration_bundle, vibration_data, start_runtime, collector,
-                                             publisher):
+def test_response_topic_and_correlation_data(
+    broker, vibration_bundle, vibration_data, start_runtime, collector, publisher
+):
     _, _, Xt, _ = vibration_data
     start_runtime(route_config(broker.url, vibration_bundle, client_id="t-rr"))
     replies = collector("replies/me")
@@ -101,7 +111,7 @@ def test_response_topic_and_correlation_data(broker, vibration_bundle, vibration
     props.ResponseTopic = "replies/me"
     props.CorrelationData = b"corr-42"
     publisher.publish("sensors/r/vibration", payload(Xt[0], id="q"), properties=props)
-    msg, = replies.take(1)
+    (msg,) = replies.take(1)
     assert msg.properties.CorrelationData == b"corr-42"
     assert orjson.loads(msg.payload)["id"] == "q"
 
@@ -122,10 +132,12 @@ def test_sigterm_finishes_accepted_batches(broker, vibration_bundle, vibration_d
     """A long max_delay holds inputs in the batcher; SIGTERM must still answer every one of them."""
     _, _, Xt, _ = vibration_data
     config = tmp_path / "edge.toml"
-    config.write_text(route_config(broker.url, vibration_bundle, client_id="t-term", max_batch=1000,
-                                   max_delay_ms=60_000))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config.write_text(
+        route_config(broker.url, vibration_bundle, client_id="t-term", max_batch=1000, max_delay_ms=60_000)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     status = collector("edge-runtime/t-term/status")
     try:
         deadline = time.monotonic() + 30

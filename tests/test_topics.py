@@ -3,17 +3,20 @@ import pytest
 from edge_runtime.topics import TopicFilter, TopicTemplate
 
 
-@pytest.mark.parametrize("flt,topic,captures", [
-    ("sensors/+/vibration", "sensors/d1/vibration", ["d1"]),
-    ("sensors/+/vibration", "sensors/d1/temperature", None),
-    ("sensors/+/vibration", "sensors/d1/vibration/x", None),
-    ("sensors/#", "sensors/a/b", ["a/b"]),
-    ("sensors/#", "sensors", [""]),
-    ("+/+", "a/b", ["a", "b"]),
-    ("#", "$SYS/broker", None),
-    ("$share/g/sensors/+", "sensors/x", ["x"]),
-    ("a/b", "a/b", []),
-])
+@pytest.mark.parametrize(
+    "flt,topic,captures",
+    [
+        ("sensors/+/vibration", "sensors/d1/vibration", ["d1"]),
+        ("sensors/+/vibration", "sensors/d1/temperature", None),
+        ("sensors/+/vibration", "sensors/d1/vibration/x", None),
+        ("sensors/#", "sensors/a/b", ["a/b"]),
+        ("sensors/#", "sensors", [""]),
+        ("+/+", "a/b", ["a", "b"]),
+        ("#", "$SYS/broker", None),
+        ("$share/g/sensors/+", "sensors/x", ["x"]),
+        ("a/b", "a/b", []),
+    ],
+)
 def test_filter_matches_like_a_broker(flt, topic, captures):
     assert TopicFilter(flt).match(topic) == captures
 

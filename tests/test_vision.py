@@ -11,22 +11,31 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from helpers import needs_mqtt5  # noqa: E402
+
 from devices.cameras import encode_frame  # noqa: E402
 from devices.scenes import draw_object, draw_scene  # noqa: E402
 from edge_runtime.errors import PayloadError  # noqa: E402
 from edge_runtime.tasks.vision import decode_detections, image_size, letterbox  # noqa: E402
 
-from helpers import needs_mqtt5  # noqa: E402
-
 MODELS = Path(__file__).resolve().parent.parent / "edge_runtime" / "demo_models"
 
 
 def _config(broker, bundle, client_id, **route):
-    fields = {"subscribe": "cameras/+/frames", "publish": "detections/{1}", "errors": "camera-errors/{1}",
-              "max_batch": 4, "max_delay_ms": 1, "qos": 1, **route}
+    fields = {
+        "subscribe": "cameras/+/frames",
+        "publish": "detections/{1}",
+        "errors": "camera-errors/{1}",
+        "max_batch": 4,
+        "max_delay_ms": 1,
+        "qos": 1,
+        **route,
+    }
     lines = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items())
-    return (f'[broker]\nurl = "{broker.url}"\nclient_id = "{client_id}"\n[[models]]\nname = "m"\nbundle = "{bundle}"\n'
-            f'[[routes]]\nmodel = "m"\n{lines}\n')
+    return (
+        f'[broker]\nurl = "{broker.url}"\nclient_id = "{client_id}"\n[[models]]\nname = "m"\nbundle = "{bundle}"\n'
+        f'[[routes]]\nmodel = "m"\n{lines}\n'
+    )
 
 
 def _publish_frame(publisher, camera: str, payload: bytes, frame_id: str, content_type: str | None = None):
@@ -59,7 +68,7 @@ def test_classifier_names_the_shape(broker, start_runtime, collector, publisher)
     got = {b["id"]: b for _, b in results.json(3)}
     assert {k: v["label"] for k, v in got.items()} == truth
     assert got["f0"]["frame"] == {"width": 120, "height": 120, "timestamp": "1700000000.5"}
-    assert [t["label"] for t in got["f0"]["top"]][0] == "circle" and len(got["f0"]["top"]) == 3
+    assert next(t["label"] for t in got["f0"]["top"]) == "circle" and len(got["f0"]["top"]) == 3
 
 
 @needs_mqtt5
@@ -105,8 +114,14 @@ def test_bad_frames_get_errors_and_the_runtime_goes_on(broker, start_runtime, co
         _publish_frame(publisher, "c", payload, frame_id)
     _publish_frame(publisher, "c", good_jpeg, "good")
     codes = {b["id"]: b["error"] for _, b in errors.json(len(bad))}
-    assert codes == {"corrupt-jpeg": "bad_image", "truncated-png": "bad_image", "one-pixel": "bad_image",
-                     "huge": "too_large", "not-an-image": "not_image", "empty": "empty"}
+    assert codes == {
+        "corrupt-jpeg": "bad_image",
+        "truncated-png": "bad_image",
+        "one-pixel": "bad_image",
+        "huge": "too_large",
+        "not-an-image": "not_image",
+        "empty": "empty",
+    }
     assert results.json(1)[0][1]["id"] == "good"
     rt.stop()  # counted after publishing: read the stats once the serving thread is done
     assert rt.runtime.stats()["routes"]["cameras/+/frames"]["results"] == 1
@@ -132,8 +147,10 @@ def test_letterbox_maps_boxes_back():
 
 def test_decode_detections_yolov8_and_nms():
     # Two overlapping boxes of class 1 and one apart of class 0, as a YOLOv8 head lays them out: (4 + C, N).
-    rows = np.array([[50, 50, 20, 20, 0.1, 0.9], [52, 51, 20, 20, 0.1, 0.8], [10, 10, 8, 8, 0.7, 0.2],
-                     [80, 80, 5, 5, 0.05, 0.05]], np.float32)
+    rows = np.array(
+        [[50, 50, 20, 20, 0.1, 0.9], [52, 51, 20, 20, 0.1, 0.8], [10, 10, 8, 8, 0.7, 0.2], [80, 80, 5, 5, 0.05, 0.05]],
+        np.float32,
+    )
     dets = decode_detections(rows.T, layout="yolov8", conf=0.25, iou=0.45, max_det=10)
     assert sorted((c, round(s, 2)) for _, c, s in dets) == [(0, 0.7), (1, 0.9)]
     box = next(b for b, c, _ in dets if c == 1)
@@ -159,7 +176,7 @@ def test_annotated_snapshot_is_a_jpeg_with_boxes(broker, start_runtime, collecto
     start_runtime(_config(broker, MODELS / "shapes-detector", "cam-snap", snapshot="snapshots/{1}"))
     img, _ = draw_scene(np.random.default_rng(11), 320, 240)
     _publish_frame(publisher, "gate", encode_frame(img), "snap-1")
-    msg, = snaps.take(1)
+    (msg,) = snaps.take(1)
     assert msg.topic == "snapshots/gate"
     drawn = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
     assert drawn.shape == img.shape
@@ -168,11 +185,11 @@ def test_annotated_snapshot_is_a_jpeg_with_boxes(broker, start_runtime, collecto
 
 
 def test_snapshot_on_a_tensor_model_is_a_config_error(vibration_bundle):
+    from helpers import route_config
+
     from edge_runtime.config import parse_config
     from edge_runtime.errors import ConfigError
     from edge_runtime.serving.runtime import Runtime
-
-    from helpers import route_config
 
     with pytest.raises(ConfigError, match=r"routes\[0\]\.snapshot"):
         Runtime(parse_config(route_config("mqtt://127.0.0.1:1", vibration_bundle, client_id="x", snapshot="s/{1}")))
@@ -182,11 +199,21 @@ def test_nhwc_bgr_with_mean_and_std():
     from edge_runtime.bundle import Manifest
     from edge_runtime.tasks.vision import ImageDecoder
 
-    manifest = Manifest(name="n", task="image_classifier", sha256="0" * 64,
-                        inputs=[{"name": "x", "dtype": "float32", "shape": [None, 32, 48, 3]}],
-                        outputs=[{"name": "y", "dtype": "float32", "shape": [None, 2]}],
-                        preprocess={"resize": "stretch", "color": "bgr", "layout": "NHWC", "scale": 1.0,
-                                    "mean": [10, 20, 30], "std": [2, 2, 2]})
+    manifest = Manifest(
+        name="n",
+        task="image_classifier",
+        sha256="0" * 64,
+        inputs=[{"name": "x", "dtype": "float32", "shape": [None, 32, 48, 3]}],
+        outputs=[{"name": "y", "dtype": "float32", "shape": [None, 2]}],
+        preprocess={
+            "resize": "stretch",
+            "color": "bgr",
+            "layout": "NHWC",
+            "scale": 1.0,
+            "mean": [10, 20, 30],
+            "std": [2, 2, 2],
+        },
+    )
     img = np.zeros((64, 96, 3), np.uint8)
     img[:] = (50, 100, 150)  # BGR
     _, row, meta = ImageDecoder(manifest, max_bytes=10**6).decode(encode_frame(img, "png"))

@@ -27,10 +27,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converters import ConversionError  # noqa: E402
-from devices.scenes import SHAPES, draw_object, draw_scene  # noqa: E402
-from edge_runtime.bundle import write_bundle  # noqa: E402
-from edge_runtime.tasks.vision import letterbox  # noqa: E402
+from converters import ConversionError
+from devices.scenes import SHAPES, draw_object, draw_scene
+from edge_runtime.bundle import write_bundle
+from edge_runtime.tasks.vision import letterbox
 
 OUT = ROOT / "edge_runtime" / "demo_models"
 OPSET = 17
@@ -40,8 +40,11 @@ OBJ_WEIGHT = 5.0
 
 
 def _model(nodes, inputs, outputs, inits) -> bytes:
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edge-runtime tools")
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, inits),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edge-runtime tools",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -56,6 +59,7 @@ def _rgb_chw(bgr: np.ndarray) -> np.ndarray:
 
 
 # -- classifier -------------------------------------------------------------------------------------
+
 
 def _classifier_features(rng) -> tuple[list, list]:
     w1 = numpy_helper.from_array(rng.normal(0, 0.4, (12, 3, 5, 5)).astype(np.float32), "w1")
@@ -87,21 +91,38 @@ def train_classifier(seed: int = 0) -> None:
     # Fold the standardisation into the head: (f - mu) / sd @ W + b == f @ (W / sd) + (b - mu / sd @ W)
     W = (clf.coef_ / sd).T.astype(np.float32)
     b = (clf.intercept_ - (mu / sd) @ clf.coef_.T).astype(np.float32)
-    nodes += [helper.make_node("Gemm", ["features", "head_w", "head_b"], ["logits"]),
-              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    nodes += [
+        helper.make_node("Gemm", ["features", "head_w", "head_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
     inits += [numpy_helper.from_array(W, "head_w"), numpy_helper.from_array(b, "head_b")]
     model = _model(nodes, [image], [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])], inits)
-    write_bundle(OUT / "shapes-classifier", model, {
-        "name": "shapes-classifier", "version": "1", "task": "image_classifier", "labels": list(SHAPES),
-        "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 3, CLS_SIZE, CLS_SIZE]}],
-        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 3]}],
-        "scores_output": "probabilities", "top_k": 3,
-        "preprocess": {"size": [CLS_SIZE, CLS_SIZE], "resize": "stretch", "color": "rgb", "scale": 1 / 255, "layout": "NCHW"},
-        "source": {"family": "tools/train_vision_models.py", "seed": seed},
-    })
+    write_bundle(
+        OUT / "shapes-classifier",
+        model,
+        {
+            "name": "shapes-classifier",
+            "version": "1",
+            "task": "image_classifier",
+            "labels": list(SHAPES),
+            "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 3, CLS_SIZE, CLS_SIZE]}],
+            "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 3]}],
+            "scores_output": "probabilities",
+            "top_k": 3,
+            "preprocess": {
+                "size": [CLS_SIZE, CLS_SIZE],
+                "resize": "stretch",
+                "color": "rgb",
+                "scale": 1 / 255,
+                "layout": "NCHW",
+            },
+            "source": {"family": "tools/train_vision_models.py", "seed": seed},
+        },
+    )
 
 
 # -- detector ---------------------------------------------------------------------------------------
+
 
 def _detector_features() -> tuple[list, list]:
     """Saturation (max - min over colour, less the background's), pooled at 4 px (as 4 channels on the
@@ -130,15 +151,17 @@ def _neighbourhoods(grid: np.ndarray, k: int = 7) -> np.ndarray:
     cols = np.empty((n, g, g, c, k, k), np.float32)
     for dy in range(k):
         for dx in range(k):
-            cols[..., dy, dx] = padded[:, :, dy:dy + g, dx:dx + g].transpose(0, 2, 3, 1)
+            cols[..., dy, dx] = padded[:, :, dy : dy + g, dx : dx + g].transpose(0, 2, 3, 1)
     return cols.reshape(n, g, g, c * k * k)
 
 
 def _det_sample(rng):
     frame, objects = draw_scene(rng, 320, 240)
     img, scale, px, py = letterbox(frame, DET_SIZE, DET_SIZE)
-    boxes = [(SHAPES.index(s), (x1 * scale + px, y1 * scale + py, x2 * scale + px, y2 * scale + py))
-             for s, (x1, y1, x2, y2) in objects]
+    boxes = [
+        (SHAPES.index(s), (x1 * scale + px, y1 * scale + py, x2 * scale + px, y2 * scale + py))
+        for s, (x1, y1, x2, y2) in objects
+    ]
     return _rgb_chw(img), boxes
 
 
@@ -146,7 +169,9 @@ def train_detector(seed: int = 1) -> None:
     rng = np.random.default_rng(seed)
     nodes, feature_inits = _detector_features()
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, DET_SIZE, DET_SIZE])
-    feats = _model(nodes, [image], [helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", 10, GRID, GRID])], feature_inits)
+    feats = _model(
+        nodes, [image], [helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", 10, GRID, GRID])], feature_inits
+    )
     samples = [_det_sample(rng) for _ in range(1500)]
     cols = _neighbourhoods(_run(feats, np.stack([x for x, _ in samples])))
     obj_y = np.zeros((len(samples), GRID, GRID), int)
@@ -167,18 +192,29 @@ def train_detector(seed: int = 1) -> None:
     obj = LogisticRegression(C=1.0, max_iter=3000, class_weight={0: 1.0, 1: OBJ_WEIGHT}).fit(flat, obj_y.reshape(-1))
     box = Ridge(alpha=1e-2).fit(np.array(box_X), np.array(box_y))
     cls = LogisticRegression(C=1.0, max_iter=3000).fit(np.array(cls_X), np.array(cls_y))
-    print(f"detector: objectness acc {obj.score(flat, obj_y.reshape(-1)):.4f}, class acc {cls.score(np.array(cls_X), cls_y):.3f}, "
-          f"box R2 {box.score(np.array(box_X), np.array(box_y)):.3f}")
+    print(
+        f"detector: objectness acc {obj.score(flat, obj_y.reshape(-1)):.4f}, "
+        f"class acc {cls.score(np.array(cls_X), cls_y):.3f}, "
+        f"box R2 {box.score(np.array(box_X), np.array(box_y)):.3f}"
+    )
     k, c_in = 7, 10
     kernel = lambda coef: coef.reshape(-1, c_in, k, k).astype(np.float32)  # noqa: E731
     g = (np.arange(GRID, dtype=np.float32) + 0.5) * STRIDE
-    inits = feature_inits + [
-        numpy_helper.from_array(kernel(box.coef_), "box_w"), numpy_helper.from_array(box.intercept_.astype(np.float32), "box_b"),
-        numpy_helper.from_array(kernel(obj.coef_), "obj_w"), numpy_helper.from_array(obj.intercept_.astype(np.float32), "obj_b"),
-        numpy_helper.from_array(kernel(cls.coef_), "cls_w"), numpy_helper.from_array(cls.intercept_.astype(np.float32), "cls_b"),
+    inits = [
+        *feature_inits,
+        numpy_helper.from_array(kernel(box.coef_), "box_w"),
+        numpy_helper.from_array(box.intercept_.astype(np.float32), "box_b"),
+        numpy_helper.from_array(kernel(obj.coef_), "obj_w"),
+        numpy_helper.from_array(obj.intercept_.astype(np.float32), "obj_b"),
+        numpy_helper.from_array(kernel(cls.coef_), "cls_w"),
+        numpy_helper.from_array(cls.intercept_.astype(np.float32), "cls_b"),
         # cell centres added to the predicted offsets, and zeros for w, h: (1, 4, G, G)
-        numpy_helper.from_array(np.stack([np.tile(g, (GRID, 1)), np.tile(g[:, None], (1, GRID)),
-                                          np.zeros((GRID, GRID)), np.zeros((GRID, GRID))])[None].astype(np.float32), "centres"),
+        numpy_helper.from_array(
+            np.stack(
+                [np.tile(g, (GRID, 1)), np.tile(g[:, None], (1, GRID)), np.zeros((GRID, GRID)), np.zeros((GRID, GRID))]
+            )[None].astype(np.float32),
+            "centres",
+        ),
         numpy_helper.from_array(np.array([0, 5 + len(SHAPES), GRID * GRID], np.int64), "flat_shape"),
     ]
     nodes += [
@@ -192,16 +228,33 @@ def train_detector(seed: int = 1) -> None:
         helper.make_node("Reshape", ["maps", "flat_shape"], ["rows_t"]),
         helper.make_node("Transpose", ["rows_t"], ["detections"], perm=[0, 2, 1]),
     ]
-    model = _model(nodes, [image], [helper.make_tensor_value_info("detections", TensorProto.FLOAT,
-                                                                  ["N", GRID * GRID, 5 + len(SHAPES)])], inits)
-    write_bundle(OUT / "shapes-detector", model, {
-        "name": "shapes-detector", "version": "1", "task": "detector", "labels": list(SHAPES),
-        "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 3, DET_SIZE, DET_SIZE]}],
-        "outputs": [{"name": "detections", "dtype": "float32", "shape": [None, GRID * GRID, 5 + len(SHAPES)]}],
-        "preprocess": {"size": [DET_SIZE, DET_SIZE], "resize": "letterbox", "color": "rgb", "scale": 1 / 255, "layout": "NCHW"},
-        "detector": {"format": "yolov5", "conf_threshold": 0.3, "iou_threshold": 0.3, "max_detections": 20},
-        "source": {"family": "tools/train_vision_models.py", "seed": seed},
-    })
+    model = _model(
+        nodes,
+        [image],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", GRID * GRID, 5 + len(SHAPES)])],
+        inits,
+    )
+    write_bundle(
+        OUT / "shapes-detector",
+        model,
+        {
+            "name": "shapes-detector",
+            "version": "1",
+            "task": "detector",
+            "labels": list(SHAPES),
+            "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 3, DET_SIZE, DET_SIZE]}],
+            "outputs": [{"name": "detections", "dtype": "float32", "shape": [None, GRID * GRID, 5 + len(SHAPES)]}],
+            "preprocess": {
+                "size": [DET_SIZE, DET_SIZE],
+                "resize": "letterbox",
+                "color": "rgb",
+                "scale": 1 / 255,
+                "layout": "NCHW",
+            },
+            "detector": {"format": "yolov5", "conf_threshold": 0.3, "iou_threshold": 0.3, "max_detections": 20},
+            "source": {"family": "tools/train_vision_models.py", "seed": seed},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ class DeviceProfile:
 
     @property
     def quantization(self) -> str:
-        return "static int8 (QDQ), measured against fp32" if self.int8_pays_off else "none (fp32); fp16 only to save size"
+        return (
+            "static int8 (QDQ), measured against fp32" if self.int8_pays_off else "none (fp32); fp16 only to save size"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,7 +64,8 @@ class DeviceProfile:
 
 _BOARDS = ("pi_zero2w", "pi3", "pi4", "pi5", "generic_arm64", "generic_x86_64")
 PROFILES: Registry[DeviceProfile] = Registry(
-    "device profile", plugins=tuple(f"{__name__}.{board}" for board in _BOARDS),
+    "device profile",
+    plugins=tuple(f"{__name__}.{board}" for board in _BOARDS),
     hint="(see `edge-runtime devices list`; `this-machine` is the detected board)",
 )
 

@@ -64,8 +64,9 @@ def _done() -> None:
 def _model(args: argparse.Namespace) -> int:
     from .model import bench_model, format_model_report
 
-    report = bench_model(args.bundle, batch_sizes=args.batch_sizes, threads=args.threads, duration=args.duration,
-                         progress=_progress)
+    report = bench_model(
+        args.bundle, batch_sizes=args.batch_sizes, threads=args.threads, duration=args.duration, progress=_progress
+    )
     _done()
     print(format_model_report(report))
     if args.json:
@@ -76,9 +77,20 @@ def _model(args: argparse.Namespace) -> int:
 def _e2e(args: argparse.Namespace) -> int:
     from .e2e import E2EOptions, bench_e2e, format_e2e_report, plot_e2e_report
 
-    options = E2EOptions(config=args.config, rate=args.rate, burst=args.burst, sweep=args.sweep,
-                         duration=args.duration, payload=args.payload, baseline=args.baseline, echo=args.echo,
-                         slo_ms=args.slo_ms, devices=args.devices, workers=args.workers, data=args.data)
+    options = E2EOptions(
+        config=args.config,
+        rate=args.rate,
+        burst=args.burst,
+        sweep=args.sweep,
+        duration=args.duration,
+        payload=args.payload,
+        baseline=args.baseline,
+        echo=args.echo,
+        slo_ms=args.slo_ms,
+        devices=args.devices,
+        workers=args.workers,
+        data=args.data,
+    )
     report = bench_e2e(options, progress=_progress)
     _done()
     print(format_e2e_report(report))
@@ -95,8 +107,15 @@ def _camera(args: argparse.Namespace) -> int:
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
     w, h = args.size
-    options = CameraBenchOptions(bundle=args.bundle or DEFAULT_DETECTOR, cameras=args.cameras, fps=args.fps, width=w,
-                                 height=h, duration=args.duration, max_queue=args.max_queue)
+    options = CameraBenchOptions(
+        bundle=args.bundle or DEFAULT_DETECTOR,
+        cameras=args.cameras,
+        fps=args.fps,
+        width=w,
+        height=h,
+        duration=args.duration,
+        max_queue=args.max_queue,
+    )
     report = bench_camera(options, progress=_progress)
     _done()
     print(format_camera_report(report))

@@ -9,6 +9,7 @@ Both set TCP_NODELAY like the runtime does, so the comparison is about the desig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import socket
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "naive":
         import onnxruntime as ort
 
-        manifest = json.load(open(f"{args.bundle}/manifest.json"))
+        with open(f"{args.bundle}/manifest.json") as f:
+            manifest = json.load(f)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(f"{args.bundle}/model.onnx", options, providers=["CPUExecutionProvider"])
@@ -78,19 +80,21 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(msg.payload)
             result = {"id": doc.get("id"), **run_one(doc["values"])}
             topic = results.render(captures, msg.topic)
-        except Exception as err:  # the naive loop still answers bad input, like any sane program
+        except Exception as err:  # noqa: BLE001 - the naive loop still answers bad input, like any sane program
             result = {"error": "bad_input", "detail": str(err)}
             topic = errors.render(captures, msg.topic)
         client.publish(topic, json.dumps(result), qos=args.qos)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5 if args.protocol == "5" else MQTTProtocolVersion.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=args.client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if args.protocol == "5" else MQTTProtocolVersion.MQTTv311,
+    )
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     client.connect(args.host, args.port, keepalive=30)
     signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         client.loop_forever()  # the way the paho examples (and most programs) run it
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

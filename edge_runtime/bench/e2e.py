@@ -69,7 +69,8 @@ class _System:
     def __init__(self, name: str, cmd: list[str], ready: Callable[[subprocess.Popen], None], log: Path):
         self.name = name
         self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
+        with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         ready(self.proc)
 
     def stop(self) -> None:
@@ -90,7 +91,9 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
     topics = _device_topics(flt, options.devices)
     results_tpl = TopicTemplate(route.publish, wildcards=flt.wildcards)
     errors_tpl = TopicTemplate(route.error_topic, wildcards=flt.wildcards)
-    result_topics = sorted({t.render(flt.match(topic) or [], topic) for topic in topics for t in (results_tpl, errors_tpl)})
+    result_topics = sorted(
+        {t.render(flt.match(topic) or [], topic) for topic in topics for t in (results_tpl, errors_tpl)}
+    )
     rows = _rows(bundle.manifest, options.data)
 
     broker: BrokerProcess | None = None
@@ -99,11 +102,18 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
     if local and not port_open(config.broker.port, config.broker.host):
         broker = start_broker(config.broker.port)
     elif not local:
-        raise EdgeRuntimeError("bench e2e sends load only to a broker on this machine (127.0.0.1); "
-                               "point the config's broker.url there")
+        raise EdgeRuntimeError(
+            "bench e2e sends load only to a broker on this machine (127.0.0.1); point the config's broker.url there"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    report: dict = {"config": str(options.config), "model": bundle.manifest.name, "route": route.subscribe,
-                    "payload": options.payload, "protocol": config.broker.protocol, "systems": {}}
+    report: dict = {
+        "config": str(options.config),
+        "model": bundle.manifest.name,
+        "route": route.subscribe,
+        "payload": options.payload,
+        "protocol": config.broker.protocol,
+        "systems": {},
+    }
     try:
         systems = []
         if options.echo:
@@ -140,16 +150,31 @@ def _rows(manifest, data: Path | None) -> np.ndarray:
 def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle: Path, route) -> _System:
     log = workdir / f"{name}.log"
     if name == "runtime":
-        cmd = [sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(options.config),
-               "--stats-json", str(workdir / "runtime-stats.json")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "--log-level",
+            "WARNING",
+            "run",
+            str(options.config),
+            "--stats-json",
+            str(workdir / "runtime-stats.json"),
+        ]
         if options.workers > 1:
             cmd += ["--workers", str(options.workers)]
         cid = config.broker.client_id
-        expected = {f"edge-runtime/{cid}/status"} if options.workers == 1 else \
-            {f"edge-runtime/{cid}-w{i}/status" for i in range(1, options.workers + 1)}
+        expected = (
+            {f"edge-runtime/{cid}/status"}
+            if options.workers == 1
+            else {f"edge-runtime/{cid}-w{i}/status" for i in range(1, options.workers + 1)}
+        )
         online: set[str] = set()
-        watcher = connect_client(config.broker.url, subscriptions=[("edge-runtime/+/status", 1)],
-                                 on_message=lambda _c, _u, m: b'"online"' in m.payload and online.add(m.topic))
+        watcher = connect_client(
+            config.broker.url,
+            subscriptions=[("edge-runtime/+/status", 1)],
+            on_message=lambda _c, _u, m: b'"online"' in m.payload and online.add(m.topic),
+        )
 
         def ready(proc: subprocess.Popen) -> None:
             deadline = time.monotonic() + 60
@@ -160,13 +185,31 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
             watcher.disconnect()
             watcher.loop_stop()
     else:
-        cmd = [sys.executable, "-m", "edge_runtime.bench.baselines", name, "--host", config.broker.host,
-               "--port", str(config.broker.port), "--subscribe", route.subscribe, "--publish", route.publish,
-               "--errors", route.error_topic, "--bundle", str(bundle), "--protocol", config.broker.protocol]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_runtime.bench.baselines",
+            name,
+            "--host",
+            config.broker.host,
+            "--port",
+            str(config.broker.port),
+            "--subscribe",
+            route.subscribe,
+            "--publish",
+            route.publish,
+            "--errors",
+            route.error_topic,
+            "--bundle",
+            str(bundle),
+            "--protocol",
+            config.broker.protocol,
+        ]
 
         def ready(proc: subprocess.Popen) -> None:
             if proc.stdout.readline().strip() != "ready":
                 raise EdgeRuntimeError(f"the {name} baseline did not start; see {log}")
+
     return _System(name, cmd, ready, log)
 
 
@@ -214,11 +257,15 @@ def _ratios(systems: dict, options: E2EOptions) -> dict:
     rt, naive, echo = systems.get("runtime"), systems.get("naive"), systems.get("echo")
     if rt and naive:
         if options.sweep:
-            out["sustained_rate_vs_naive"] = round(rt["sustained_rate"] / naive["sustained_rate"], 2) \
-                if naive["sustained_rate"] else None
+            out["sustained_rate_vs_naive"] = (
+                round(rt["sustained_rate"] / naive["sustained_rate"], 2) if naive["sustained_rate"] else None
+            )
         elif rt.get("drain_s") and naive.get("drain_s"):
-            out["throughput_vs_naive"] = round(naive["drain_s"] / rt["drain_s"], 2) if options.burst else \
-                round(rt["throughput_per_s"] / naive["throughput_per_s"], 2)
+            out["throughput_vs_naive"] = (
+                round(naive["drain_s"] / rt["drain_s"], 2)
+                if options.burst
+                else round(rt["throughput_per_s"] / naive["throughput_per_s"], 2)
+            )
             out["p50_vs_naive"] = round(rt["p50_ms"] / naive["p50_ms"], 2) if naive["p50_ms"] else None
     if rt and echo and not options.sweep:
         out["p50_over_echo_ms"] = round(rt["p50_ms"] - echo["p50_ms"], 3)
@@ -228,18 +275,28 @@ def _ratios(systems: dict, options: E2EOptions) -> dict:
 
 def format_e2e_report(report: dict) -> str:
     lines = [f"{report['model']} on {report['route']} ({report['payload']}, MQTT {report['protocol']})"]
-    head = f"{'system':<8} {'sent':>7} {'answered':>8} {'lost':>5} {'err':>4} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9} {'msg/s':>8}"
+    head = (
+        f"{'system':<8} {'sent':>7} {'answered':>8} {'lost':>5} {'err':>4} {'p50':>9} {'p90':>9} {'p99':>9} "
+        f"{'max':>9} {'msg/s':>8}"
+    )
     for name, s in report["systems"].items():
         if s.get("mode") == "sweep":
-            lines.append(f"{name:<8} sustains {s['sustained_rate']:.0f} msg/s with p99 <= {s['slo_ms']:g} ms and nothing lost")
+            lines.append(
+                f"{name:<8} sustains {s['sustained_rate']:.0f} msg/s with p99 <= {s['slo_ms']:g} ms and nothing lost"
+            )
             for st in s["steps"]:
-                lines.append(f"           {st['rate']:>8.0f}/s  p99 {st['p99_ms']:>8.2f} ms  lost {st['lost']:>5}  {'ok' if st['ok'] else 'FAIL'}")
+                lines.append(
+                    f"           {st['rate']:>8.0f}/s  p99 {st['p99_ms']:>8.2f} ms  lost {st['lost']:>5}  "
+                    f"{'ok' if st['ok'] else 'FAIL'}"
+                )
             continue
         if head:
             lines.append(head)
             head = ""
-        lines.append(f"{name:<8} {s['sent']:>7} {s['answered']:>8} {s['lost']:>5} {s['errors']:>4} {s['p50_ms']:>7.2f}ms"
-                     f" {s['p90_ms']:>7.2f}ms {s['p99_ms']:>7.2f}ms {s['max_ms']:>7.2f}ms {s['throughput_per_s']:>8.0f}")
+        lines.append(
+            f"{name:<8} {s['sent']:>7} {s['answered']:>8} {s['lost']:>5} {s['errors']:>4} {s['p50_ms']:>7.2f}ms"
+            f" {s['p90_ms']:>7.2f}ms {s['p99_ms']:>7.2f}ms {s['max_ms']:>7.2f}ms {s['throughput_per_s']:>8.0f}"
+        )
     stages = report["systems"].get("runtime", {}).get("stages")
     if stages:
         parts = [f"{k} p50 {v['p50_ms']:.3f} ms" for k, v in stages.items() if v.get("count")]

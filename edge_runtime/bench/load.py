@@ -76,12 +76,18 @@ class LoadResult:
         lat = self.latencies_ms
         pct = np.percentile(lat, [50, 90, 95, 99]) if len(lat) else [0.0] * 4
         return {
-            "sent": self.sent, "answered": self.answered, "errors": self.errors, "lost": self.lost,
+            "sent": self.sent,
+            "answered": self.answered,
+            "errors": self.errors,
+            "lost": self.lost,
             "duplicates": self.duplicates,
-            "send_s": round(self.send_seconds, 3), "drain_s": round(self.drain_seconds, 3),
+            "send_s": round(self.send_seconds, 3),
+            "drain_s": round(self.drain_seconds, 3),
             "throughput_per_s": round(self.answered / self.drain_seconds, 1) if self.drain_seconds else 0.0,
-            "p50_ms": round(float(pct[0]), 3), "p90_ms": round(float(pct[1]), 3),
-            "p95_ms": round(float(pct[2]), 3), "p99_ms": round(float(pct[3]), 3),
+            "p50_ms": round(float(pct[0]), 3),
+            "p90_ms": round(float(pct[1]), 3),
+            "p95_ms": round(float(pct[2]), 3),
+            "p99_ms": round(float(pct[3]), 3),
             "max_ms": round(float(lat.max()), 3) if len(lat) else 0.0,
         }
 
@@ -117,24 +123,49 @@ class _Collector:
             self.answered += 1
 
 
-def run_load(url: str, workload: Workload, *, result_filters: list[str], settle: float = 5.0,
-             progress: Callable[[int, int, int], None] | None = None) -> LoadResult:
+def run_load(
+    url: str,
+    workload: Workload,
+    *,
+    result_filters: list[str],
+    settle: float = 5.0,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> LoadResult:
     """Publish the workload from a separate process, wait up to ``settle`` s after the last send, measure.
 
     The publisher has a process of its own so that its pacing and the collector's stamping do not take
     turns on one GIL; both use ``time.monotonic``, one clock for every process on the machine.
     """
     collector = _Collector(workload.count)
-    sub = connect_client(url, on_message=collector.on_message, subscriptions=[(f, workload.qos) for f in result_filters],
-                         protocol="3.1.1")  # v3.1.1: paho's v5 parsing would make the collector the bottleneck
+    sub = connect_client(
+        url,
+        on_message=collector.on_message,
+        subscriptions=[(f, workload.qos) for f in result_filters],
+        protocol="3.1.1",
+    )  # v3.1.1: paho's v5 parsing would make the collector the bottleneck
     with tempfile.TemporaryDirectory(prefix="edge-load-") as tmp:
         spec = Path(tmp) / "workload.json"
         np.save(Path(tmp) / "rows.npy", workload.rows)
-        spec.write_text(json.dumps({"url": url, "topics": workload.topics, "count": workload.count, "rate": workload.rate,
-                                    "qos": workload.qos, "payload": workload.payload, "rows": str(Path(tmp) / "rows.npy"),
-                                    "out": str(Path(tmp) / "sent.npy")}))
-        proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.bench.load", str(spec)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        spec.write_text(
+            json.dumps(
+                {
+                    "url": url,
+                    "topics": workload.topics,
+                    "count": workload.count,
+                    "rate": workload.rate,
+                    "qos": workload.qos,
+                    "payload": workload.payload,
+                    "rows": str(Path(tmp) / "rows.npy"),
+                    "out": str(Path(tmp) / "sent.npy"),
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime.bench.load", str(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             if proc.stdout.readline().strip() != "ready":
                 raise EdgeRuntimeError("the load generator could not connect to the broker")
@@ -160,8 +191,12 @@ def run_load(url: str, workload: Workload, *, result_filters: list[str], settle:
     got = collector.got
     start, end_send = float(send[0]), float(send[-1])
     return LoadResult(
-        sent=workload.count, answered=collector.answered, errors=collector.errors, duplicates=collector.duplicates,
-        send_seconds=end_send - start, drain_seconds=(collector.last - start) if collector.last else 0.0,
+        sent=workload.count,
+        answered=collector.answered,
+        errors=collector.errors,
+        duplicates=collector.duplicates,
+        send_seconds=end_send - start,
+        drain_seconds=(collector.last - start) if collector.last else 0.0,
         latencies_ms=(collector.recv[got] - send[got]) * 1000,
     )
 
@@ -169,8 +204,14 @@ def run_load(url: str, workload: Workload, *, result_filters: list[str], settle:
 def _publish_main(spec_path: str) -> int:
     """The publisher process: connect, say ready, wait for go, send on schedule, save the send times."""
     spec = json.loads(Path(spec_path).read_text())
-    workload = Workload(topics=spec["topics"], rows=np.load(spec["rows"], allow_pickle=False), count=spec["count"],
-                        rate=spec["rate"], qos=spec["qos"], payload=spec["payload"])
+    workload = Workload(
+        topics=spec["topics"],
+        rows=np.load(spec["rows"], allow_pickle=False),
+        count=spec["count"],
+        rate=spec["rate"],
+        qos=spec["qos"],
+        payload=spec["payload"],
+    )
     messages = workload.encode()
     pub = _publisher(spec["url"], v5=workload.payload == "npy")
     print("ready", flush=True)
@@ -200,8 +241,9 @@ def _publish_main(spec_path: str) -> int:
 
 def _publisher(url: str, *, v5: bool) -> mqtt.Client:
     cfg = BrokerConfig(url=url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+    )
     client.connect(cfg.host, cfg.port, keepalive=60)
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while not client.is_connected():

@@ -38,12 +38,23 @@ def _time(fn: Callable[[], object], duration: float, warmup: int = 20) -> np.nda
 
 def _stats(ms: np.ndarray, rows: int) -> dict:
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4),
-            "max_ms": round(float(ms.max()), 4), "rows_per_s": round(rows / (float(np.median(ms)) / 1000), 1)}
+    return {
+        "p50_ms": round(float(p50), 4),
+        "p90_ms": round(float(p90), 4),
+        "p99_ms": round(float(p99), 4),
+        "max_ms": round(float(ms.max()), 4),
+        "rows_per_s": round(rows / (float(np.median(ms)) / 1000), 1),
+    }
 
 
-def bench_model(bundle_path: str | Path, *, batch_sizes: tuple[int, ...] = (1, 8, 32), threads: int = 1,
-                duration: float = 2.0, progress: Callable[[str], None] | None = None) -> dict:
+def bench_model(
+    bundle_path: str | Path,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    threads: int = 1,
+    duration: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Measure each batch size: bare session.run, the runtime core, and the codecs; return a report dict.
 
     A bundle converted with ``--keep-candidates`` also holds the quantization candidates the converter
@@ -59,8 +70,9 @@ def bench_model(bundle_path: str | Path, *, batch_sizes: tuple[int, ...] = (1, 8
                 fields = bundle.manifest.model_dump(exclude={"sha256", "signature", "model_file"})
                 fields["quantization"] = {"mode": mode}
                 candidate = write_bundle(Path(tmp) / mode, model_bytes, fields)
-                report["candidates"][mode] = _bench_bundle(candidate, batch_sizes=batch_sizes, threads=threads,
-                                                           duration=duration, progress=progress)
+                report["candidates"][mode] = _bench_bundle(
+                    candidate, batch_sizes=batch_sizes, threads=threads, duration=duration, progress=progress
+                )
     return report
 
 
@@ -95,29 +107,37 @@ def _bench_bundle(bundle, *, batch_sizes, threads, duration, progress) -> dict:
         feed = {m.inputs[0].name: batch}
         metas = [None] * n
 
-        def core() -> None:
+        def core(rows: list[np.ndarray] = rows, metas: list[None] = metas) -> None:
             outputs = engine.run(np.stack(rows))
             for result in engine.task.results(m, outputs, metas):
                 encode({"id": 1, "model": m.name, "version": m.version, **result})
 
         payloads = [orjson.dumps({"id": i, "values": r.tolist()}) for i, r in enumerate(rows)]
 
-        def codecs() -> None:
+        def codecs(payloads: list[bytes] = payloads) -> None:
             for p in payloads:
                 decoder.decode(p)
 
-        bare_ms = _time(lambda: bare.run(None, feed), duration / 3)
+        bare_ms = _time(lambda feed=feed: bare.run(None, feed), duration / 3)
         core_ms = _time(core, duration / 3)
         decode_ms = _time(codecs, duration / 3)
-        rows_out.append({
-            "batch": n,
-            "bare": _stats(bare_ms, n),
-            "core": _stats(core_ms, n),
-            "overhead_ratio": round(float(np.median(core_ms) / np.median(bare_ms)), 3),
-            "decode_us_per_row": round(float(np.median(decode_ms)) * 1000 / n, 2),
-        })
-    return {"bundle": str(bundle.path), "model": m.name, "task": m.task, "threads": threads,
-            "quantization": m.quantization.get("mode", "none"), "batches": rows_out}
+        rows_out.append(
+            {
+                "batch": n,
+                "bare": _stats(bare_ms, n),
+                "core": _stats(core_ms, n),
+                "overhead_ratio": round(float(np.median(core_ms) / np.median(bare_ms)), 3),
+                "decode_us_per_row": round(float(np.median(decode_ms)) * 1000 / n, 2),
+            }
+        )
+    return {
+        "bundle": str(bundle.path),
+        "model": m.name,
+        "task": m.task,
+        "threads": threads,
+        "quantization": m.quantization.get("mode", "none"),
+        "batches": rows_out,
+    }
 
 
 def format_model_report(report: dict) -> str:
@@ -128,12 +148,16 @@ def format_model_report(report: dict) -> str:
 
 
 def _format_one(report: dict) -> str:
-    lines = [f"{report['model']} ({report['task']}, {report['quantization']}) with {report['threads']} thread(s)",
-             f"{'batch':>5}  {'bare p50':>9} {'p99':>8}  {'core p50':>9} {'p90':>8} {'p99':>8} {'max':>8}"
-             f"  {'rows/s':>9}  {'core/bare':>9}  {'decode/row':>10}"]
+    lines = [
+        f"{report['model']} ({report['task']}, {report['quantization']}) with {report['threads']} thread(s)",
+        f"{'batch':>5}  {'bare p50':>9} {'p99':>8}  {'core p50':>9} {'p90':>8} {'p99':>8} {'max':>8}"
+        f"  {'rows/s':>9}  {'core/bare':>9}  {'decode/row':>10}",
+    ]
     for b in report["batches"]:
         bare, core = b["bare"], b["core"]
-        lines.append(f"{b['batch']:>5}  {bare['p50_ms']:>7.3f}ms {bare['p99_ms']:>6.3f}ms  {core['p50_ms']:>7.3f}ms"
-                     f" {core['p90_ms']:>6.3f}ms {core['p99_ms']:>6.3f}ms {core['max_ms']:>6.3f}ms  {core['rows_per_s']:>9.0f}"
-                     f"  {b['overhead_ratio']:>8.2f}x  {b['decode_us_per_row']:>8.1f}us")
+        lines.append(
+            f"{b['batch']:>5}  {bare['p50_ms']:>7.3f}ms {bare['p99_ms']:>6.3f}ms  {core['p50_ms']:>7.3f}ms"
+            f" {core['p90_ms']:>6.3f}ms {core['p99_ms']:>6.3f}ms {core['max_ms']:>6.3f}ms  {core['rows_per_s']:>9.0f}"
+            f"  {b['overhead_ratio']:>8.2f}x  {b['decode_us_per_row']:>8.1f}us"
+        )
     return "\n".join(lines)

@@ -8,5 +8,14 @@ from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorS
 from .verify import load_bundle
 from .write import write_bundle
 
-__all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL",
-           "FORMAT_VERSION"]
+__all__ = [
+    "Bundle",
+    "Manifest",
+    "TensorSpec",
+    "load_bundle",
+    "write_bundle",
+    "sign_manifest",
+    "MANIFEST",
+    "MODEL",
+    "FORMAT_VERSION",
+]

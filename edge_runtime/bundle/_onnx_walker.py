@@ -9,15 +9,29 @@ needs with a small wire-format walker (field numbers from onnx/onnx.proto3).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["ModelInfo", "OnnxFormatError", "inspect_model"]
 
 # onnx.TensorProto.DataType -> numpy dtype name
-_ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "str",
-               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+_ELEM_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "str",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
+}
 
 # ModelProto.graph=7; GraphProto node=1 initializer=5 input=11 output=12 sparse_initializer=15;
 # NodeProto attribute=5; AttributeProto t=5 g=6 tensors=10 graphs=11 sparse_tensor=22 sparse_tensors=23;
@@ -75,7 +89,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview]]:
             length, pos = _varint(buf, pos)
             if pos + length > end:
                 raise OnnxFormatError("a field runs past the end of the file (truncated?)")
-            yield number, buf[pos:pos + length]
+            yield number, buf[pos : pos + length]
             pos += length
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4

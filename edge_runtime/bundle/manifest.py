@@ -22,7 +22,9 @@ class TensorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     dtype: str = Field(description="numpy dtype name: float32, int64, str, ...")
-    shape: list[int | str | None] = Field(description="Dimensions; None or a name for a dynamic axis (the first is the batch).")
+    shape: list[int | str | None] = Field(
+        description="Dimensions; None or a name for a dynamic axis (the first is the batch)."
+    )
 
 
 class Manifest(BaseModel):
@@ -42,7 +44,8 @@ class Manifest(BaseModel):
     model_file: str = MODEL
     sha256: str
     files: dict[str, str] = Field(
-        default_factory=dict, description="sha256 of every other file the bundle holds (external data, report, candidates)."
+        default_factory=dict,
+        description="sha256 of every other file the bundle holds (external data, report, candidates).",
     )
     source: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})

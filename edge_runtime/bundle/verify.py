@@ -51,7 +51,8 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         raise BundleError(f"{MANIFEST}: {key}: {first['msg']}", bundle=where) from err
     if manifest.format_version > FORMAT_VERSION:
         raise BundleError(
-            f"format_version {manifest.format_version} is newer than this runtime reads ({FORMAT_VERSION}); upgrade edge-runtime",
+            f"format_version {manifest.format_version} is newer than this runtime reads ({FORMAT_VERSION}); "
+            "upgrade edge-runtime",
             bundle=where,
         )
     model = (root / manifest.model_file).resolve()
@@ -72,15 +73,21 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         )
     if signing_key is not None:
         if not manifest.signature:
-            raise BundleError("unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where)
+            raise BundleError(
+                "unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where
+            )
         if not hmac.compare_digest(sign_manifest(raw, signing_key), manifest.signature):
-            raise BundleError("signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where)
+            raise BundleError(
+                "signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where
+            )
     for name, expected in manifest.files.items():
         path = (root / name).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
         if not hmac.compare_digest(sha256_file(path), expected):
-            raise BundleError(f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where)
+            raise BundleError(
+                f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
+            )
     _check_model(data, manifest, model.parent, root, where)
     if manifest.task == "classifier" and not manifest.scores_output:
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
@@ -96,22 +103,33 @@ def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, w
     try:
         info = inspect_model(data)
     except OnnxFormatError as err:
-        raise BundleError(f"{manifest.model_file} is not a valid ONNX model: {err}; rebuild the bundle", bundle=where) from err
+        raise BundleError(
+            f"{manifest.model_file} is not a valid ONNX model: {err}; rebuild the bundle", bundle=where
+        ) from err
     for location in info.external_data:
         problem = external_data_problem(location, model_dir, root)
         if problem:
             raise BundleError(f"{problem}; a bundle must be self-contained", bundle=where)
         name = (model_dir / location).resolve().relative_to(root.resolve()).as_posix()
         if name not in manifest.files:  # the model's checksum does not cover its external weights
-            raise BundleError(f"external data {location!r} has no checksum in the manifest's files; "
-                              "rebuild the bundle with write_bundle/edge-runtime convert", bundle=where)
+            raise BundleError(
+                f"external data {location!r} has no checksum in the manifest's files; "
+                "rebuild the bundle with write_bundle/edge-runtime convert",
+                bundle=where,
+            )
     if len(info.inputs) != 1:
-        raise BundleError(f"the model has {len(info.inputs)} inputs; this runtime serves single-input models", bundle=where)
+        raise BundleError(
+            f"the model has {len(info.inputs)} inputs; this runtime serves single-input models", bundle=where
+        )
     spec, actual = manifest.inputs[0], info.inputs[0]
     if actual.name != spec.name or actual.dtype != spec.dtype:
-        raise BundleError(f"manifest input {spec.name} ({spec.dtype}) does not match the model's {actual.name} "
-                          f"({actual.dtype})", bundle=where)
-    fixed = [(m, a) for m, a in zip(spec.shape[1:], actual.shape[1:]) if isinstance(m, int) and isinstance(a, int) and a > 0]
+        raise BundleError(
+            f"manifest input {spec.name} ({spec.dtype}) does not match the model's {actual.name} ({actual.dtype})",
+            bundle=where,
+        )
+    fixed = [
+        (m, a) for m, a in zip(spec.shape[1:], actual.shape[1:]) if isinstance(m, int) and isinstance(a, int) and a > 0
+    ]
     if len(spec.shape) != len(actual.shape) or any(m != a for m, a in fixed):
         raise BundleError(f"manifest input shape {spec.shape} does not match the model's {actual.shape}", bundle=where)
     names = {o.name for o in info.outputs}

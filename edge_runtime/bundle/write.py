@@ -24,8 +24,14 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], *,
-                 signing_key: bytes | None = None, extra_files: dict[str, bytes] | None = None) -> Bundle:
+def write_bundle(
+    out_dir: str | os.PathLike[str],
+    model_bytes: bytes,
+    manifest: dict[str, Any],
+    *,
+    signing_key: bytes | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Bundle:
     """Write model and manifest (sha256 filled in) so that a reader never sees a half-written bundle."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -38,8 +44,11 @@ def write_bundle(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: 
     Manifest.model_validate(fields)  # refuse to write what the runtime would refuse to read
     if signing_key is not None:
         fields["signature"] = sign_manifest(fields, signing_key)
-    files = {MODEL: model_bytes, **(extra_files or {}),
-             MANIFEST: (json.dumps(fields, indent=2, sort_keys=False) + "\n").encode()}
+    files = {
+        MODEL: model_bytes,
+        **(extra_files or {}),
+        MANIFEST: (json.dumps(fields, indent=2, sort_keys=False) + "\n").encode(),
+    }
     for name, data in files.items():  # manifest last: it names the checksum of what is already there
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)

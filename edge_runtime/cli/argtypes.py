@@ -24,11 +24,14 @@ def positive_float(text: str) -> float:
 
 def positive_ints(example: str) -> Callable[[str], tuple[int, ...]]:
     """An argparse type for comma-separated positive integers (``example`` shows the form in errors)."""
+
     def parse(text: str) -> tuple[int, ...]:
         try:
             values = tuple(int(x) for x in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers like {example}, not {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers like {example}, not {text!r}"
+            ) from None
         if not values or min(values) < 1:
             raise argparse.ArgumentTypeError("every value must be at least 1")
         return values

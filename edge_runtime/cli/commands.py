@@ -14,8 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("config", type=Path)
     run.add_argument("--validate-config", action="store_true", help="check the config (and its bundles) and exit")
     run.add_argument("--duration", type=positive_float, help="stop after this many seconds")
-    run.add_argument("--workers", type=positive_int, default=1,
-                     help="worker processes sharing each route through MQTT v5 shared subscriptions")
+    run.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="worker processes sharing each route through MQTT v5 shared subscriptions",
+    )
     run.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
     run.add_argument("--stats-json", type=Path, help="write the final per-route statistics to this file")
     run.set_defaults(handler=_run)
@@ -54,8 +58,12 @@ def _run(args: argparse.Namespace) -> int:
         extra = ["--duration", str(args.duration)] if args.duration else []
         if args.stats_json:
             extra += ["--stats-json", str(args.stats_json)]
-        return run_workers(args.config, args.workers, extra_args=extra,
-                           global_args=["--log-level", args.log_level, "--log-format", args.log_format])
+        return run_workers(
+            args.config,
+            args.workers,
+            extra_args=extra,
+            global_args=["--log-level", args.log_level, "--log-format", args.log_format],
+        )
     stats_path = args.stats_json
     if args.worker_index is not None:
         config = as_worker(config, args.worker_index)
@@ -69,9 +77,12 @@ def _run(args: argparse.Namespace) -> int:
     stats = runtime.stats()
     routes = stats["routes"].values()
     logging.getLogger("edge_runtime").info(
-        "stopped: %d received, %d results, %d errors, %d dropped", sum(r["received"] for r in routes),
-        sum(r["results"] for r in routes), sum(sum(r["errors"].values()) for r in routes),
-        sum(sum(r["dropped"].values()) for r in routes))
+        "stopped: %d received, %d results, %d errors, %d dropped",
+        sum(r["received"] for r in routes),
+        sum(r["results"] for r in routes),
+        sum(sum(r["errors"].values()) for r in routes),
+        sum(sum(r["dropped"].values()) for r in routes),
+    )
     if stats_path:
         stats_path.write_text(json.dumps(stats, indent=1))
     return 0
@@ -92,5 +103,12 @@ def _status(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..devtools.demo import run_demo
 
-    return run_demo(duration=args.duration, devices=args.devices, rate=args.rate, workdir=args.workdir,
-                    broker_kind=args.broker, cameras=args.cameras, fps=args.fps)
+    return run_demo(
+        duration=args.duration,
+        devices=args.devices,
+        rate=args.rate,
+        workdir=args.workdir,
+        broker_kind=args.broker,
+        cameras=args.cameras,
+        fps=args.fps,
+    )

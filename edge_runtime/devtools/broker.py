@@ -85,15 +85,22 @@ class BrokerProcess:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "BrokerProcess":
+    def __enter__(self) -> BrokerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def start_broker(port: int | None = None, *, kind: str = "auto", workdir: Path | None = None,
-                 persistence: bool = False, extra_config: str = "", timeout: float = 10.0) -> BrokerProcess:
+def start_broker(
+    port: int | None = None,
+    *,
+    kind: str = "auto",
+    workdir: Path | None = None,
+    persistence: bool = False,
+    extra_config: str = "",
+    timeout: float = 10.0,
+) -> BrokerProcess:
     """Start a broker in the background on 127.0.0.1 and wait until it accepts connections."""
     port = port or free_port()
     if port_open(port):
@@ -103,7 +110,6 @@ def start_broker(port: int | None = None, *, kind: str = "auto", workdir: Path |
     mosquitto = find_mosquitto()
     if kind == "auto":
         kind = "mosquitto" if mosquitto else "amqtt"
-    log = open(workdir / f"{kind}.log", "ab")
     if kind == "mosquitto":
         if not mosquitto:
             raise BrokerError("mosquitto is not installed (Debian/Raspberry Pi OS: sudo apt-get install mosquitto)")
@@ -121,7 +127,8 @@ def start_broker(port: int | None = None, *, kind: str = "auto", workdir: Path |
         cmd = [sys.executable, "-m", "edge_runtime", "broker", "--port", str(port), "--kind", "amqtt"]
     else:
         raise BrokerError(f"unknown broker kind {kind!r}: use auto, mosquitto or amqtt")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(workdir / f"{kind}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     broker = BrokerProcess(process, port, kind, workdir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

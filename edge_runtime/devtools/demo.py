@@ -69,7 +69,9 @@ def build_demo_bundle(out: Path) -> Path:
 
         from converters import write_estimator_bundle
     except ImportError:
-        raise EdgeRuntimeError("building the demo model needs scikit-learn: pip install 'edge-runtime[convert]'") from None
+        raise EdgeRuntimeError(
+            "building the demo model needs scikit-learn: pip install 'edge-runtime[convert]'"
+        ) from None
     from devices.sensors import vibration_dataset
 
     X, y = vibration_dataset(4000, seed=0)
@@ -150,8 +152,16 @@ def _camera_support() -> bool:
     return True
 
 
-def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broker_kind: str = "auto",
-             cameras: int = 1, fps: float = 4.0) -> int:
+def run_demo(
+    *,
+    duration: float,
+    devices: int,
+    rate: float,
+    workdir: Path,
+    broker_kind: str = "auto",
+    cameras: int = 1,
+    fps: float = 4.0,
+) -> int:
     from devices.sensors import SensorFleet
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -171,12 +181,17 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
             text += CAMERA_CONFIG.format(bundle=DEFAULT_DETECTOR)
         config.write_text(text)
         print(f"broker: {broker.kind} on {broker.url}   model: {how} ({workdir / 'bundles' / 'vibration'})", flush=True)
-        log = open(workdir / "runtime.log", "wb")
-        runtime = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config)],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(workdir / "runtime.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            runtime = subprocess.Popen(
+                [sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         online = threading.Event()
-        watcher = connect_client(broker.url, on_message=lambda *_: online.set(),
-                                 subscriptions=[("edge-runtime/edge-demo/status", 1)])
+        watcher = connect_client(
+            broker.url, on_message=lambda *_: online.set(), subscriptions=[("edge-runtime/edge-demo/status", 1)]
+        )
         clients.append(watcher)
         if not online.wait(30) or runtime.poll() is not None:
             raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / 'runtime.log'}")
@@ -184,18 +199,27 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         publisher = connect_client(broker.url)
         clients.append(publisher)
         fleet = SensorFleet(publisher, devices=devices, rate=rate, record_sends=True)
+        assert fleet.send_times is not None  # record_sends=True
         monitor = _Monitor(fleet.send_times, fleet.truth)
-        clients.append(connect_client(broker.url, on_message=monitor.on_message,
-                                      subscriptions=[("results/+/vibration", 0), ("errors/#", 0), ("detections/+", 0)]))
+        clients.append(
+            connect_client(
+                broker.url,
+                on_message=monitor.on_message,
+                subscriptions=[("results/+/vibration", 0), ("errors/#", 0), ("detections/+", 0)],
+            )
+        )
         cams = None
         if cameras:
             from devices.cameras import CameraFleet
 
             cams = CameraFleet(publisher, cameras=cameras, fps=fps, width=320, height=240)
             threading.Thread(target=cams.run, args=(duration,), daemon=True).start()
-        print(f"runtime online; {devices} sensors at {rate:g} Hz each"
-              + (f", {cameras} camera(s) at {fps:g} fps" if cameras else "")
-              + f", for {duration:g}s (Ctrl-C to stop early)\n", flush=True)
+        print(
+            f"runtime online; {devices} sensors at {rate:g} Hz each"
+            + (f", {cameras} camera(s) at {fps:g} fps" if cameras else "")
+            + f", for {duration:g}s (Ctrl-C to stop early)\n",
+            flush=True,
+        )
         sender = threading.Thread(target=fleet.run, args=(duration,), daemon=True)
         start = time.monotonic()
         sender.start()
@@ -208,8 +232,10 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
                 if live or elapsed - last_print >= 5:
                     last_print = elapsed
                     p50, p99 = monitor.percentiles()
-                    line = (f"t={elapsed:5.1f}s  in {fleet.sent:6d}  out {monitor.results:6d}  err {monitor.errors:3d}"
-                            f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  last fault: {monitor.last or '-'}")
+                    line = (
+                        f"t={elapsed:5.1f}s  in {fleet.sent:6d}  out {monitor.results:6d}  err {monitor.errors:3d}"
+                        f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  last fault: {monitor.last or '-'}"
+                    )
                     if cams:
                         line += f"  | camera: {monitor.last_frame or '-'}"
                     print("\r" + line.ljust(140) if live else line, end="" if live else "\n", flush=True)
@@ -235,10 +261,15 @@ def run_demo(*, duration: float, devices: int, rate: float, workdir: Path, broke
         print(f"  dropped       {max(lost, 0)}")
         if monitor.duplicates:
             print(f"  duplicates    {monitor.duplicates}   (delivered twice by the broker; ignored)")
-        print(f"  latency       p50 {p50:.2f} ms   p99 {p99:.2f} ms   (sensor publish to result received, via {broker.kind})")
+        print(
+            f"  latency       p50 {p50:.2f} ms   p99 {p99:.2f} ms   (sensor publish to result received, "
+            f"via {broker.kind})"
+        )
         if cams:
-            print(f"  camera        {cams.sent} frames in, {monitor.frames} served, {monitor.objects} shapes found "
-                  f"(latest_only: stale frames are skipped, not served late)")
+            print(
+                f"  camera        {cams.sent} frames in, {monitor.frames} served, {monitor.objects} shapes found "
+                f"(latest_only: stale frames are skipped, not served late)"
+            )
         if code != 0:
             print(f"the runtime exited with status {code}; see {workdir / 'runtime.log'}", file=sys.stderr)
             return 1

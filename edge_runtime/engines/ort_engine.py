@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import onnxruntime as ort
 
@@ -32,9 +33,13 @@ class Engine:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(os.fspath(bundle.model_path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                os.fspath(bundle.model_path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
-            raise BundleError(f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", bundle=str(bundle.path)) from err
+            raise BundleError(
+                f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", bundle=str(bundle.path)
+            ) from err
         self.input_name = m.inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -15,8 +15,16 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-__all__ = ["PAHO_VERSION", "check", "socket_of", "replace_socket", "close_socket", "connection_lost",
-           "unsent_packets", "unacknowledged"]
+__all__ = [
+    "PAHO_VERSION",
+    "check",
+    "socket_of",
+    "replace_socket",
+    "close_socket",
+    "connection_lost",
+    "unsent_packets",
+    "unacknowledged",
+]
 
 PAHO_VERSION: str = paho.mqtt.__version__
 

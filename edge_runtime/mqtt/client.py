@@ -21,8 +21,15 @@ __all__ = ["connect_client"]
 _V311_ONLY: set[str] = set()
 
 
-def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_message=None,
-                   subscriptions: Iterable[tuple[str, int]] = (), protocol: str = "5") -> mqtt.Client:
+def connect_client(
+    url: str,
+    *,
+    client_id: str = "",
+    timeout: float = 10.0,
+    on_message=None,
+    subscriptions: Iterable[tuple[str, int]] = (),
+    protocol: str = "5",
+) -> mqtt.Client:
     """A plain paho client on its own network thread, connected (and subscribed) before it returns.
 
     For simulators, the demo's monitor and tests: the runtime itself uses ``Link``. Speaks MQTT v5,
@@ -32,12 +39,14 @@ def connect_client(url: str, *, client_id: str = "", timeout: float = 10.0, on_m
     client_id = client_id or f"edge-client-{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout
     v311_only = url in _V311_ONLY or protocol == "3.1.1"
-    protocols = (MQTTProtocolVersion.MQTTv311,) if v311_only else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
-    for protocol in protocols:
-        wait = min(V5_PROBE_S, timeout) if protocol == MQTTProtocolVersion.MQTTv5 else deadline - time.monotonic()
-        client = _try_client(url, client_id, protocol, max(wait, 0.1), on_message, list(subscriptions))
+    protocols = (
+        (MQTTProtocolVersion.MQTTv311,) if v311_only else (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311)
+    )
+    for version in protocols:
+        wait = min(V5_PROBE_S, timeout) if version == MQTTProtocolVersion.MQTTv5 else deadline - time.monotonic()
+        client = _try_client(url, client_id, version, max(wait, 0.1), on_message, list(subscriptions))
         if client is not None:
-            if protocol == MQTTProtocolVersion.MQTTv311:
+            if version == MQTTProtocolVersion.MQTTv311:
                 _V311_ONLY.add(url)  # later clients of this process skip the v5 probe
             return client
     raise BrokerError(f"no CONNACK/SUBACK from {url} within {timeout:g}s")

@@ -8,6 +8,7 @@ fight over the GIL, and no inference inside paho's callbacks stalling keep-alive
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import select
@@ -89,10 +90,8 @@ class _BufferedSocket:
         return bool(self._out)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.flush()
-        except OSError:
-            pass
         self._sock.close()
 
     def __getattr__(self, name):  # fileno, setsockopt, getpeername, ... of the real socket
@@ -113,10 +112,8 @@ def set_nodelay(client: mqtt.Client) -> None:
     """Turn Nagle's algorithm off: paho leaves it on, which costs ~40 ms stalls on small packets."""
     sock = client.socket()
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # not TCP (a unix socket): nothing to do
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not TCP (a unix socket): nothing to do
-            pass
 
 
 class Link:
@@ -202,15 +199,20 @@ class Link:
             v5 = self.protocol == MQTTProtocolVersion.MQTTv5
             attempt_end = min(deadline, time.monotonic() + (V5_PROBE_S if v5 else timeout))
             # Wait for the SUBACK too: whatever is published after connect() returns reaches us.
-            while not (self.connected and self.subscribed) and self.client.socket() is not None \
-                    and time.monotonic() < attempt_end:
+            while (
+                not (self.connected and self.subscribed)
+                and self.client.socket() is not None
+                and time.monotonic() < attempt_end
+            ):
                 self.poll(min(0.1, max(0.0, attempt_end - time.monotonic())), reconnect=False)
             if self.connected and self.subscribed:
                 return
             silent = not self.connected and self._refused is None and self.client.socket() is not None
             if v5 and (self._refused == "v5" or silent):
-                log.warning("broker %s does not answer MQTT v5; using v3.1.1 (no response topics, no shared "
-                            "subscriptions)", self.broker.url)
+                log.warning(
+                    "broker %s does not answer MQTT v5; using v3.1.1 (no response topics, no shared subscriptions)",
+                    self.broker.url,
+                )
                 _paho.close_socket(self.client)
                 self.protocol = MQTTProtocolVersion.MQTTv311
                 self._refused = None
@@ -233,7 +235,9 @@ class Link:
             self.broker.host,
             self.broker.port,
             keepalive=self.broker.keepalive_s,
-            clean_start=not self.persistent if self.protocol == MQTTProtocolVersion.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=not self.persistent
+            if self.protocol == MQTTProtocolVersion.MQTTv5
+            else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
         set_nodelay(self.client)
@@ -246,8 +250,12 @@ class Link:
         self.connected = True
         self._backoff = 0.5
         if self.reconnects or self._backlog:
-            log.info("connected to %s (session %s, %d results waiting)", self.broker.url,
-                     "resumed" if flags.session_present else "new", len(self._backlog))
+            log.info(
+                "connected to %s (session %s, %d results waiting)",
+                self.broker.url,
+                "resumed" if flags.session_present else "new",
+                len(self._backlog),
+            )
         if self.subscriptions and not flags.session_present:
             self.subscribed = False
             client.subscribe(self.subscriptions)
@@ -305,7 +313,7 @@ class Link:
             readable = True
         else:
             try:
-                r, w, _ = select.select([sock], [sock] if want_write else [], [], timeout)
+                r, _w, _ = select.select([sock], [sock] if want_write else [], [], timeout)
             except (OSError, ValueError):
                 r = []
             readable = bool(r)
@@ -336,8 +344,9 @@ class Link:
 
     # -- traffic ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False,
-                properties: Properties | None = None) -> bool:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False, properties: Properties | None = None
+    ) -> bool:
         """Send, or hold while the broker is away. False when the message had to be dropped (and counted)."""
         if not self.connected:
             if len(self._backlog) >= self.broker.max_outgoing:

@@ -30,8 +30,7 @@ class Histogram:
         self.counts[bisect.bisect_left(_BOUNDS, ms)] += 1
         self.total += 1
         self.sum += ms
-        if ms > self.max:
-            self.max = ms
+        self.max = max(self.max, ms)
 
     def percentile(self, q: float) -> float:
         """The upper bound of the bucket holding the q-th percentile (within one bucket of the truth)."""
@@ -45,7 +44,7 @@ class Histogram:
                 return min(_BOUNDS[i] if i < len(_BOUNDS) else self.max, self.max)
         return self.max
 
-    def merge(self, other: "Histogram") -> "Histogram":
+    def merge(self, other: Histogram) -> Histogram:
         out = Histogram()
         out.counts = [a + b for a, b in zip(self.counts, other.counts)]
         out.total, out.sum, out.max = self.total + other.total, self.sum + other.sum, max(self.max, other.max)
@@ -65,15 +64,15 @@ class Histogram:
 class RouteStats:
     received: int = 0
     results: int = 0
-    errors: Counter = field(default_factory=Counter)
-    dropped: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
     batches: int = 0
-    batch_sizes: Counter = field(default_factory=Counter)  # rows per batch -> how many batches had that many
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # rows per batch -> how many batches had that many
     latency: Histogram = field(default_factory=Histogram)  # arrival to result handed to the broker
     # Where the time goes, per input: waiting in the queue, then per batch: decode, inference, encode+publish.
     stages: dict[str, Histogram] = field(default_factory=lambda: {s: Histogram() for s in STAGES})
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "received": self.received,
             "results": self.results,
@@ -125,14 +124,30 @@ class RuntimeSnapshot:
     def as_dict(self) -> dict[str, Any]:
         """What the metrics topic publishes and ``run --stats-json`` writes. Histogram-derived percentiles are
         the upper bound of their bucket (within one bucket of the truth)."""
-        routes = {r.name: {"model": r.model, **r.stats.as_dict(),
-                           "queue": {"depth": r.queue_depth, "high_water": r.queue_high_water, "max": r.queue_max}}
-                  for r in self.routes}
+        routes = {
+            r.name: {
+                "model": r.model,
+                **r.stats.as_dict(),
+                "queue": {"depth": r.queue_depth, "high_water": r.queue_high_water, "max": r.queue_max},
+            }
+            for r in self.routes
+        }
         infer = self.model_infer()
-        models = {name: {"version": version, "batches": infer[name].total if name in infer else 0,
-                         "rows": sum(r.stats.results for r in self.routes if r.model == name),
-                         "infer": (infer.get(name) or Histogram()).summary()}
-                  for name, version in self.models.items()}
+        models = {
+            name: {
+                "version": version,
+                "batches": infer[name].total if name in infer else 0,
+                "rows": sum(r.stats.results for r in self.routes if r.model == name),
+                "infer": (infer.get(name) or Histogram()).summary(),
+            }
+            for name, version in self.models.items()
+        }
         link = {"connected": self.connected, "pending_out": self.pending_out, **self.link}
-        return {"runtime": self.runtime, "version": self.version, "uptime_s": round(self.uptime_s, 3),
-                "routes": routes, "models": models, "link": link}
+        return {
+            "runtime": self.runtime,
+            "version": self.version,
+            "uptime_s": round(self.uptime_s, 3),
+            "routes": routes,
+            "models": models,
+            "link": link,
+        }

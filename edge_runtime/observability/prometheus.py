@@ -19,7 +19,8 @@ _SECONDS = [b / 1000 for b in Histogram.bounds]
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:
-    out, seen = [], 0
+    out: list[tuple[str, float]] = []
+    seen = 0
     for bound, count in zip(_SECONDS, h.counts):
         seen += count
         out.append((repr(bound), seen))
@@ -40,14 +41,21 @@ class RuntimeCollector:
         received = CounterMetricFamily("edge_runtime_messages_received", "Inputs received per route.", labels=["route"])
         results = CounterMetricFamily("edge_runtime_results", "Results published per route.", labels=["route"])
         batches = CounterMetricFamily("edge_runtime_batches", "Batches served per route.", labels=["route"])
-        errors = CounterMetricFamily("edge_runtime_errors", "Inputs answered with an error, by code.", labels=["route", "code"])
-        dropped = CounterMetricFamily("edge_runtime_dropped", "Inputs given up under overload, by reason.",
-                                      labels=["route", "reason"])
+        errors = CounterMetricFamily(
+            "edge_runtime_errors", "Inputs answered with an error, by code.", labels=["route", "code"]
+        )
+        dropped = CounterMetricFamily(
+            "edge_runtime_dropped", "Inputs given up under overload, by reason.", labels=["route", "reason"]
+        )
         depth = GaugeMetricFamily("edge_runtime_queue_depth", "Inputs waiting to be batched.", labels=["route"])
-        latency = HistogramMetricFamily("edge_runtime_latency_seconds", "Arrival to result handed to the broker.",
-                                        labels=["route"])
-        stages = HistogramMetricFamily("edge_runtime_stage_seconds", "Time per stage: queue wait per input; decode, "
-                                       "inference and encode+publish per batch.", labels=["route", "stage"])
+        latency = HistogramMetricFamily(
+            "edge_runtime_latency_seconds", "Arrival to result handed to the broker.", labels=["route"]
+        )
+        stages = HistogramMetricFamily(
+            "edge_runtime_stage_seconds",
+            "Time per stage: queue wait per input; decode, inference and encode+publish per batch.",
+            labels=["route", "stage"],
+        )
         for r in snap.routes:
             s, name = r.stats, r.name
             received.add_metric([name], s.received)
@@ -62,17 +70,39 @@ class RuntimeCollector:
             for stage in STAGES:
                 h = s.stages[stage]
                 stages.add_metric([name, stage], _buckets(h), h.sum / 1000)
-        info = GaugeMetricFamily("edge_runtime_model_info", "The model version each model name serves (always 1).",
-                                 labels=["model", "version"])
+        info = GaugeMetricFamily(
+            "edge_runtime_model_info",
+            "The model version each model name serves (always 1).",
+            labels=["model", "version"],
+        )
         for model, version in snap.models.items():
             info.add_metric([model, version], 1)
         link = snap.link
-        reconnects = CounterMetricFamily("edge_runtime_reconnects", "Reconnections to the broker.", value=link.get("reconnects", 0))
-        lost = CounterMetricFamily("edge_runtime_outgoing_dropped", "Results dropped because the outgoing queue "
-                                   "was full while the broker was away.", value=link.get("outgoing_dropped", 0))
-        connected = GaugeMetricFamily("edge_runtime_connected", "1 while connected to the broker.",
-                                      value=1 if snap.connected else 0)
-        yield from (received, results, batches, errors, dropped, depth, latency, stages, info, reconnects, lost, connected)
+        reconnects = CounterMetricFamily(
+            "edge_runtime_reconnects", "Reconnections to the broker.", value=link.get("reconnects", 0)
+        )
+        lost = CounterMetricFamily(
+            "edge_runtime_outgoing_dropped",
+            "Results dropped because the outgoing queue was full while the broker was away.",
+            value=link.get("outgoing_dropped", 0),
+        )
+        connected = GaugeMetricFamily(
+            "edge_runtime_connected", "1 while connected to the broker.", value=1 if snap.connected else 0
+        )
+        yield from (
+            received,
+            results,
+            batches,
+            errors,
+            dropped,
+            depth,
+            latency,
+            stages,
+            info,
+            reconnects,
+            lost,
+            connected,
+        )
 
 
 def serve_prometheus(snapshot: Callable[[], RuntimeSnapshot], host: str, port: int) -> Any:
@@ -80,13 +110,16 @@ def serve_prometheus(snapshot: Callable[[], RuntimeSnapshot], host: str, port: i
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
-        raise ConfigError("prometheus_port is set but prometheus-client is not installed: "
-                          "pip install 'edge-runtime[prometheus]'", key="metrics.prometheus_port") from None
+        raise ConfigError(
+            "prometheus_port is set but prometheus-client is not installed: pip install 'edge-runtime[prometheus]'",
+            key="metrics.prometheus_port",
+        ) from None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(snapshot))
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as err:
-        raise ConfigError(f"cannot serve Prometheus metrics on {host}:{port}: {err.strerror}",
-                          key="metrics.prometheus_port") from err
+        raise ConfigError(
+            f"cannot serve Prometheus metrics on {host}:{port}: {err.strerror}", key="metrics.prometheus_port"
+        ) from err
     return server

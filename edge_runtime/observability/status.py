@@ -45,7 +45,7 @@ class StatusBoard:
                 self._rates(name, self.metrics.get(name), body)
                 self.metrics[name] = body
 
-    def _rates(self, name: str, old: dict | None, new: dict) -> None:
+    def _rates(self, name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         if not old:
             return
         dt = new.get("uptime_s", 0) - old.get("uptime_s", 0)
@@ -53,8 +53,10 @@ class StatusBoard:
             return
         for route, r in new.get("routes", {}).items():
             before = old.get("routes", {}).get(route, {})
-            self.rates[(name, route)] = ((r["received"] - before.get("received", 0)) / dt,
-                                         (r["results"] - before.get("results", 0)) / dt)
+            self.rates[(name, route)] = (
+                (r["received"] - before.get("received", 0)) / dt,
+                (r["results"] - before.get("results", 0)) / dt,
+            )
 
     def rows(self) -> list[tuple[str, ...]]:
         with self.lock:
@@ -68,10 +70,20 @@ class StatusBoard:
                     out.append((name, state) + ("-",) * (len(_COLUMNS) - 2))
                 for route, r in sorted(routes.items()):
                     rin, rout = self.rates.get((name, route), (None, None))
-                    out.append((name, state, route, r.get("model", "?"),
-                                "-" if rin is None else f"{rin:.1f}", "-" if rout is None else f"{rout:.1f}",
-                                f"{r['latency']['p99_ms']:g}", str(sum(r["errors"].values())),
-                                str(sum(r["dropped"].values())), str(r.get("queue", {}).get("depth", 0))))
+                    out.append(
+                        (
+                            name,
+                            state,
+                            route,
+                            r.get("model", "?"),
+                            "-" if rin is None else f"{rin:.1f}",
+                            "-" if rout is None else f"{rout:.1f}",
+                            f"{r['latency']['p99_ms']:g}",
+                            str(sum(r["errors"].values())),
+                            str(sum(r["dropped"].values())),
+                            str(r.get("queue", {}).get("depth", 0)),
+                        )
+                    )
             return out
 
     def render(self) -> str:
@@ -88,8 +100,11 @@ def watch_status(url: str, *, duration: float | None = None, refresh: float = 1.
     from ..mqtt.client import connect_client
 
     board = StatusBoard()
-    client = connect_client(url, on_message=lambda _c, _u, m: board.update(m.topic, m.payload),
-                            subscriptions=[("edge-runtime/+/status", 1), ("edge-runtime/+/metrics", 0)])
+    client = connect_client(
+        url,
+        on_message=lambda _c, _u, m: board.update(m.topic, m.payload),
+        subscriptions=[("edge-runtime/+/status", 1), ("edge-runtime/+/metrics", 0)],
+    )
     live = out.isatty()
     end = None if duration is None else time.monotonic() + duration
     try:

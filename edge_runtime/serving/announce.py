@@ -25,8 +25,9 @@ Publish = Callable[[str, bytes, int, bool], object]  # (topic, payload, qos, ret
 
 
 class Announcer:
-    def __init__(self, *, client_id: str, version: str, device: str, publish: Publish,
-                 discovery_prefix: str | None = None):
+    def __init__(
+        self, *, client_id: str, version: str, device: str, publish: Publish, discovery_prefix: str | None = None
+    ):
         self.client_id, self.version, self.device = client_id, version, device
         self.status_topic = f"edge-runtime/{client_id}/status"
         self._publish = publish
@@ -48,7 +49,8 @@ class Announcer:
         if self._prefix is None or topic in self._announced or len(self._announced) >= _MAX_ANNOUNCED:
             return
         self._announced.add(topic)
-        message = discovery_message(prefix=self._prefix, node=self.client_id, result_topic=topic, task=task,
-                                    model=model, version=version)
+        message = discovery_message(
+            prefix=self._prefix, node=self.client_id, result_topic=topic, task=task, model=model, version=version
+        )
         if message is not None:
             self._publish(message[0], encode(message[1]), 1, True)

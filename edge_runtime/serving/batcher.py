@@ -16,7 +16,8 @@ is not served late.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 __all__ = ["Batcher", "Pending", "OVERFLOW_POLICIES"]
 
@@ -35,8 +36,15 @@ class Pending(Generic[T]):
 
 
 class Batcher(Generic[T]):
-    def __init__(self, *, max_batch: int, max_delay: float, max_queue: int, overflow: str = "drop_oldest",
-                 deadline: float | None = None):
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
+        overflow: str = "drop_oldest",
+        deadline: float | None = None,
+    ):
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
         if max_batch < 1 or max_queue < 1 or max_delay < 0 or (deadline is not None and deadline <= 0):
@@ -65,8 +73,7 @@ class Batcher(Generic[T]):
         p = Pending(item, now, key)
         self._queue.append(p)
         self._live += 1
-        if self._live > self.high_water:
-            self.high_water = self._live
+        self.high_water = max(self.high_water, self._live)
         if self.overflow == "latest_only":
             self._latest[key] = p
         return given_up

@@ -23,5 +23,5 @@ def parse_control(payload: bytes, request: Callable[[str | None], list[str]]) ->
     except (orjson.JSONDecodeError, KeyError, TypeError):
         names = []
     if not names:
-        log.warning("control message ignored (expected {\"reload\": \"<model>\"} or \"*\"): %r", payload[:200])
+        log.warning('control message ignored (expected {"reload": "<model>"} or "*"): %r', payload[:200])
     return names

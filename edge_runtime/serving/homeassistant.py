@@ -13,17 +13,22 @@ from typing import Any
 __all__ = ["discovery_message"]
 
 # What Home Assistant shows as the sensor's state, per task; the whole result is in the attributes.
-_STATE = {"classifier": "{{ value_json.label }}", "image_classifier": "{{ value_json.label }}",
-          "regressor": "{{ value_json.value }}", "anomaly": "{{ value_json.anomaly }}",
-          "detector": "{{ value_json.detections | count }}"}
+_STATE = {
+    "classifier": "{{ value_json.label }}",
+    "image_classifier": "{{ value_json.label }}",
+    "regressor": "{{ value_json.value }}",
+    "anomaly": "{{ value_json.anomaly }}",
+    "detector": "{{ value_json.detections | count }}",
+}
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]+", "_", text).strip("_")[:120] or "x"
 
 
-def discovery_message(*, prefix: str, node: str, result_topic: str, task: str, model: str,
-                      version: str) -> tuple[str, dict[str, Any]] | None:
+def discovery_message(
+    *, prefix: str, node: str, result_topic: str, task: str, model: str, version: str
+) -> tuple[str, dict[str, Any]] | None:
     """(config topic, payload) announcing ``result_topic``; None for tasks with no single state to show."""
     template = _STATE.get(task)
     if template is None:
@@ -39,7 +44,12 @@ def discovery_message(*, prefix: str, node: str, result_topic: str, task: str, m
         "availability_template": "{{ value_json.state }}",
         "payload_available": "online",
         "payload_not_available": "offline",
-        "device": {"identifiers": [f"edge-runtime-{_slug(node)}"], "name": f"edge-runtime {node}",
-                   "manufacturer": "edge-runtime", "model": model, "sw_version": version},
+        "device": {
+            "identifiers": [f"edge-runtime-{_slug(node)}"],
+            "name": f"edge-runtime {node}",
+            "manufacturer": "edge-runtime",
+            "model": model,
+            "sw_version": version,
+        },
     }
     return f"{prefix}/sensor/{_slug(node)}/{object_id}/config", payload

@@ -13,9 +13,9 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..bundle import MANIFEST
 from ..engines import Engine
@@ -50,7 +50,9 @@ def fingerprint(bundle: Path) -> tuple[str, str] | None:
 class Reloader:
     """Watches bundle directories; loads what changed (or what is asked for) on its own thread."""
 
-    def __init__(self, bundles: dict[str, Path], load: Callable[[str], Engine], *, watched: set[str], poll_s: float = 2.0):
+    def __init__(
+        self, bundles: dict[str, Path], load: Callable[[str], Engine], *, watched: set[str], poll_s: float = 2.0
+    ):
         self._bundles = bundles
         self._watched = watched
         self._load = load
@@ -100,7 +102,7 @@ class Reloader:
         except EdgeRuntimeError as err:
             log.error("reload of model %s refused, the old one keeps serving: %s", name, err)
             return Outcome(name, None, str(err))
-        except Exception as err:  # noqa: BLE001 - whatever a bad bundle does, the old model keeps serving
+        except Exception as err:
             log.exception("reload of model %s failed", name)
             return Outcome(name, None, f"{type(err).__name__}: {err}")
         return Outcome(name, engine)

@@ -68,10 +68,15 @@ def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
     if m.signing_key_env:
         value = os.environ.get(m.signing_key_env)
         if not value:
-            raise ConfigError(f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env")
+            raise ConfigError(
+                f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
+            )
         key = value.encode()
-    engine = Engine(load_bundle(m.bundle, signing_key=key), threads=m.threads or profile.ort.intra_op_threads,
-                    spinning=profile.ort.allow_spinning)
+    engine = Engine(
+        load_bundle(m.bundle, signing_key=key),
+        threads=m.threads or profile.ort.intra_op_threads,
+        spinning=profile.ort.allow_spinning,
+    )
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
     return engine
@@ -96,29 +101,42 @@ class Runtime:
             snapshots = None
             if rc.snapshot is not None:
                 if not hasattr(engine.task, "annotate"):
-                    raise ConfigError(f"snapshot needs an image model; {rc.model!r} is a {engine.task.name}",
-                                      key=f"routes[{i}].snapshot")
-                snapshots = Snapshots(TopicTemplate(rc.snapshot, wildcards=flt.wildcards), flt,
-                                      lambda topic, jpeg: self.link.publish(topic, jpeg, 0))
-            self.routes.append(Route(
-                config=rc,
-                engine=engine,
-                filter=flt,
-                publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
-                errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
-                decoder=_decoder(engine, rc),
-                snapshots=snapshots,
-                batcher=Batcher(max_batch=rc.max_batch, max_delay=rc.max_delay_ms / 1000, max_queue=rc.max_queue,
-                                overflow=rc.overflow,
-                                deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000),
-            ))
+                    raise ConfigError(
+                        f"snapshot needs an image model; {rc.model!r} is a {engine.task.name}",
+                        key=f"routes[{i}].snapshot",
+                    )
+                snapshots = Snapshots(
+                    TopicTemplate(rc.snapshot, wildcards=flt.wildcards),
+                    flt,
+                    lambda topic, jpeg: self.link.publish(topic, jpeg, 0),
+                )
+            self.routes.append(
+                Route(
+                    config=rc,
+                    engine=engine,
+                    filter=flt,
+                    publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
+                    errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
+                    decoder=_decoder(engine, rc),
+                    snapshots=snapshots,
+                    batcher=Batcher(
+                        max_batch=rc.max_batch,
+                        max_delay=rc.max_delay_ms / 1000,
+                        max_queue=rc.max_queue,
+                        overflow=rc.overflow,
+                        deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
+                    ),
+                )
+            )
         self._route_cache: dict[str, list[Route]] = {}
         self._started = time.monotonic()
         self._closing = False
         self._stop = threading.Event()
         client_id = config.broker.client_id
         self.announcer = Announcer(
-            client_id=client_id, version=__version__, device=self.profile.name,
+            client_id=client_id,
+            version=__version__,
+            device=self.profile.name,
             publish=lambda topic, payload, qos, retain: self.link.publish(topic, payload, qos, retain=retain),
             discovery_prefix=config.homeassistant.prefix if config.homeassistant.discovery else None,
         )
@@ -128,9 +146,11 @@ class Runtime:
         self._metrics_every = config.metrics.interval_s or None
         self._metrics_due = float("inf")
         self._prometheus: Any = None
-        self.reloader = Reloader({m.name: m.bundle for m in config.models},
-                                 lambda name: _load_engine(config, name, self.profile),
-                                 watched={m.name for m in config.models if m.watch})
+        self.reloader = Reloader(
+            {m.name: m.bundle for m in config.models},
+            lambda name: _load_engine(config, name, self.profile),
+            watched={m.name for m in config.models if m.watch},
+        )
         self.link = Link(
             config.broker,
             on_message=self._accept,
@@ -150,8 +170,9 @@ class Runtime:
         if self.config.metrics.prometheus_port:
             from ..observability.prometheus import serve_prometheus
 
-            self._prometheus = serve_prometheus(self.snapshot, self.config.metrics.prometheus_host,
-                                                self.config.metrics.prometheus_port)
+            self._prometheus = serve_prometheus(
+                self.snapshot, self.config.metrics.prometheus_host, self.config.metrics.prometheus_port
+            )
 
     def stop(self) -> None:
         """Ask the loop to finish: batches in hand are served and their results published first."""
@@ -215,8 +236,12 @@ class Runtime:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
         name, engine = outcome.model, outcome.engine
         if engine is None:
-            self.announcer.last_reload = {"model": name, "ok": False, "reason": outcome.reason,
-                                          "serving": self.engines[name].manifest.version}
+            self.announcer.last_reload = {
+                "model": name,
+                "ok": False,
+                "reason": outcome.reason,
+                "serving": self.engines[name].manifest.version,
+            }
         else:
             self.engines[name] = engine
             for route in self.routes:
@@ -234,14 +259,27 @@ class Runtime:
 
     def snapshot(self) -> RuntimeSnapshot:
         """Everything counted so far: per route, per model, and the link's counters (see observability)."""
-        routes = [RouteSnapshot(name=r.name, model=r.config.model, stats=r.stats, queue_depth=len(r.batcher),
-                                queue_high_water=r.batcher.high_water, queue_max=r.config.max_queue)
-                  for r in self.routes]
-        return RuntimeSnapshot(runtime=self.config.broker.client_id, version=__version__,
-                               uptime_s=time.monotonic() - self._started, routes=routes,
-                               models={n: e.manifest.version for n, e in self.engines.items()},
-                               connected=self.link.connected, pending_out=self.link.pending_out(),
-                               link=dict(self.link.counters))
+        routes = [
+            RouteSnapshot(
+                name=r.name,
+                model=r.config.model,
+                stats=r.stats,
+                queue_depth=len(r.batcher),
+                queue_high_water=r.batcher.high_water,
+                queue_max=r.config.max_queue,
+            )
+            for r in self.routes
+        ]
+        return RuntimeSnapshot(
+            runtime=self.config.broker.client_id,
+            version=__version__,
+            uptime_s=time.monotonic() - self._started,
+            routes=routes,
+            models={n: e.manifest.version for n, e in self.engines.items()},
+            connected=self.link.connected,
+            pending_out=self.link.pending_out(),
+            link=dict(self.link.counters),
+        )
 
     def stats(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data: what the metrics topic publishes and ``run --stats-json`` writes."""
@@ -313,7 +351,9 @@ class Runtime:
         except Exception as err:  # one bad batch must not stop the runtime
             log.exception("inference failed on route %s", route.name)
             for p, msg_id, _ in accepted:
-                self._publish_error(route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id))
+                self._publish_error(
+                    route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id)
+                )
             return
         t2 = time.monotonic()
         m = engine.manifest
@@ -361,8 +401,15 @@ class Runtime:
     def _publish_error(self, route: Route, msg: Message, err: PayloadError) -> None:
         route.stats.errors[err.code] += 1
         # One line per refused input, with what an operator needs to find it; overload is counted, not logged.
-        log.log(logging.DEBUG if err.code == "overloaded" else logging.WARNING, "route %s: input %r from %s refused: %s",
-                route.name, err.id, msg.topic, err, extra={"route": route.name, "id": err.id, "code": err.code, "topic": msg.topic})
+        log.log(
+            logging.DEBUG if err.code == "overloaded" else logging.WARNING,
+            "route %s: input %r from %s refused: %s",
+            route.name,
+            err.id,
+            msg.topic,
+            err,
+            extra={"route": route.name, "id": err.id, "code": err.code, "topic": msg.topic},
+        )
         topic, props = self._reply_target(route, route.errors, msg)
         body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": msg.topic}
         self.link.publish(topic, encode(body), route.config.qos, properties=props)

@@ -17,8 +17,13 @@ class Snapshots:
     def __init__(self, template: TopicTemplate, topic_filter: TopicFilter, publish: Callable[[str, bytes], object]):
         self.template, self.filter, self._publish = template, topic_filter, publish
 
-    def publish(self, annotate: Callable[[bytes, dict[str, Any]], bytes | None], topic: str, payload: bytes,
-                result: dict[str, Any]) -> None:
+    def publish(
+        self,
+        annotate: Callable[[bytes, dict[str, Any]], bytes | None],
+        topic: str,
+        payload: bytes,
+        result: dict[str, Any],
+    ) -> None:
         try:
             jpeg = annotate(payload, result)
         except PayloadError:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import Config
@@ -26,24 +27,37 @@ def as_worker(config: Config, index: int) -> Config:
     """The config one worker runs: its own client id, routes in the shared group, one ORT thread."""
     broker = config.broker.model_copy(update={"client_id": f"{config.broker.client_id}-w{index}"})
     routes = [
-        r if r.subscribe.startswith("$share/") else
-        r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"})
+        r
+        if r.subscribe.startswith("$share/")
+        else r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"})
         for r in config.routes
     ]
     models = [m.model_copy(update={"threads": 1}) for m in config.models]
     return config.model_copy(update={"broker": broker, "routes": routes, "models": models})
 
 
-def run_workers(config_path: Path, workers: int, *, extra_args: list[str], global_args: list[str] = ()) -> int:
+def run_workers(config_path: Path, workers: int, *, extra_args: list[str], global_args: Sequence[str] = ()) -> int:
     """Start the workers, forward SIGINT/SIGTERM, restart a worker that dies, and wait for all to stop."""
-    def spawn(i: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "edge_runtime", *global_args, "run", str(config_path),
-                                 "--worker-index", str(i), *extra_args])
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime",
+                *global_args,
+                "run",
+                str(config_path),
+                "--worker-index",
+                str(i),
+                *extra_args,
+            ]
+        )
 
     procs = {i: spawn(i) for i in range(1, workers + 1)}
     stopping = False
 
-    def stop(*_):
+    def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
         for p in procs.values():

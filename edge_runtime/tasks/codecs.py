@@ -39,42 +39,48 @@ class RowDecoder:
     def decode(self, payload: bytes) -> tuple[Any, np.ndarray]:
         """Return ``(id, row)``; the id is None when the payload carries none."""
         if len(payload) > self.max_bytes:
-            raise PayloadError("too_large", f"payload is {len(payload)} bytes; this route accepts at most {self.max_bytes}")
+            raise PayloadError(
+                "too_large", f"payload is {len(payload)} bytes; this route accepts at most {self.max_bytes}"
+            )
         if not payload:
-            raise PayloadError("empty", "payload is empty; send JSON {\"id\": ..., \"values\": [...]} or .npy bytes")
+            raise PayloadError("empty", 'payload is empty; send JSON {"id": ..., "values": [...]} or .npy bytes')
         if payload.startswith(NPY_MAGIC):
             return None, self._check(self._npy(payload), None)
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as err:
-            raise PayloadError("bad_json", f"not valid JSON ({err}); send {{\"id\": ..., \"values\": [...]}}") from None
+            raise PayloadError("bad_json", f'not valid JSON ({err}); send {{"id": ..., "values": [...]}}') from None
         msg_id = None
         if isinstance(doc, dict):
             msg_id = doc.get("id")
             if "values" not in doc:
-                raise PayloadError("no_values", "JSON object has no \"values\" key", id=msg_id)
+                raise PayloadError("no_values", 'JSON object has no "values" key', id=msg_id)
             values = doc["values"]
         elif isinstance(doc, list):
             values = doc
         else:
-            raise PayloadError("bad_json", "expected a JSON object {\"id\": ..., \"values\": [...]} or a list", id=msg_id)
+            raise PayloadError("bad_json", 'expected a JSON object {"id": ..., "values": [...]} or a list', id=msg_id)
         try:
             with np.errstate(over="ignore"):  # 1e300 becomes inf in float32, and is refused as not finite below
                 row = np.asarray(values, dtype=self.dtype)
         except (ValueError, TypeError, OverflowError) as err:
             reason = "ragged or non-numeric values" if self.dtype.kind in "fiucb" else str(err)
-            raise PayloadError("bad_values", f"{reason}: expected numbers of shape {self._shape_text}", id=msg_id) from None
+            raise PayloadError(
+                "bad_values", f"{reason}: expected numbers of shape {self._shape_text}", id=msg_id
+            ) from None
         return msg_id, self._check(row, msg_id)
 
     def _npy(self, payload: bytes) -> np.ndarray:
         try:
             arr = np.load(io.BytesIO(payload), allow_pickle=False)
-        except Exception as err:  # numpy raises ValueError, EOFError, OSError...: all mean a bad file
+        except Exception as err:  # noqa: BLE001 - numpy raises ValueError, EOFError, OSError...: all mean a bad file
             raise PayloadError("bad_npy", f"not a readable .npy array: {err}") from None
         if arr.dtype.kind not in "biuf":
             raise PayloadError("bad_dtype", f".npy dtype {arr.dtype} is not numeric")
         try:
-            return arr.astype(self.dtype, copy=False, casting="same_kind" if self.dtype.kind == "f" else "safe")
+            casting = "same_kind" if self.dtype.kind == "f" else "safe"
+            row: np.ndarray = arr.astype(self.dtype, copy=False, casting=casting)
+            return row
         except TypeError:
             raise PayloadError("bad_dtype", f".npy dtype {arr.dtype} cannot be safely cast to {self.dtype}") from None
 
@@ -83,7 +89,9 @@ class RowDecoder:
         if row.ndim == len(shape) + 1 and row.shape[0] == 1:
             row = row[0]  # a batch of one, sent with its batch axis
         if row.ndim != len(shape) or any(d is not None and d != n for d, n in zip(shape, row.shape)):
-            raise PayloadError("bad_shape", f"got shape {tuple(row.shape)}, the model takes {self._shape_text}", id=msg_id)
+            raise PayloadError(
+                "bad_shape", f"got shape {tuple(row.shape)}, the model takes {self._shape_text}", id=msg_id
+            )
         if self._check_finite and not np.isfinite(row).all():
             raise PayloadError("not_finite", "values contain NaN or Inf, which this model does not accept", id=msg_id)
         return row

@@ -19,14 +19,24 @@ class _TensorDecoder:
     __slots__ = ("_decode",)
 
     def __init__(self, manifest: Manifest, max_bytes: int):
-        self._decode = RowDecoder(shape=manifest.row_shape(), dtype=manifest.inputs[0].dtype,
-                                  allow_non_finite=manifest.allow_non_finite, max_bytes=max_bytes).decode
+        self._decode = RowDecoder(
+            shape=manifest.row_shape(),
+            dtype=manifest.inputs[0].dtype,
+            allow_non_finite=manifest.allow_non_finite,
+            max_bytes=max_bytes,
+        ).decode
 
     def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, None]:
         msg_id, row = self._decode(payload)
         if msg_id is None and properties is not None:
             msg_id = user_property(properties, "id")  # how a .npy payload carries its id
         return msg_id, row, None
+
+
+def _named(output: str | None) -> str:
+    # load_bundle refuses a classifier, regressor or anomaly manifest without the outputs it needs.
+    assert output is not None, "the bundle was not verified"
+    return output
 
 
 class _TensorTask:
@@ -38,8 +48,8 @@ class _TensorTask:
 
 
 class Classifier(_TensorTask):
-    def results(self, manifest, outputs, metas):
-        scores = np.asarray(outputs[manifest.scores_output]).reshape(len(metas), -1)
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
+        scores = np.asarray(outputs[_named(manifest.scores_output)]).reshape(len(metas), -1)
         best = scores.argmax(axis=1).tolist()
         labels = manifest.labels
         names = [labels[b] for b in best] if labels else best
@@ -47,8 +57,8 @@ class Classifier(_TensorTask):
 
 
 class Regressor(_TensorTask):
-    def results(self, manifest, outputs, metas):
-        values = np.asarray(outputs[manifest.value_output]).reshape(len(metas), -1)
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
+        values = np.asarray(outputs[_named(manifest.value_output)]).reshape(len(metas), -1)
         if values.shape[1] == 1:
             return [{"value": v} for v in values[:, 0].tolist()]
         return [{"value": v} for v in values.tolist()]
@@ -57,18 +67,19 @@ class Regressor(_TensorTask):
 class Anomaly(_TensorTask):
     """Outlier detectors (IsolationForest, OneClassSVM...): label -1 means anomalous; lower scores, more so."""
 
-    def results(self, manifest, outputs, metas):
-        labels = np.asarray(outputs[manifest.value_output]).reshape(len(metas), -1)[:, 0].tolist()
-        scores = np.asarray(outputs[manifest.scores_output]).reshape(len(metas), -1)[:, 0].tolist()
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
+        labels = np.asarray(outputs[_named(manifest.value_output)]).reshape(len(metas), -1)[:, 0].tolist()
+        scores = np.asarray(outputs[_named(manifest.scores_output)]).reshape(len(metas), -1)[:, 0].tolist()
         return [{"anomaly": lab == -1, "score": sc} for lab, sc in zip(labels, scores)]
 
 
 class Generic(_TensorTask):
     """Any model: every output, row by row."""
 
-    def results(self, manifest, outputs, metas):
-        return [{"outputs": {name: np.asarray(o)[i].tolist() for name, o in outputs.items()}}
-                for i in range(len(metas))]
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {"outputs": {name: np.asarray(o)[i].tolist() for name, o in outputs.items()}} for i in range(len(metas))
+        ]
 
 
 for _task in (Classifier("classifier"), Regressor("regressor"), Anomaly("anomaly"), Generic("generic")):

@@ -55,11 +55,11 @@ def image_size(payload: bytes) -> tuple[str, int, int]:
             if marker == 0xFF:  # fill byte
                 pos += 1
                 continue
-            length = struct.unpack(">H", payload[pos + 2:pos + 4])[0]
+            length = struct.unpack(">H", payload[pos + 2 : pos + 4])[0]
             if marker in _SOF:
                 if pos + 9 > len(payload):
                     break
-                h, w = struct.unpack(">HH", payload[pos + 5:pos + 9])
+                h, w = struct.unpack(">HH", payload[pos + 5 : pos + 9])
                 if not payload.rstrip(b"\0").endswith(b"\xff\xd9"):
                     raise PayloadError("bad_image", "JPEG is truncated (no end-of-image marker)")
                 return "jpeg", w, h
@@ -85,7 +85,7 @@ class Preprocess:
     pad_value: int = 114
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "Preprocess":
+    def from_manifest(cls, manifest: Manifest) -> Preprocess:
         spec = dict(getattr(manifest, "preprocess", None) or {})
         shape = manifest.inputs[0].shape
         layout = spec.get("layout", "NCHW")
@@ -107,7 +107,7 @@ def letterbox(img: np.ndarray, width: int, height: int, pad_value: int = 114) ->
     resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     px, py = (width - nw) // 2, (height - nh) // 2
     out = np.full((height, width, 3), pad_value, dtype=np.uint8)
-    out[py:py + nh, px:px + nw] = resized
+    out[py : py + nh, px : px + nw] = resized
     return out, scale, px, py
 
 
@@ -138,7 +138,9 @@ class ImageDecoder:
         msg_id = user_property(properties, "id") or user_property(properties, "frame_id")
         ts = user_property(properties, "timestamp")
         if len(payload) > self.max_bytes:
-            raise PayloadError("too_large", f"frame is {len(payload)} bytes; this route accepts at most {self.max_bytes}", id=msg_id)
+            raise PayloadError(
+                "too_large", f"frame is {len(payload)} bytes; this route accepts at most {self.max_bytes}", id=msg_id
+            )
         if not payload:
             raise PayloadError("empty", "payload is empty; send JPEG, PNG or .npy image bytes", id=msg_id)
         if payload.startswith(NPY_MAGIC):
@@ -150,27 +152,34 @@ class ImageDecoder:
             except PayloadError as err:
                 raise PayloadError(err.code, err.detail, id=msg_id) from None
             self._check_size(w, h, msg_id)
-            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
+            decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            if decoded is None:
                 raise PayloadError("bad_image", "the image data is corrupt (OpenCV could not decode it)", id=msg_id)
+            img = decoded
         return msg_id, *self._prepare(img, msg_id, ts)
 
     def _npy(self, payload: bytes, msg_id: Any) -> np.ndarray:
         try:
-            img = np.load(io.BytesIO(payload), allow_pickle=False)
-        except Exception as err:  # numpy raises ValueError, EOFError, OSError
+            img: np.ndarray = np.load(io.BytesIO(payload), allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - numpy raises ValueError, EOFError, OSError: all mean a bad file
             raise PayloadError("bad_npy", f"not a readable .npy array: {err}", id=msg_id) from None
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise PayloadError("bad_image", f".npy image must be HxWx3 uint8 (BGR), not {img.dtype} {img.shape}", id=msg_id)
+            raise PayloadError(
+                "bad_image", f".npy image must be HxWx3 uint8 (BGR), not {img.dtype} {img.shape}", id=msg_id
+            )
         return img
 
     def _check_size(self, w: int, h: int, msg_id: Any) -> None:
         if w < self.min_side or h < self.min_side:
-            raise PayloadError("bad_image", f"image is {w}x{h}; at least {self.min_side}x{self.min_side} pixels needed", id=msg_id)
+            raise PayloadError(
+                "bad_image", f"image is {w}x{h}; at least {self.min_side}x{self.min_side} pixels needed", id=msg_id
+            )
         if w * h > self.max_pixels:
-            raise PayloadError("too_large", f"image is {w}x{h}; at most {self.max_pixels} pixels are accepted", id=msg_id)
+            raise PayloadError(
+                "too_large", f"image is {w}x{h}; at most {self.max_pixels} pixels are accepted", id=msg_id
+            )
 
     def _prepare(self, img: np.ndarray, msg_id: Any, ts: Any) -> tuple[np.ndarray, FrameMeta]:
         p = self.pre
@@ -217,7 +226,7 @@ class _ImageTask:
 class ImageClassifier(_ImageTask):
     """Top-k classes per frame; ``softmax: true`` in the manifest when the model outputs logits."""
 
-    def results(self, manifest, outputs, metas):
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
         name = manifest.scores_output or manifest.outputs[0].name
         scores = np.asarray(outputs[name], np.float32).reshape(len(metas), -1)
         if getattr(manifest, "softmax", False):
@@ -226,12 +235,20 @@ class ImageClassifier(_ImageTask):
         k = min(int(getattr(manifest, "top_k", 5) or 5), scores.shape[1])
         top = np.argsort(-scores, axis=1)[:, :k]
         labels = manifest.labels or list(range(scores.shape[1]))
-        return [{"label": labels[t[0]], "score": float(s[t[0]]),
-                 "top": [{"label": labels[i], "score": round(float(s[i]), 5)} for i in t], **_frame(m)}
-                for t, s, m in zip(top, scores, metas)]
+        return [
+            {
+                "label": labels[t[0]],
+                "score": float(s[t[0]]),
+                "top": [{"label": labels[i], "score": round(float(s[i]), 5)} for i in t],
+                **_frame(m),
+            }
+            for t, s, m in zip(top, scores, metas)
+        ]
 
 
-def decode_detections(pred: np.ndarray, *, layout: str, conf: float, iou: float, max_det: int) -> list[tuple[list[float], int, float]]:
+def decode_detections(
+    pred: np.ndarray, *, layout: str, conf: float, iou: float, max_det: int
+) -> list[tuple[list[float], int, float]]:
     """One frame's YOLO-style output to [(x1, y1, x2, y2), class, score] in model-input pixels, after NMS.
 
     ``yolov5``: rows of (cx, cy, w, h, objectness, class scores...); ``yolov8``: (4 + classes, N), no objectness.
@@ -261,17 +278,26 @@ def decode_detections(pred: np.ndarray, *, layout: str, conf: float, iou: float,
 class Detector(_ImageTask):
     """Boxes, classes and scores per frame, in the original frame's pixels."""
 
-    def results(self, manifest, outputs, metas):
+    def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
         spec = dict(getattr(manifest, "detector", None) or {})
         layout = spec.get("format", "yolov5")
-        conf, iou, max_det = float(spec.get("conf_threshold", 0.25)), float(spec.get("iou_threshold", 0.45)), int(spec.get("max_detections", 100))
+        conf, iou, max_det = (
+            float(spec.get("conf_threshold", 0.25)),
+            float(spec.get("iou_threshold", 0.45)),
+            int(spec.get("max_detections", 100)),
+        )
         pred = np.asarray(outputs[manifest.outputs[0].name], np.float32)
         labels = manifest.labels
         out = []
         for frame, m in zip(pred, metas):
             dets = []
             for (x1, y1, x2, y2), c, s in decode_detections(frame, layout=layout, conf=conf, iou=iou, max_det=max_det):
-                box = [(x1 - m.pad_x) / m.scale_x, (y1 - m.pad_y) / m.scale_y, (x2 - m.pad_x) / m.scale_x, (y2 - m.pad_y) / m.scale_y]
+                box = [
+                    (x1 - m.pad_x) / m.scale_x,
+                    (y1 - m.pad_y) / m.scale_y,
+                    (x2 - m.pad_x) / m.scale_x,
+                    (y2 - m.pad_y) / m.scale_y,
+                ]
                 box = [round(min(max(v, 0.0), lim), 1) for v, lim in zip(box, (m.width, m.height) * 2)]
                 dets.append({"box": box, "label": labels[c] if labels and c < len(labels) else c, "score": round(s, 4)})
             out.append({"detections": dets, **_frame(m)})
@@ -284,14 +310,30 @@ def annotate(payload: bytes, result: dict[str, Any], *, quality: int = 80) -> by
     if img is None:
         raise PayloadError("bad_image", "cannot decode the frame to annotate")
     if "label" in result:  # a classifier's answer, top left
-        cv2.putText(img, f"{result['label']} {result.get('score', 0):.2f}", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (0, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            f"{result['label']} {result.get('score', 0):.2f}",
+            (6, 18),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (0, 255, 0),
+            1,
+            cv2.LINE_AA,
+        )
     for det in result.get("detections", []):
         x1, y1, x2, y2 = (int(v) for v in det["box"])
         cv2.rectangle(img, (x1, y1), (x2, y2), (0, 255, 0), 2)
-        cv2.putText(img, f"{det['label']} {det['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (0, 255, 0), 1, cv2.LINE_AA)
-    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        cv2.putText(
+            img,
+            f"{det['label']} {det['score']:.2f}",
+            (x1, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 255, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    _ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return jpeg.tobytes()
 
 
