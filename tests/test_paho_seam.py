@@ -1,0 +1,119 @@
+"""Every paho-mqtt internal the link relies on (edge_runtime/mqtt/_paho.py), exercised against a real broker.
+
+If a paho release renames or changes one of them, these fail loudly, before the runtime misbehaves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge_runtime.mqtt import _paho
+
+pytestmark = pytest.mark.broker
+
+
+def _client(broker, **kw) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, **kw)
+    c.connect("127.0.0.1", broker.port, keepalive=30)
+    deadline = time.monotonic() + 10
+    while not c.is_connected() and time.monotonic() < deadline:
+        c.loop(0.05)
+    assert c.is_connected()
+    return c
+
+
+def _pump(client: mqtt.Client, until, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        client.loop(0.02)
+    assert until()
+
+
+def test_check_names_what_is_missing():
+    _paho.check()  # this paho has everything
+    with pytest.raises(ImportError, match=r"lacks _out_messages.*pip install 'paho-mqtt"):
+        _paho.check(types.SimpleNamespace(_sock=None, _out_packet=None, _sock_close=None, _loop_rc_handle=None))
+
+
+def test_the_wrapped_socket_carries_the_traffic(broker):
+    class Counting:
+        def __init__(self, sock):
+            self.sock, self.sent = sock, 0
+
+        def send(self, data):
+            self.sent += len(data)
+            return self.sock.send(data)
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    c = _client(broker)
+    wrapper = Counting(_paho.socket_of(c))
+    _paho.replace_socket(c, wrapper)
+    assert c.socket() is wrapper
+    info = c.publish("seam/a", b"x", qos=1)
+    _pump(c, info.is_published)
+    assert wrapper.sent > 0
+    c.disconnect()
+
+
+def test_queues_are_counted_until_the_broker_acknowledges(broker):
+    c = _client(broker)
+    assert _paho.unsent_packets(c) == 0 and _paho.unacknowledged(c) == 0
+    info = c.publish("seam/b", b"x", qos=1)  # written at once, but the PUBACK has not been read
+    assert _paho.unacknowledged(c) == 1
+    _pump(c, info.is_published)
+    assert _paho.unsent_packets(c) == 0 and _paho.unacknowledged(c) == 0
+    # Inside a callback paho queues instead of writing: that queue is what unsent_packets counts.
+    seen = []
+
+    def on_publish(client, *_):
+        if not seen:
+            client.publish("seam/c", b"y", qos=0)
+            seen.append(_paho.unsent_packets(client))
+
+    c.on_publish = on_publish
+    info = c.publish("seam/b", b"x", qos=1)
+    _pump(c, lambda: bool(seen))
+    assert seen[0] >= 1
+    _pump(c, lambda: _paho.unsent_packets(c) == 0)
+    c.disconnect()
+
+
+def test_close_socket_sends_no_disconnect(broker):
+    """Closed without DISCONNECT, the broker publishes the client's will; a DISCONNECT would suppress it."""
+    got = threading.Event()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    watcher.on_connect = lambda cl, *_: cl.subscribe("seam/will", 1)
+    watcher.on_subscribe = lambda *_: subscribed.set()
+    watcher.on_message = lambda *_: got.set()
+    subscribed = threading.Event()
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    try:
+        assert subscribed.wait(10)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        c.will_set("seam/will", b"gone", qos=1)
+        c.connect("127.0.0.1", broker.port, keepalive=30)
+        _pump(c, c.is_connected)
+        _paho.close_socket(c)
+        assert c.socket() is None
+        assert got.wait(10), "no will: the socket was closed with a DISCONNECT, or not at all"
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+
+
+def test_connection_lost_runs_paho_s_lost_connection_path(broker):
+    c = _client(broker)
+    seen = []
+    c.on_disconnect = lambda _c, _u, _f, reason, _p: seen.append(reason)
+    _paho.connection_lost(c)
+    assert c.socket() is None and not c.is_connected()
+    assert seen, "on_disconnect was not called"
