@@ -170,9 +170,28 @@ class RouteConfig(_Strict):
     max_delay_ms: float = Field(
         2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting."
     )
-    qos: Literal[0, 1, 2] = Field(0, description="QoS of the subscription and of the results.")
-    max_queue: int = Field(
-        10_000, ge=1, le=10_000_000, description="Inputs waiting at most; beyond it `overflow` applies."
+    qos: int = Field(
+        0,
+        description="QoS of the subscription and of the results: 0, or 1 (nothing acknowledged before its result is "
+        "safe). 2 is refused: see the README.",
+    )
+    max_queue: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Inputs waiting at most; beyond it `overflow` applies. Default: the device profile's.",
+    )
+    max_queue_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=16 * 1024**3,
+        description="Payload bytes waiting at most; beyond it `overflow` applies. Default: the device profile's "
+        "queue budget shared among the routes.",
+    )
+    reply_to: list[str] = Field(
+        default_factory=list,
+        description="Topic filters an MQTT v5 response topic must match to be answered there; default: none (results "
+        "always go to this route's own topics, whatever a client asks).",
     )
     overflow: Overflow = Field(
         "drop_oldest",
@@ -198,6 +217,27 @@ class RouteConfig(_Strict):
     @classmethod
     def _filter(cls, value: str) -> str:
         TopicFilter(value)
+        return value
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_filters(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if text.startswith("$share/"):
+                raise ValueError(f"reply_to takes topic filters, not shared subscriptions: {text!r}")
+            TopicFilter(text)
+        return value
+
+    @field_validator("qos")
+    @classmethod
+    def _qos(cls, value: int) -> int:
+        if value == 2:
+            raise ValueError(
+                "qos 2 is not supported: use qos = 1 (nothing is acknowledged before its result is safe; "
+                "results carry the input's id, so a consumer drops the rare repeat)"
+            )
+        if value not in (0, 1):
+            raise ValueError(f"qos is 0 or 1, not {value}")
         return value
 
     @field_validator("publish", "errors", "snapshot")

@@ -36,7 +36,10 @@ class DeviceProfile:
     # Features that decide whether int8 pays off: ARM dot-product (asimddp) or x86 VNNI.
     cpu_features: frozenset[str] = frozenset()
     ort: OrtSettings = field(default_factory=OrtSettings)
-    max_queue: int = 10_000  # inputs a route may hold: the queue's share of the memory budget
+    max_queue: int = 10_000  # inputs a route may hold, by default
+    # Payload bytes all routes together may hold waiting (shared among them): what a flood of large inputs
+    # may cost in memory, whatever their number.
+    queue_budget_mb: int = 128
     notes: str = ""
 
     @property

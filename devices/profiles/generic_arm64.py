@@ -11,6 +11,7 @@ PROFILE = register_profile(
         cpu_features=frozenset({"asimd"}),
         ort=OrtSettings(intra_op_threads=2),
         max_queue=10_000,
+        queue_budget_mb=128,
         notes="Conservative defaults; `devices detect` builds a this-machine profile with the real features.",
     )
 )

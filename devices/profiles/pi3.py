@@ -11,6 +11,7 @@ PROFILE = register_profile(
         cpu_features=frozenset({"asimd"}),
         ort=OrtSettings(intra_op_threads=3),
         max_queue=5_000,
+        queue_budget_mb=64,
         notes="No dot-product: keep fp32. Use a 64-bit OS: onnxruntime publishes aarch64 wheels only.",
     )
 )

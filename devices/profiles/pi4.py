@@ -11,6 +11,7 @@ PROFILE = register_profile(
         cpu_features=frozenset({"asimd", "crc32"}),
         ort=OrtSettings(intra_op_threads=3),
         max_queue=20_000,
+        queue_budget_mb=256,
         notes="The A72 has no dot-product instructions: int8 is usually slower than fp32 here; measure it first.",
     )
 )

@@ -11,6 +11,7 @@ PROFILE = register_profile(
         cpu_features=frozenset({"asimd", "asimddp", "asimdhp", "crc32", "atomics"}),
         ort=OrtSettings(intra_op_threads=3),
         max_queue=50_000,
+        queue_budget_mb=512,
         notes="The A76 has dot-product (SDOT/UDOT): static int8 QDQ models can beat fp32 here.",
     )
 )

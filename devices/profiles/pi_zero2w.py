@@ -12,6 +12,7 @@ PROFILE = register_profile(
         # 512 MB shared with the OS and Mosquitto: small queues; leave a core for MQTT.
         ort=OrtSettings(intra_op_threads=2),
         max_queue=1_000,
+        queue_budget_mb=32,
         notes="No dot-product: keep fp32. Tiny models (trees, small MLPs) only; cameras at low resolution.",
     )
 )

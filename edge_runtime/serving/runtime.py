@@ -122,7 +122,7 @@ class Runtime:
                     batcher=Batcher(
                         max_batch=rc.max_batch,
                         max_delay=rc.max_delay_ms / 1000,
-                        max_queue=rc.max_queue,
+                        max_queue=rc.max_queue or self.profile.max_queue,
                         overflow=rc.overflow,
                         deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
                     ),
@@ -266,7 +266,7 @@ class Runtime:
                 stats=r.stats,
                 queue_depth=len(r.batcher),
                 queue_high_water=r.batcher.high_water,
-                queue_max=r.config.max_queue,
+                queue_max=r.batcher.max_queue,
             )
             for r in self.routes
         ]
