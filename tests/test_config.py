@@ -44,7 +44,7 @@ def test_the_readme_example_is_valid(tmp_path):
         ("qos = 1", "qoss = 1", "routes[0].qoss", 16, "unknown key"),
         ("qos = 1", "qos = 3", "routes[0].qos", 16, "qos is 0 or 1"),
         ("qos = 1", "qos = 2", "routes[0].qos", 16, "qos 2 is not supported: use qos = 1"),
-        ("qos = 1", 'qos = 1\nreply_to = ["a/+b"]', "routes[0].reply_to", 16, "whole level"),
+        ("qos = 1", 'qos = 1\nreply_to = ["a/+b"]', "routes[0].reply_to", 17, "whole level"),
         ('"sensors/+/vibration"', '"sensors/x+/vibration"', "routes[0].subscribe", 10, "whole level"),
         ('"sensors/+/vibration"', '"sensors/#/vibration"', "routes[0].subscribe", 10, "last one"),
         ('"results/{1}/vibration"', '"results/{2}/vibration"', "routes[0].publish", 12, "only 1"),
