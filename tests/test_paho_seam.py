@@ -37,8 +37,8 @@ def _pump(client: mqtt.Client, until, timeout: float = 10.0) -> None:
 
 def test_check_names_what_is_missing():
     _paho.check()  # this paho has everything
-    with pytest.raises(ImportError, match=r"lacks _out_messages.*pip install 'paho-mqtt"):
-        _paho.check(types.SimpleNamespace(_sock=None, _out_packet=None, _sock_close=None, _loop_rc_handle=None))
+    with pytest.raises(ImportError, match=r"lacks _loop_rc_handle.*pip install 'paho-mqtt"):
+        _paho.check(types.SimpleNamespace(_sock=None, _sock_close=None))
 
 
 def test_the_wrapped_socket_carries_the_traffic(broker):
@@ -60,29 +60,6 @@ def test_the_wrapped_socket_carries_the_traffic(broker):
     info = c.publish("seam/a", b"x", qos=1)
     _pump(c, info.is_published)
     assert wrapper.sent > 0
-    c.disconnect()
-
-
-def test_queues_are_counted_until_the_broker_acknowledges(broker):
-    c = _client(broker)
-    assert _paho.unsent_packets(c) == 0 and _paho.unacknowledged(c) == 0
-    info = c.publish("seam/b", b"x", qos=1)  # written at once, but the PUBACK has not been read
-    assert _paho.unacknowledged(c) == 1
-    _pump(c, info.is_published)
-    assert _paho.unsent_packets(c) == 0 and _paho.unacknowledged(c) == 0
-    # Inside a callback paho queues instead of writing: that queue is what unsent_packets counts.
-    seen = []
-
-    def on_publish(client, *_):
-        if not seen:
-            client.publish("seam/c", b"y", qos=0)
-            seen.append(_paho.unsent_packets(client))
-
-    c.on_publish = on_publish
-    info = c.publish("seam/b", b"x", qos=1)
-    _pump(c, lambda: bool(seen))
-    assert seen[0] >= 1
-    _pump(c, lambda: _paho.unsent_packets(c) == 0)
     c.disconnect()
 
 

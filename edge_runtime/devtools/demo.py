@@ -28,6 +28,7 @@ CONFIG = """\
 [broker]
 url = "{url}"
 client_id = "edge-demo"
+protocol = "{protocol}"
 
 [[models]]
 name = "vibration"
@@ -174,7 +175,8 @@ def run_demo(
     clients = []
     try:
         config = workdir / "demo.toml"
-        text = CONFIG.format(url=broker.url)
+        # amqtt has no MQTT v5 (and does not refuse it, it stays silent): the config says so.
+        text = CONFIG.format(url=broker.url, protocol="3.1.1" if broker.kind == "amqtt" else "5")
         if cameras:
             from ..bench.camera import DEFAULT_DETECTOR
 

@@ -1,12 +1,28 @@
 """The runtime: routes wired from the MQTT link through decode, batch, infer and encode back to the link.
 
-Everything runs in one thread (see link.py for why). Each turn of the loop waits for the socket no longer
-than the nearest batch deadline, takes in what has arrived, and serves every batch that is due.
+Everything runs in one thread (see mqtt/link.py for why). Each turn of the loop waits for the socket no
+longer than the nearest batch deadline, takes in what has arrived, and serves the routes that are due,
+one batch per route per round (a flooded route cannot starve another), servicing the socket between
+batches (keep-alives, the broker's acknowledgements, new inputs) and checking the stop flag.
+
+Two promises are kept here:
+
+- **Nothing acknowledged before its result is safe.** An input is acknowledged when every route it matched
+  has made its answer (result, error, or a counted drop) safe: for a QoS 1 answer, when the broker has
+  acknowledged it. When results cannot leave (the outgoing queue is full), no batch is served: QoS 1
+  inputs wait unacknowledged (the broker holds the rest, up to our Receive Maximum) and QoS 0 ones meet
+  their route's bounded queue and overflow policy, counted.
+- **Every client is a stranger.** No single input can raise out of the loop (a failing batch is served row
+  by row), decide where results go (response topics only within a route's ``reply_to``), publish on a topic
+  MQTT does not allow (counted as ``bad_topic`` and acknowledged), or hold more memory than the route's
+  byte bound.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -14,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from devices.detect import profile_for
 from devices.profiles import DeviceProfile
@@ -25,11 +39,12 @@ from ..bundle import load_bundle
 from ..config import Config, RouteConfig
 from ..engines import Engine
 from ..errors import ConfigError, PayloadError
-from ..mqtt.link import Link, Message
+from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
+from ..observability.ratelog import RateLimitedLog
 from ..tasks import Decoder
 from ..tasks.codecs import encode
-from ..topics import TopicFilter, TopicTemplate
+from ..topics import MAX_TOPIC_BYTES, TopicFilter, TopicTemplate
 from ..vocabulary import DropReason
 from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
@@ -41,6 +56,15 @@ __all__ = ["Runtime"]
 
 log = logging.getLogger("edge_runtime")
 
+# How long a stopping runtime goes on serving what it has already accepted before it gives the rest up
+# (unacknowledged: the broker redelivers QoS 1 inputs), and how long it then waits for the broker to
+# acknowledge what it published.
+SHUTDOWN_SERVE_S = 0.5
+SHUTDOWN_DRAIN_S = 2.0
+
+# Input topics remembered with the routes they match, at most (in bytes of topic).
+_ROUTE_CACHE_BYTES = 4 << 20
+
 
 @dataclass
 class Route:
@@ -49,8 +73,9 @@ class Route:
     filter: TopicFilter
     publish: TopicTemplate
     errors: TopicTemplate
+    reply_to: list[TopicFilter]
     decoder: Decoder
-    batcher: Batcher[Message]
+    batcher: Batcher[Inbound]
     snapshots: Snapshots | None = None
     stats: RouteStats = field(default_factory=RouteStats)
 
@@ -61,8 +86,6 @@ class Route:
 
 def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
     """Load, verify and warm up one model: used at start and for every reload."""
-    import os
-
     m = next(m for m in config.models if m.name == name)
     key = None
     if m.signing_key_env:
@@ -86,14 +109,21 @@ def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
     return engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
 
 
+def _max_packet(config: Config) -> int:
+    """The largest packet we accept (MQTT v5 Maximum Packet Size): the largest payload a route takes, plus the
+    longest topic and room for properties. The broker drops anything bigger before it reaches us."""
+    return max(r.max_payload_bytes for r in config.routes) + MAX_TOPIC_BYTES + 8192
+
+
 class Runtime:
     """Serves every route of a config until ``stop()`` (or SIGINT/SIGTERM under ``run``)."""
 
     def __init__(self, config: Config):
         self.config = config
-        # ONNX Runtime settings come from the board this runs on (or the one the config names).
+        # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
         self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
+        budget = self.profile.queue_budget_mb * (1 << 20) // len(config.routes)
         self.routes: list[Route] = []
         for i, rc in enumerate(config.routes):
             engine = self.engines[rc.model]
@@ -117,21 +147,27 @@ class Runtime:
                     filter=flt,
                     publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
                     errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
+                    reply_to=[TopicFilter(f) for f in rc.reply_to],
                     decoder=_decoder(engine, rc),
                     snapshots=snapshots,
                     batcher=Batcher(
                         max_batch=rc.max_batch,
                         max_delay=rc.max_delay_ms / 1000,
                         max_queue=rc.max_queue or self.profile.max_queue,
+                        # never below one payload: a route always takes at least the largest input it accepts
+                        max_bytes=max(rc.max_queue_bytes or budget, rc.max_payload_bytes),
                         overflow=rc.overflow,
                         deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
                     ),
                 )
             )
         self._route_cache: dict[str, list[Route]] = {}
+        self._route_cache_bytes = 0
         self._started = time.monotonic()
         self._closing = False
         self._stop = threading.Event()
+        self._next_route = 0  # round-robin start, so that no route is always served first
+        self._ratelog = RateLimitedLog(log)
         client_id = config.broker.client_id
         self.announcer = Announcer(
             client_id=client_id,
@@ -157,6 +193,7 @@ class Runtime:
             subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes] + [(self.control_topic, 1)],
             persistent=any(r.config.qos > 0 for r in self.routes),
             will=(self.status_topic, OFFLINE),
+            max_packet=_max_packet(config),
         )
         self.link.on_connected.append(self._announce)
 
@@ -175,7 +212,7 @@ class Runtime:
             )
 
     def stop(self) -> None:
-        """Ask the loop to finish: batches in hand are served and their results published first."""
+        """Ask the loop to finish: it stops after the batch in hand; ``shutdown`` answers what it can."""
         self._stop.set()
 
     def run(self, *, duration: float | None = None, handle_signals: bool = True) -> None:
@@ -191,7 +228,7 @@ class Runtime:
 
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
-        link, routes, stop, reloads = self.link, self.routes, self._stop, self.reloader.outcomes
+        link, stop, reloads = self.link, self._stop, self.reloader.outcomes
         while not stop.is_set():
             if not reloads.empty():
                 self._swap(reloads.get())
@@ -200,29 +237,60 @@ class Runtime:
                 break
             if now >= self._metrics_due:
                 self.publish_metrics()
-                self._metrics_due = now + self._metrics_every
-            timeout = min(0.5, self._metrics_due - now)
-            for r in routes:
-                d = r.batcher.next_due()
-                if d is not None:
-                    timeout = min(timeout, max(0.0, d - now))
-            link.poll(timeout)
-            self._serve_due(time.monotonic())
+                self._metrics_due = now + (self._metrics_every or 0)
+            link.poll(self._wait(now))
+            self._serve_round()
+
+    def _wait(self, now: float) -> float:
+        """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
+        timeout = min(0.5, self._metrics_due - now)
+        if not self.link.has_room():
+            return timeout  # nothing can be served until the broker takes what waits
+        for r in self.routes:
+            due = r.batcher.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
+        return max(0.0, timeout)
+
+    def _serve_round(self, *, stopping: bool = False) -> bool:
+        """Serve at most one due batch per route, servicing the socket between batches. True if any was served."""
+        routes, link = self.routes, self.link
+        n = len(routes)
+        start, self._next_route = self._next_route, (self._next_route + 1) % n
+        served = False
+        for k in range(n):
+            if self._stop.is_set() and not stopping:
+                break
+            route = routes[(start + k) % n]
+            now = time.monotonic()
+            if not route.batcher.ready(now) and not (stopping and len(route.batcher)):
+                continue
+            if not link.has_room(route.config.max_batch):
+                break  # backpressure: results cannot leave, so none are made
+            self._serve_batch(route, *route.batcher.take(now))
+            served = True
+            link.poll(0)
+        return served
 
     def shutdown(self) -> None:
         self.reloader.close()
         if self._prometheus is not None:
             self._prometheus.shutdown()
-        for route in self.routes:  # whatever was accepted is answered before we go
-            while len(route.batcher):
-                self._serve_batch(route, *route.batcher.take(time.monotonic()))
-        # From here on the link is only polled to flush results; inputs still arriving are not taken.
-        self._closing = True
+        # Answer what was accepted, for a moment; what is left is given up unacknowledged (redelivered).
+        deadline = time.monotonic() + SHUTDOWN_SERVE_S
+        while any(len(r.batcher) for r in self.routes) and time.monotonic() < deadline:
+            if not self._serve_round(stopping=True):
+                self.link.poll(0.01, reconnect=False)
+        self._closing = True  # inputs still arriving are not taken (nor acknowledged)
+        for route in self.routes:
+            left = route.batcher.drain()
+            if left:
+                route.stats.dropped["shutdown"] += len(left)
         if self.link.connected:
             if self._metrics_every:
                 self.publish_metrics()  # the last word on what this run did
             self.announcer.offline()
-            self.link.drain(5.0)
+            self.link.drain(SHUTDOWN_DRAIN_S)
         self.link.close()
 
     def _announce(self) -> None:
@@ -252,11 +320,6 @@ class Runtime:
         if self.link.connected:
             self._announce()
 
-    def _control(self, msg: Message) -> None:
-        """A control message: acknowledged at once (it asks for work, it is not work to answer)."""
-        self.link.ack(msg)
-        parse_control(msg.payload, self.reloader.request)
-
     def snapshot(self) -> RuntimeSnapshot:
         """Everything counted so far: per route, per model, and the link's counters (see observability)."""
         routes = [
@@ -267,6 +330,8 @@ class Runtime:
                 queue_depth=len(r.batcher),
                 queue_high_water=r.batcher.high_water,
                 queue_max=r.batcher.max_queue,
+                queue_bytes=r.batcher.bytes,
+                queue_max_bytes=r.batcher.max_bytes or 0,
             )
             for r in self.routes
         ]
@@ -278,66 +343,96 @@ class Runtime:
             models={n: e.manifest.version for n, e in self.engines.items()},
             connected=self.link.connected,
             pending_out=self.link.pending_out(),
-            link=dict(self.link.counters),
+            link={**self.link.counters, **self.link.state()},
         )
 
     def stats(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data: what the metrics topic publishes and ``run --stats-json`` writes."""
         return self.snapshot().as_dict()
 
-    # -- the data path ----------------------------------------------------------------------
+    # -- inputs -----------------------------------------------------------------------------
 
-    def _accept(self, msg: Message) -> None:
-        """Called by paho for every input: only queue it here; all work happens in ``_serve_due``."""
-        routes = self._route_cache.get(msg.topic)
+    def _accept(self, inbound: Inbound) -> None:
+        """Called by the link for every input: only queue it here; all work happens in ``_serve_round``."""
+        try:
+            self._take(inbound)
+        except Exception:  # noqa: BLE001 - no input may raise out of the loop; this one is answered with an ack
+            self._ratelog.log("accept", "input on %r could not be taken", inbound.topic[:200], exc_info=True)
+            self.link.ack(inbound)
+
+    def _routes_for(self, topic: str) -> list[Route]:
+        routes = self._route_cache.get(topic)
         if routes is None:
-            if msg.topic == self.control_topic:
-                return self._control(msg)
-            routes = [r for r in self.routes if r.filter.match(msg.topic) is not None]
-            if len(self._route_cache) < 10_000:
-                self._route_cache[msg.topic] = routes
-        now = time.monotonic()
+            routes = [r for r in self.routes if r.filter.match(topic) is not None]
+            if self._route_cache_bytes + len(topic) <= _ROUTE_CACHE_BYTES:
+                self._route_cache[topic] = routes
+                self._route_cache_bytes += len(topic)
+        return routes
+
+    def _take(self, inbound: Inbound) -> None:
+        topic = inbound.topic
+        if topic == self.control_topic:
+            self.link.ack(inbound)  # a request for work, not work to answer
+            parse_control(inbound.payload, self.reloader.request, retained=inbound.retain, log=self._ratelog)
+            return
+        routes = self._routes_for(topic)
         if self._closing:  # not acknowledged: the broker redelivers a QoS 1 input to our next session
             for route in routes:
                 route.stats.received += 1
                 route.stats.dropped["shutdown"] += 1
             return
+        if not routes:
+            self.link.ack(inbound)
+            return
+        inbound.waiting = len(routes)
+        now = time.monotonic()
+        size = len(inbound.payload)
         for route in routes:
             route.stats.received += 1
-            for given_up, reason in route.batcher.offer(msg, now, msg.topic):
+            limit = route.config.max_payload_bytes
+            if size > limit:  # refused on arrival, before it is queued
+                detail = f"payload is {size} bytes; this route accepts at most {limit}"
+                self._publish_error(route, inbound, PayloadError("too_large", detail))
+                continue
+            for given_up, reason in route.batcher.offer(inbound, now, topic, size):
                 self._give_up(route, given_up, reason)
-        if not routes:
-            self.link.ack(msg)
 
-    def _give_up(self, route: Route, msg: Message, reason: DropReason) -> None:
+    def _answered(self, inbound: Inbound) -> None:
+        """One route's answer to ``inbound`` is safe; when all are, the input is acknowledged."""
+        inbound.waiting -= 1
+        if inbound.waiting <= 0:
+            self.link.ack(inbound)
+
+    def _give_up(self, route: Route, inbound: Inbound, reason: DropReason) -> None:
         """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
         if reason == "rejected":
-            self._publish_error(route, msg, PayloadError("overloaded", "the route's queue is full; input refused"))
+            self._publish_error(route, inbound, PayloadError("overloaded", "the route's queue is full; input refused"))
             return
         route.stats.dropped[reason] += 1
-        self.link.ack(msg)
+        self._answered(inbound)
 
-    def _serve_due(self, now: float) -> None:
-        for route in self.routes:
-            while route.batcher.ready(now):
-                self._serve_batch(route, *route.batcher.take(now))
+    # -- serving ----------------------------------------------------------------------------
 
-    def _serve_batch(self, route: Route, batch: list[Pending[Message]], expired: list[Message]) -> None:
-        for msg in expired:
-            self._give_up(route, msg, "expired")
+    def _serve_batch(self, route: Route, batch: list[Pending[Inbound]], expired: list[Inbound]) -> None:
+        for inbound in expired:
+            self._give_up(route, inbound, "expired")
         if not batch:
             return
         stats = route.stats
         t0 = time.monotonic()
         decode = route.decoder.decode
         rows: list[np.ndarray] = []
-        accepted: list[tuple[Pending[Message], Any, Any]] = []
+        accepted: list[tuple[Pending[Inbound], Any, Any]] = []
         for p in batch:
-            msg = p.item
+            inbound = p.item
             try:
-                msg_id, row, meta = decode(msg.payload, getattr(msg, "properties", None))
+                msg_id, row, meta = decode(inbound.payload, inbound.properties)
             except PayloadError as err:
-                self._publish_error(route, msg, err)
+                self._publish_error(route, inbound, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - a decoder bug must cost one input, not the loop
+                self._ratelog.log("decode", "decoding an input of route %s failed", route.name, exc_info=True)
+                self._publish_error(route, inbound, PayloadError("internal", f"the input could not be decoded: {err}"))
                 continue
             rows.append(row)
             accepted.append((p, msg_id, meta))
@@ -345,38 +440,28 @@ class Runtime:
             return
         engine = route.engine
         t1 = time.monotonic()
-        try:
-            outputs = engine.run(np.stack(rows))
-            results = engine.task.results(engine.manifest, outputs, [meta for _, _, meta in accepted])
-        except Exception as err:  # one bad batch must not stop the runtime
-            log.exception("inference failed on route %s", route.name)
-            for p, msg_id, _ in accepted:
-                self._publish_error(
-                    route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id)
-                )
-            return
+        answers = self._infer(route, rows, [meta for _, _, meta in accepted])
         t2 = time.monotonic()
         m = engine.manifest
-        qos = route.config.qos
-        publish, ack = self.link.publish, self.link.ack
-        announce = self.announcer.result_topic
-        snapshots = route.snapshots
-        annotate = getattr(engine.task, "annotate", None)
-        for (p, msg_id, _), result in zip(accepted, results):
-            msg = p.item
-            body = {"id": msg_id, "model": m.name, "version": m.version, **result}
-            topic, props = self._reply_target(route, route.publish, msg)
-            publish(topic, encode(body), qos, properties=props)
-            announce(topic, task=m.task, model=m.name, version=m.version)
-            if snapshots is not None and annotate is not None:
-                snapshots.publish(annotate, msg.topic, msg.payload, result)
-            ack(msg)
+        base = {"model": m.name, "version": m.version}
+        served = 0
+        for (p, msg_id, _), answer in zip(accepted, answers):
+            inbound = p.item
+            if isinstance(answer, PayloadError):
+                answer.id = msg_id
+                self._publish_error(route, inbound, answer)
+                continue
+            served += 1
+            body = {"id": msg_id, **base, **answer}
+            if inbound.dup:  # a redelivery: its result may already have been published once
+                body["repeat"] = True
+            self._answer(route, inbound, body, answer)
         self.link.flush_writes()
         t3 = time.monotonic()
         n = len(accepted)
         stats.batches += 1
         stats.batch_sizes[n] += 1
-        stats.results += n
+        stats.results += served
         stages = stats.stages
         stages["decode"].observe((t1 - t0) * 1000)
         stages["infer"].observe((t2 - t1) * 1000)
@@ -386,19 +471,74 @@ class Runtime:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
 
-    def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
-        props_in = getattr(msg, "properties", None)
-        response = getattr(props_in, "ResponseTopic", None) if props_in is not None else None
-        if response:  # MQTT v5 request/response: answer (results and errors) where the requester listens
-            props = Properties(PacketTypes.PUBLISH)
-            corr = getattr(props_in, "CorrelationData", None)
-            if corr is not None:
-                props.CorrelationData = corr
-            return response, props
-        captures = route.filter.match(msg.topic) if template.needs_captures else []
-        return template.render(captures or [], msg.topic), None
+    def _infer(self, route: Route, rows: list[np.ndarray], metas: list[Any]) -> list[dict[str, Any] | PayloadError]:
+        """Results for a batch; if the batch as a whole fails (rows that cannot be stacked, a row the model
+        refuses), row by row, so that one bad row fails alone."""
+        engine = route.engine
+        try:
+            outputs = engine.run(np.stack(rows))
+            results = engine.task.results(engine.manifest, outputs, metas)
+            if len(results) != len(rows):
+                raise ValueError(f"the task returned {len(results)} results for {len(rows)} rows")
+            return list(results)
+        except Exception as err:  # noqa: BLE001 - whatever the model or task raises, each row gets its own answer
+            if len(rows) == 1:
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
+                return [PayloadError("inference_failed", _first_line(err))]
+        answers: list[dict[str, Any] | PayloadError] = []
+        for row, meta in zip(rows, metas):
+            try:
+                (result,) = engine.task.results(engine.manifest, engine.run(row[np.newaxis]), [meta])
+                answers.append(result)
+            except Exception as err:  # noqa: BLE001
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
+                answers.append(PayloadError("inference_failed", _first_line(err)))
+        return answers
 
-    def _publish_error(self, route: Route, msg: Message, err: PayloadError) -> None:
+    def _target(self, route: Route, template: TopicTemplate, inbound: Inbound) -> tuple[str, Any, bool]:
+        """(topic, properties, own): where an answer goes. A response topic is honoured only inside the
+        route's ``reply_to``; otherwise the route's own topic, and the refusal is counted."""
+        props_in = inbound.properties
+        response = getattr(props_in, "ResponseTopic", None) if props_in is not None else None
+        if response:
+            if any(f.match(response) is not None for f in route.reply_to):
+                corr = getattr(props_in, "CorrelationData", None)
+                return response, publish_properties(correlation=corr), False
+            route.stats.reply_to_refused += 1
+        captures = route.filter.match(inbound.topic) if template.needs_captures else []
+        return template.render(captures or [], inbound.topic), None, True
+
+    def _answer(self, route: Route, inbound: Inbound, body: dict[str, Any], result: dict[str, Any]) -> None:
+        topic, props, own = self._target(route, route.publish, inbound)
+        if not self._send(route, inbound, topic, encode(body), props):
+            return
+        if own:  # discovery only ever for the route's own result topics
+            m = route.engine.manifest
+            self.announcer.result_topic(topic, task=m.task, model=m.name, version=m.version)
+        snapshots = route.snapshots
+        annotate = getattr(route.engine.task, "annotate", None)
+        if snapshots is not None and annotate is not None:
+            snapshots.publish(annotate, inbound.topic, inbound.payload, result)
+
+    def _send(self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any) -> bool:
+        on_safe = functools.partial(self._answered, inbound)
+        if self.link.publish(topic, payload, route.config.qos, properties=props, on_safe=on_safe):
+            return True
+        # Unpublishable (a topic too long or with wildcards, rendered from the input's topic): counted and
+        # acknowledged, or it would come back after every restart.
+        route.stats.dropped["bad_topic"] += 1
+        self._ratelog.log(
+            "bad-topic",
+            "route %s: an input on %r has no publishable answer topic (%d bytes); "
+            "counted as bad_topic and acknowledged",
+            route.name,
+            inbound.topic[:100],
+            len(topic),
+        )
+        self._answered(inbound)
+        return False
+
+    def _publish_error(self, route: Route, inbound: Inbound, err: PayloadError) -> None:
         route.stats.errors[err.code] += 1
         # One line per refused input, with what an operator needs to find it; overload is counted, not logged.
         log.log(
@@ -406,11 +546,15 @@ class Runtime:
             "route %s: input %r from %s refused: %s",
             route.name,
             err.id,
-            msg.topic,
+            inbound.topic[:200],
             err,
-            extra={"route": route.name, "id": err.id, "code": err.code, "topic": msg.topic},
+            extra={"route": route.name, "id": err.id, "code": err.code, "topic": inbound.topic[:200]},
         )
-        topic, props = self._reply_target(route, route.errors, msg)
-        body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": msg.topic}
-        self.link.publish(topic, encode(body), route.config.qos, properties=props)
-        self.link.ack(msg)
+        topic, props, _ = self._target(route, route.errors, inbound)
+        body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": inbound.topic}
+        self._send(route, inbound, topic, encode(body), props)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:500]
