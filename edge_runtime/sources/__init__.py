@@ -11,8 +11,9 @@ source.stop()                  # within a second
 """
 
 from .capture import STATES, VideoSource
+from .config import SourceConfig
 from .probe import Diagnosis
 from .slot import Frame, LatestFrame
 from .urls import default_name, redact_url, source_kind
 
-__all__ = ["VideoSource", "LatestFrame", "Frame", "Diagnosis", "STATES", "redact_url", "source_kind", "default_name"]
+__all__ = ["VideoSource", "SourceConfig", "LatestFrame", "Frame", "Diagnosis", "STATES", "redact_url", "source_kind", "default_name"]
