@@ -113,7 +113,7 @@ class VideoSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._redactor = Redactor(source)
+        self._redactor = Redactor(source if self.kind in ("rtsp", "http") else None)
         # Status, written by the capture thread only.
         self.state = "idle"
         self.error: Diagnosis | None = None
@@ -170,7 +170,18 @@ class VideoSource:
     @property
     def done(self) -> bool:
         """A file that has been read to its end and whose last frame has been taken."""
-        return self.state == "ended" and not self.slot.pending
+        return self.slot.finished and not self.slot.pending
+
+    def frames(self, timeout: float | None = None):
+        """Frames as they come, until a file ends or the source stops (for files, tools and tests; the
+        runtime selects on ``fileno()`` instead). ``timeout``: give up after that long without a frame."""
+        while True:
+            frame = self.slot.wait(timeout)
+            if frame is None:
+                if self.slot.finished or self.slot.closed or timeout is not None:
+                    return
+                continue
+            yield frame
 
     def status(self) -> dict[str, Any]:
         """JSON-ready state and counters, for the runtime's status topic; the URL is redacted."""
@@ -226,6 +237,7 @@ class VideoSource:
                     if outcome in ("stopped", "ended"):
                         self._set(outcome if outcome == "ended" else "stopped")
                         if outcome == "ended":
+                            self.slot.finish()
                             log.info("source %s (%s): end of file after %d frames", self.name, self.url, self.captured)
                         return
                     if outcome == "dropped":
@@ -266,7 +278,8 @@ class VideoSource:
             user, password = env_credentials(self.username_env, self.password_env)
         except ValueError as err:
             return None, Diagnosis("credentials", str(err))
-        self._redactor = Redactor(self.source, password, with_credentials(self.source, user, password))
+        if self.kind in ("rtsp", "http"):
+            self._redactor = Redactor(self.source, password, with_credentials(self.source, user, password))
         if self.kind == "file":
             path = Path(self.source)
             if not path.exists():

@@ -48,6 +48,7 @@ class LatestFrame:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self._closed = False
+        self._finished = False  # the producer said no more frames will come (a file's end)
         self.put_count = 0  # frames offered
         self.superseded = 0  # frames replaced by a newer one before anyone took them
         self.taken = 0
@@ -91,10 +92,10 @@ class LatestFrame:
             return frame
 
     def wait(self, timeout: float | None = None) -> Frame | None:
-        """Block until a frame waits (or ``timeout`` seconds pass, or the slot closes); then take it."""
+        """Block until a frame waits (or ``timeout`` seconds pass, or the slot closes or is finished); then take it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._frame is None and not self._closed:
+            while self._frame is None and not self._closed and not self._finished:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
@@ -111,6 +112,16 @@ class LatestFrame:
                     return False
                 self._lock.wait(left)
             return not self._closed
+
+    def finish(self) -> None:
+        """No frame will follow the one waiting (if any): ``wait`` returns None at once when empty."""
+        with self._lock:
+            self._finished = True
+            self._lock.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     def close(self) -> None:
         """Wake every waiter and release the descriptors; a later ``put`` is ignored."""
