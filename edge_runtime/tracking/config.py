@@ -25,7 +25,7 @@ The lead adds these fields to RouteConfig (``TrackingConfig`` holds them; ``buil
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -43,7 +43,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-Point = tuple[float, float]
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]  # [x, y]; a list: TOML has no tuples
 
 
 class TrackerConfig(_Strict):
@@ -59,6 +59,9 @@ class TrackerConfig(_Strict):
     end_after_s: float = Field(2.0, ge=0, le=3600, description="An object not seen for this long ends ('end' event).")
     class_aware: bool = Field(False, description="Match only detections of the track's label (off: a detector that "
                               "flips between classes keeps one id; the label is the one seen most).")
+    merge_iou: float | None = Field(
+        0.6, gt=0, le=1, description="Detections of different labels overlapping this much are one object (per-class "
+        "NMS reports some objects twice); the most confident is kept. None: keep all. Ignored with class_aware.")
     max_tracks: int = Field(256, ge=1, le=100_000, description="Objects tracked at once per source; more are counted and ignored.")
 
     @model_validator(mode="after")
@@ -175,7 +178,8 @@ class TrackingConfig(_Strict):
         t = self.tracker
         tracker = Tracker(high_score=t.high_score, low_score=t.low_score, new_track_score=t.new_track_score,
                           match_iou=t.match_iou, low_match_iou=t.low_match_iou, min_hits=t.min_hits,
-                          lost_after_s=t.end_after_s, class_aware=t.class_aware, max_tracks=t.max_tracks)
+                          lost_after_s=t.end_after_s, class_aware=t.class_aware,
+                          merge_iou=None if t.class_aware else t.merge_iou, max_tracks=t.max_tracks)
         return ObjectEvents(source=source, tracker=tracker, zones=[z.build() for z in self.zones],
                             lines=[ln.build() for ln in self.lines], update_interval_s=self.update_interval_s,
                             id_prefix=id_prefix)

@@ -18,6 +18,11 @@ Each frame (``update(detections, timestamp)``):
 5. unmatched detections scoring at least ``new_track_score`` start tentative tracks, confirmed after
    ``min_hits`` consecutive matches.
 
+Before matching, detections of different labels that overlap by at least ``merge_iou`` (0.6) are taken as one
+object and only the most confident is kept: detectors run NMS per class (``cv2.dnn.NMSBoxesBatched``,
+YOLO's default), so one object often comes back twice, say as a circle at 0.96 and a triangle at 0.65,
+and the second box would otherwise start a second track.
+
 Matching is greedy on IoU (best pair first), not Hungarian: with the few, mostly separated objects of a
 camera scene the two agree, and greedy needs no scipy. Association ignores labels unless ``class_aware``
 (a detector that flips between two classes would otherwise split one object into two); a track's label
@@ -115,14 +120,16 @@ class Tracker:
 
     def __init__(self, *, high_score: float = 0.5, low_score: float = 0.1, new_track_score: float | None = None,
                  match_iou: float = 0.3, low_match_iou: float = 0.5, min_hits: int = 2, lost_after_s: float = 2.0,
-                 class_aware: bool = False, max_tracks: int = 1000, velocity_smoothing: float = 0.5,
-                 predict_horizon_s: float = 1.0):
+                 class_aware: bool = False, merge_iou: float | None = 0.6, max_tracks: int = 1000,
+                 velocity_smoothing: float = 0.5, predict_horizon_s: float = 1.0):
         if not 0 <= low_score <= high_score <= 1:
             raise ValueError("scores must satisfy 0 <= low_score <= high_score <= 1")
         if new_track_score is not None and not high_score <= new_track_score <= 1:
             raise ValueError("new_track_score must be between high_score and 1")
         if not (0 < match_iou <= 1 and 0 < low_match_iou <= 1):
             raise ValueError("match_iou and low_match_iou must be above 0 and at most 1")
+        if merge_iou is not None and not 0 < merge_iou <= 1:
+            raise ValueError("merge_iou must be above 0 and at most 1 (or None: keep overlapping detections)")
         if min_hits < 1 or lost_after_s < 0 or max_tracks < 1 or not 0 < velocity_smoothing <= 1:
             raise ValueError("min_hits and max_tracks are at least 1, lost_after_s at least 0, velocity_smoothing in (0, 1]")
         self.high_score, self.low_score = high_score, low_score
@@ -130,14 +137,22 @@ class Tracker:
         self.match_iou, self.low_match_iou = match_iou, low_match_iou
         self.min_hits, self.lost_after_s, self.class_aware = min_hits, lost_after_s, class_aware
         self.max_tracks, self.smoothing, self.horizon = max_tracks, velocity_smoothing, predict_horizon_s
+        self.merge_iou = merge_iou
+        self.merged = 0  # detections dropped as duplicates of a more confident one of another label
         self.tracks: list[Track] = []
         self._next_id = 1
         self.refused = 0  # detections not tracked because max_tracks tracks exist (counted, never silent)
 
     def update(self, detections: Iterable[dict[str, Any]], timestamp: float) -> TrackerUpdate:
-        dets = [d for d in detections if float(d.get("score", 0.0)) >= self.low_score and _valid_box(d.get("box"))]
+        dets = [d for d in detections if _valid_score(d) and _valid_box(d.get("box"))]
+        dets = [d for d in dets if float(d["score"]) >= self.low_score]
         boxes = np.array([[float(v) for v in d["box"][:4]] for d in dets], np.float64).reshape(-1, 4)
-        scores = np.array([float(d.get("score", 0.0)) for d in dets], np.float64)
+        scores = np.array([float(d["score"]) for d in dets], np.float64)
+        if self.merge_iou is not None and len(dets) > 1:
+            keep_idx = self._merge(boxes, scores, [d.get("label") for d in dets])
+            if len(keep_idx) < len(dets):
+                self.merged += len(dets) - len(keep_idx)
+                dets, boxes, scores = [dets[i] for i in keep_idx], boxes[keep_idx], scores[keep_idx]
         labels = [d.get("label") for d in dets]
         pred = np.array([t.predict(timestamp, self.horizon) for t in self.tracks], np.float64).reshape(-1, 4)
         iou = iou_matrix(pred, boxes)
@@ -198,6 +213,15 @@ class Tracker:
         self.tracks = keep
         return TrackerUpdate(confirmed, new, lost, ended)
 
+    def _merge(self, boxes: np.ndarray, scores: np.ndarray, labels: list[Any]) -> list[int]:
+        """Indices to keep: most confident first, dropping a box of another label overlapping a kept one."""
+        iou = iou_matrix(boxes, boxes)
+        kept: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if all(labels[i] == labels[k] or iou[i, k] < self.merge_iou for k in kept):
+                kept.append(int(i))
+        return sorted(kept)
+
     def expire(self, timestamp: float) -> list[Track]:
         """End the confirmed tracks not seen for ``lost_after_s`` at ``timestamp`` without a frame (a source
         that stopped delivering); tentative ones are dropped."""
@@ -211,6 +235,13 @@ class Tracker:
         ended = [t for t in self.tracks if t.confirmed]
         self.tracks = []
         return ended
+
+
+def _valid_score(det: Any) -> bool:
+    try:
+        return isinstance(det, dict) and bool(np.isfinite(float(det.get("score"))))
+    except (TypeError, ValueError):
+        return False
 
 
 def _valid_box(box: Any) -> bool:
