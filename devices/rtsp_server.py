@@ -51,7 +51,8 @@ def gstreamer_available(codec: str = "h264") -> str | None:
         _, Gst, _ = _import_gi()
     except (ImportError, ValueError) as err:
         return (f"GStreamer's RTSP server is not installed ({err}): apt-get install python3-gi "
-                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly")
+                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+                "gstreamer1.0-plugins-ugly")
     Gst.init(None)
     needed = ["appsrc", "videoconvert"] + (["x264enc", "rtph264pay"] if codec == "h264" else ["jpegenc", "rtpjpegpay"])
     missing = [e for e in needed if Gst.ElementFactory.find(e) is None]

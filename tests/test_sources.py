@@ -320,7 +320,8 @@ def test_a_web_page_is_not_a_video_stream():
     try:
         with VideoSource(f"http://127.0.0.1:{httpd.server_address[1]}/", open_timeout=3, backoff_initial=0.1) as s:
             _until(lambda: s.status()["error"] is not None, 20, "an error")
-            assert s.status()["error"] == {"code": "not_video", "message": "the URL serves text/html, not a video stream"}
+            assert s.status()["error"] == {"code": "not_video",
+                                           "message": "the URL serves text/html, not a video stream"}
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -159,13 +159,14 @@ def test_zone_label_filters_and_line_counts():
     cfg = TrackingConfig(track=True, tracker={"min_hits": 1},
                          zones=[ZoneConfig(name="cars", points=[[0, 0], [1, 0], [1, 1], [0, 1]], labels=["square"],
                                            inertia=1)],
-                         lines=[LineConfig(name="mid", points=[[0.5, 1.0], [0.5, 0.0]], forward="east", backward="west")])
+                         lines=[LineConfig(name="mid", points=[[0.5, 1.0], [0.5, 0.0]], forward="east",
+                                           backward="west")])
     events = cfg.build("cam", id_prefix="")
     out_all = []
     for n in range(20):
         x = 100 + 10 * n
-        out = events.process(_result([_det((x - 10, 50, x + 10, 70), "circle"), _det((x - 10, 150, x + 10, 170), "square")]),
-                             timestamp=n / 10)
+        dets = [_det((x - 10, 50, x + 10, 70), "circle"), _det((x - 10, 150, x + 10, 170), "square")]
+        out = events.process(_result(dets), timestamp=n / 10)
         out_all.append(out)
     counts = [c for o in out_all for c in o.counts]
     assert counts[-1] == {"line": "mid", "source": "cam", "east": 2, "west": 0,
@@ -319,7 +320,8 @@ def test_tracking_config_checks_at_once():
     from pydantic import ValidationError
 
     for bad, words in [({"zones": [{"name": "z", "points": [[0, 0], [1, 0], [1, 1]]}]}, "need track = true"),
-                       ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [2, 0], [1, 1]]}]}, "between 0 and 1"),
+                       ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [2, 0], [1, 1]]}]},
+                        "between 0 and 1"),
                        ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [1, 0]]}]}, "at least 3"),
                        ({"track": True, "lines": [{"name": "l", "points": [[0, 0], [0, 0]]}]}, "must differ"),
                        ({"track": True, "events": "events/+/x"}, "without wildcards"),
@@ -328,7 +330,8 @@ def test_tracking_config_checks_at_once():
                        ({"track": True, "tracker": {"low_score": 0.6}}, "low_score"),
                        ({"track": True, "tracker": {"min_hits": 0}}, "greater than or equal to 1"),
                        ({"track": True, "zone": []}, "Extra inputs"),
-                       ({"track": True, "zones": [{"name": "a", "points": [[0, 0], [1, 0], [1, 1]]}] * 2}, "two zones")]:
+                       ({"track": True, "zones": [{"name": "a", "points": [[0, 0], [1, 0], [1, 1]]}] * 2},
+                        "two zones")]:
         with pytest.raises(ValidationError) as err:
             TrackingConfig(**bad)
         assert words in str(err.value), str(err.value)

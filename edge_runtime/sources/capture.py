@@ -233,7 +233,8 @@ class VideoSource:
                         outcome = "dropped"
                         self.drops += 1
                         with self._lock:
-                            self._dropped_at = self._last_frame_at if self._last_frame_at is not None else time.monotonic()
+                            last = self._last_frame_at
+                            self._dropped_at = last if last is not None else time.monotonic()
                     if outcome in ("stopped", "ended"):
                         self._set(outcome if outcome == "ended" else "stopped")
                         if outcome == "ended":
@@ -292,7 +293,8 @@ class VideoSource:
             if not os.path.exists(self.source):
                 return None, Diagnosis("not_found", f"no such device: {self.source} (is the camera plugged in?)")
             if not os.access(self.source, os.R_OK | os.W_OK):
-                return None, Diagnosis("refused", f"no permission to open {self.source} (add the user to the video group)")
+                return None, Diagnosis("refused",
+                                       f"no permission to open {self.source} (add the user to the video group)")
         target = with_credentials(self.source, user, password)
         api = cv2.CAP_V4L2 if self.kind == "device" else cv2.CAP_FFMPEG
         params = [] if self.kind == "device" else [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),

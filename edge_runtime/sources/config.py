@@ -39,14 +39,16 @@ class SourceConfig(BaseModel):
                              description="The source's name ({1} in the route's topics); default: from the source.")
     fps: float | None = Field(5.0, gt=0, le=120, description="Frames per second delivered to the model (newest only); "
                               "None: every frame the source produces.")
-    realtime: bool = Field(True, description="Files: replay at their own speed (true) or as fast as the model takes frames.")
+    realtime: bool = Field(True, description="Files: replay at their own speed (true) or as fast as the model takes "
+                           "frames (false).")
     loop: bool = Field(False, description="Files: start again from the beginning at the end.")
     username_env: str | None = Field(None, pattern=_ENV, description="Environment variable holding the user name.")
     password_env: str | None = Field(None, pattern=_ENV, description="Environment variable holding the password.")
     open_timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait to open the source.")
     read_timeout_s: float = Field(10.0, gt=0, le=120, description="A stream silent this long is reopened.")
     reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening a failed source.")
-    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between attempts (the wait doubles up to it).")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600,
+                                   description="Longest wait between attempts (the wait doubles up to it).")
 
     @field_validator("source")
     @classmethod

@@ -52,7 +52,8 @@ def _connect(host: str, port: int, timeout: float) -> tuple[socket.socket | None
             sock.close()
             last = err
     if isinstance(last, ConnectionRefusedError):
-        return None, Diagnosis("unreachable", f"connection refused by {_where(host, port)} (nothing listens on that port)")
+        return None, Diagnosis("unreachable",
+                               f"connection refused by {_where(host, port)} (nothing listens on that port)")
     if isinstance(last, (socket.timeout, TimeoutError)):
         return None, Diagnosis("unreachable", f"no answer from {_where(host, port)} within {timeout:g} s")
     reason = getattr(last, "strerror", None) or str(last)
@@ -154,11 +155,13 @@ def _ask(host: str, port: int, tls: bool, request: str, timeout: float
             try:
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             except (ssl.SSLError, OSError) as err:
-                return Diagnosis("refused", f"TLS with {_where(host, port)} failed: {getattr(err, 'reason', None) or err}")
+                reason = getattr(err, "reason", None) or err
+                return Diagnosis("refused", f"TLS with {_where(host, port)} failed: {reason}")
         sock.sendall(request.encode("latin-1"))
         return _read_response(sock)
     except (socket.timeout, TimeoutError):
-        return Diagnosis("unreachable", f"{_where(host, port)} accepted the connection but did not answer within {timeout:g} s")
+        return Diagnosis("unreachable",
+                         f"{_where(host, port)} accepted the connection but did not answer within {timeout:g} s")
     except OSError as err:
         return Diagnosis("unreachable", f"connection to {_where(host, port)} failed ({err.strerror or err})")
     finally:
@@ -204,7 +207,8 @@ def probe_rtsp(url: str, *, username: str | None, password: str | None, timeout:
     if status == 401:
         return _auth_failure(username, creds_from)
     if status == 404:
-        return Diagnosis("not_found", f"no stream at path {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)")
+        return Diagnosis("not_found",
+                         f"no stream at path {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)")
     if status != 200:
         return Diagnosis("refused", f"the RTSP server answered {status} {reason}")
     sdp = body.decode("latin-1", "replace")

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SourceKind", "source_kind", "default_name", "redact_url", "with_credentials", "Redactor", "SECRET_QUERY_KEYS"]
+__all__ = ["SourceKind", "source_kind", "default_name", "redact_url", "with_credentials", "Redactor",
+           "SECRET_QUERY_KEYS"]
 
 SourceKind = str  # "rtsp" | "http" | "device" | "file"
 _DEVICE = re.compile(r"^/dev/video\d+$")

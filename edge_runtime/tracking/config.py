@@ -53,7 +53,8 @@ class TrackerConfig(_Strict):
         "(ByteTrack's second pass); lower ones are ignored.")
     new_track_score: float | None = Field(
         None, ge=0, le=1, description="A new object needs a detection at least this confident; default: high_score.")
-    match_iou: float = Field(0.3, gt=0, le=1, description="Least IoU of predicted and detected box to match (first pass).")
+    match_iou: float = Field(0.3, gt=0, le=1,
+                             description="Least IoU of predicted and detected box to match (first pass).")
     low_match_iou: float = Field(0.5, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
     min_hits: int = Field(2, ge=1, le=100, description="Consecutive frames with a detection before an object is 'new'.")
     end_after_s: float = Field(2.0, ge=0, le=3600, description="An object not seen for this long ends ('end' event).")
@@ -62,7 +63,8 @@ class TrackerConfig(_Strict):
     merge_iou: float | None = Field(
         0.6, gt=0, le=1, description="Detections of different labels overlapping this much are one object (per-class "
         "NMS reports some objects twice); the most confident is kept. None: keep all. Ignored with class_aware.")
-    max_tracks: int = Field(256, ge=1, le=100_000, description="Objects tracked at once per source; more are counted and ignored.")
+    max_tracks: int = Field(256, ge=1, le=100_000,
+                            description="Objects tracked at once per source; more are counted and ignored.")
 
     @model_validator(mode="after")
     def _order(self) -> "TrackerConfig":
@@ -78,7 +80,8 @@ class _Shape(_Strict):
     units: Literal["relative", "pixels"] = Field(
         "relative", description="relative: x and y from 0 to 1 of the frame's width and height; pixels: frame pixels.")
     anchor: Literal["bottom_center", "center"] = Field(
-        "bottom_center", description="The point of a box that must be inside: bottom_center (where it stands) or center.")
+        "bottom_center",
+        description="The point of a box that must be inside: bottom_center (where it stands) or center.")
     labels: list[str] | None = Field(None, min_length=1, description="Only objects with these labels; default: all.")
 
     @model_validator(mode="after")
@@ -93,7 +96,8 @@ class _Shape(_Strict):
 
 class ZoneConfig(_Shape):
     points: list[Point] = Field(min_length=3, max_length=64, description="Polygon corners [[x, y], ...], in order.")
-    inertia: int = Field(2, ge=1, le=100, description="Frames an object must be in (or out of) the zone before it counts as entered (left).")
+    inertia: int = Field(2, ge=1, le=100, description="Frames an object must be in (or out of) the zone before it "
+                         "counts as entered (left).")
 
     def build(self) -> Zone:
         return Zone(self.name, self.points, relative=self.units == "relative", anchor=self.anchor, labels=self.labels,
@@ -102,7 +106,8 @@ class ZoneConfig(_Shape):
 
 class LineConfig(_Shape):
     points: list[Point] = Field(min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]].")
-    forward: str = Field("in", pattern=_NAME, description="Name of a crossing from the left to the right of first->second point.")
+    forward: str = Field("in", pattern=_NAME,
+                         description="Name of a crossing from the left to the right of first->second point.")
     backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way.")
 
     @model_validator(mode="after")
@@ -128,7 +133,8 @@ def _check_template(value: str, allowed: set[str], key: str) -> str:
 
 
 class TrackingConfig(_Strict):
-    track: bool = Field(False, description="Track detections across frames and publish object events (detector routes).")
+    track: bool = Field(False,
+                        description="Track detections across frames and publish object events (detector routes).")
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     zones: list[ZoneConfig] = Field(default_factory=list, max_length=64)
     lines: list[LineConfig] = Field(default_factory=list, max_length=64)

@@ -131,7 +131,8 @@ class Tracker:
         if merge_iou is not None and not 0 < merge_iou <= 1:
             raise ValueError("merge_iou must be above 0 and at most 1 (or None: keep overlapping detections)")
         if min_hits < 1 or lost_after_s < 0 or max_tracks < 1 or not 0 < velocity_smoothing <= 1:
-            raise ValueError("min_hits and max_tracks are at least 1, lost_after_s at least 0, velocity_smoothing in (0, 1]")
+            raise ValueError("min_hits and max_tracks are at least 1, lost_after_s at least 0, "
+                             "velocity_smoothing in (0, 1]")
         self.high_score, self.low_score = high_score, low_score
         self.new_track_score = high_score if new_track_score is None else new_track_score
         self.match_iou, self.low_match_iou = match_iou, low_match_iou
