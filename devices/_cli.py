@@ -53,8 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cam.add_argument("--duration", type=positive_float, help="seconds (default: until Ctrl-C)")
     stream = cam.add_mutually_exclusive_group()
-    stream.add_argument("--rtsp", type=int, metavar="PORT",
-                        help="serve moving shapes as an RTSP stream on 127.0.0.1:PORT/cam instead (needs GStreamer)")
+    stream.add_argument(
+        "--rtsp",
+        type=int,
+        metavar="PORT",
+        help="serve moving shapes as an RTSP stream on 127.0.0.1:PORT/cam instead (needs GStreamer)",
+    )
     stream.add_argument(
         "--mjpeg", type=int, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
     )
@@ -217,8 +221,15 @@ def _camera(args: argparse.Namespace) -> int:
     if args.rtsp is not None or args.mjpeg is not None:
         from .simulate_video import serve_camera_stream
 
-        return serve_camera_stream(rtsp=args.rtsp, mjpeg=args.mjpeg, fps=args.fps, width=w, height=h,
-                                   objects=args.objects, duration=args.duration)
+        return serve_camera_stream(
+            rtsp=args.rtsp,
+            mjpeg=args.mjpeg,
+            fps=args.fps,
+            width=w,
+            height=h,
+            objects=args.objects,
+            duration=args.duration,
+        )
     return simulate_cameras(
         args.broker,
         cameras=args.cameras,

@@ -19,8 +19,19 @@ _BOUNDARY = "edgeruntimeframe"
 class MjpegServer:
     """``MjpegServer(port=0).start()``; ``url`` is the stream; ``stop()`` closes it and every client."""
 
-    def __init__(self, *, port: int = 0, path: str = "/mjpeg", fps: float = 10.0, width: int = 320, height: int = 240,
-                 objects: int = 2, seed: int = 0, user: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        path: str = "/mjpeg",
+        fps: float = 10.0,
+        width: int = 320,
+        height: int = 240,
+        objects: int = 2,
+        seed: int = 0,
+        user: str | None = None,
+        password: str | None = None,
+    ):
         from .cameras import encode_frame
         from .moving import MovingScene
 
@@ -58,8 +69,11 @@ class MjpegServer:
                 try:
                     while not outer._stopping.is_set():
                         jpeg = outer.frames[n % len(outer.frames)]
-                        self.wfile.write(f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
-                                         "\r\n\r\n".encode() + jpeg + b"\r\n")
+                        self.wfile.write(
+                            f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                            + jpeg
+                            + b"\r\n"
+                        )
                         n += 1
                         outer._stopping.wait(max(0.0, start + n / outer.fps - time.monotonic()))
                 except (BrokenPipeError, ConnectionResetError):
@@ -71,7 +85,7 @@ class MjpegServer:
         self.url = f"http://127.0.0.1:{self.port}{path}"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "MjpegServer":
+    def start(self) -> MjpegServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
         return self
@@ -83,7 +97,7 @@ class MjpegServer:
         if self._thread is not None:
             self._thread.join(2)
 
-    def __enter__(self) -> "MjpegServer":
+    def __enter__(self) -> MjpegServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

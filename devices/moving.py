@@ -50,9 +50,19 @@ class MovingScene:
         self.background = _background(np.random.default_rng(seed), width, height)
 
     @classmethod
-    def crossing(cls, *, width: int = 320, height: int = 240, fps: float = 10.0, objects: int = 3,
-                 travel_s: float = 4.0, stagger_s: float = 2.0, lead_s: float = 1.0, tail_s: float = 2.0,
-                 seed: int = 0) -> "MovingScene":
+    def crossing(
+        cls,
+        *,
+        width: int = 320,
+        height: int = 240,
+        fps: float = 10.0,
+        objects: int = 3,
+        travel_s: float = 4.0,
+        stagger_s: float = 2.0,
+        lead_s: float = 1.0,
+        tail_s: float = 2.0,
+        seed: int = 0,
+    ) -> MovingScene:
         """``objects`` shapes, each in its own horizontal lane, crossing the frame left to right in ``travel_s``
         seconds, one starting every ``stagger_s`` seconds after ``lead_s`` of empty scene; ``tail_s`` of empty
         scene at the end (so a tracker sees every object leave)."""
@@ -68,9 +78,19 @@ class MovingScene:
             cy = lanes * (i + 1)
             drift = float(rng.uniform(-0.3, 0.3) * lanes) / steps
             shape = SHAPES[i % len(SHAPES)]
-            colour = tuple(int(c) for c in _COLOURS[int(rng.integers(len(_COLOURS)))])
-            tracks.append(ObjectTrack(i + 1, shape, size, start, start + steps, (x0, cy - drift * steps / 2),
-                                      ((x1 - x0) / steps, drift), colour))
+            b, g, r = (int(c) for c in _COLOURS[int(rng.integers(len(_COLOURS)))])
+            tracks.append(
+                ObjectTrack(
+                    i + 1,
+                    shape,
+                    size,
+                    start,
+                    start + steps,
+                    (x0, cy - drift * steps / 2),
+                    ((x1 - x0) / steps, drift),
+                    (b, g, r),
+                )
+            )
         frames = max(t.end for t in tracks) + 1 + round(tail_s * fps)
         return cls(tracks, width=width, height=height, fps=fps, frames=frames, seed=seed)
 
@@ -85,10 +105,12 @@ class MovingScene:
     def render(self, n: int) -> tuple[np.ndarray, list[tuple[int, str, tuple[float, float, float, float]]]]:
         """Frame ``n`` (BGR) and each visible shape's (id, label, box)."""
         img = self.background.copy()
-        truth = self.truth(n)
-        for (tid, label, (x1, y1, x2, y2)), t in zip(truth, [t for t in self.tracks if t.box(n) is not None]):
-            _draw(img, label, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, t.colour)
-        return img, truth
+        for t in self.tracks:
+            box = t.box(n)
+            if box is not None:
+                x1, y1, x2, y2 = box
+                _draw(img, t.label, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, t.colour)
+        return img, self.truth(n)
 
 
 def write_video(scene: MovingScene, path: str | Path, *, fourcc: str | None = None) -> list[list]:
@@ -98,8 +120,9 @@ def write_video(scene: MovingScene, path: str | Path, *, fourcc: str | None = No
 
     path = Path(path)
     code = fourcc or ("mp4v" if path.suffix.lower() == ".mp4" else "MJPG")
-    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*code), scene.fps,
-                             (scene.width, scene.height))
+    writer = cv2.VideoWriter(
+        str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*code), scene.fps, (scene.width, scene.height)
+    )
     if not writer.isOpened():
         raise ValueError(f"OpenCV cannot write {code} video to {path}")
     truth = []
@@ -115,10 +138,19 @@ def write_video(scene: MovingScene, path: str | Path, *, fourcc: str | None = No
 
 def truth_json(scene: MovingScene) -> dict[str, Any]:
     """The scene's ground truth: size, fps, frame count, and per object its frames and box at each."""
-    return {"width": scene.width, "height": scene.height, "fps": scene.fps, "frames": scene.frames,
-            "objects": [{**{k: v for k, v in asdict(t).items() if k not in ("colour",)},
-                         "boxes": [[round(v, 2) for v in t.box(n)] for n in range(t.start, t.end + 1)]}
-                        for t in scene.tracks]}
+    return {
+        "width": scene.width,
+        "height": scene.height,
+        "fps": scene.fps,
+        "frames": scene.frames,
+        "objects": [
+            {
+                **{k: v for k, v in asdict(t).items() if k not in ("colour",)},
+                "boxes": [[round(v, 2) for v in t.box(n) or ()] for n in range(t.start, t.end + 1)],
+            }
+            for t in scene.tracks
+        ],
+    }
 
 
 def save_truth(scene: MovingScene, path: str | Path) -> None:

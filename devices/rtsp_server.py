@@ -18,31 +18,35 @@ With ``--user`` and ``--password-env`` the server asks for credentials (Basic, o
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import signal
 import sys
 import threading
+from typing import Any
 
 __all__ = ["gstreamer_available", "serve_rtsp"]
 
 _SYSTEM_GI = "/usr/lib/python3/dist-packages"
 
 
-def _import_gi():
-    try:
-        import gi  # noqa: F401
-    except ImportError:
-        if os.path.isdir(os.path.join(_SYSTEM_GI, "gi")) and _SYSTEM_GI not in sys.path:
-            sys.path.append(_SYSTEM_GI)  # appended: the venv's own packages still win
-        import gi  # noqa: F401
-    import gi
-
+def _import_gi() -> tuple[Any, Any, Any]:
+    """(GLib, Gst, GstRtspServer) from PyGObject; imported by name, as gi has no type stubs."""
+    if importlib.util.find_spec("gi") is None and os.path.isdir(os.path.join(_SYSTEM_GI, "gi")):
+        sys.path.append(_SYSTEM_GI)  # appended: the venv's own packages still win
+    gi = importlib.import_module("gi")
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtsp", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
+    return tuple(importlib.import_module(f"gi.repository.{m}") for m in ("GLib", "Gst", "GstRtspServer"))  # type: ignore[return-value]
 
-    return GLib, Gst, GstRtspServer
+
+class _Live:
+    """The appsrc of the shared pipeline while clients watch, and the frame count since it was made."""
+
+    src: Any = None
+    n: int = 0
 
 
 def gstreamer_available(codec: str = "h264") -> str | None:
@@ -50,22 +54,38 @@ def gstreamer_available(codec: str = "h264") -> str | None:
     try:
         _, Gst, _ = _import_gi()
     except (ImportError, ValueError) as err:
-        return (f"GStreamer's RTSP server is not installed ({err}): apt-get install python3-gi "
-                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-                "gstreamer1.0-plugins-ugly")
+        return (
+            f"GStreamer's RTSP server is not installed ({err}): apt-get install python3-gi "
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+            "gstreamer1.0-plugins-ugly"
+        )
     Gst.init(None)
     needed = ["appsrc", "videoconvert"] + (["x264enc", "rtph264pay"] if codec == "h264" else ["jpegenc", "rtpjpegpay"])
     missing = [e for e in needed if Gst.ElementFactory.find(e) is None]
     if missing:
-        return f"GStreamer elements missing: {', '.join(missing)} (apt-get install gstreamer1.0-plugins-good " \
-               "gstreamer1.0-plugins-ugly)"
+        return (
+            f"GStreamer elements missing: {', '.join(missing)} (apt-get install gstreamer1.0-plugins-good "
+            "gstreamer1.0-plugins-ugly)"
+        )
     return None
 
 
-def serve_rtsp(*, port: int = 8554, path: str = "/cam", fps: float = 10.0, width: int = 320, height: int = 240,
-               objects: int = 2, seed: int = 0, codec: str = "h264", user: str | None = None,
-               password: str | None = None, digest: bool = False, duration: float | None = None,
-               ready=None) -> int:
+def serve_rtsp(
+    *,
+    port: int = 8554,
+    path: str = "/cam",
+    fps: float = 10.0,
+    width: int = 320,
+    height: int = 240,
+    objects: int = 2,
+    seed: int = 0,
+    codec: str = "h264",
+    user: str | None = None,
+    password: str | None = None,
+    digest: bool = False,
+    duration: float | None = None,
+    ready=None,
+) -> int:
     """Serve until SIGTERM/SIGINT or ``duration`` seconds; call ``ready(url)`` once listening. Returns 0."""
     GLib, Gst, GstRtspServer = _import_gi()
     Gst.init(None)
@@ -76,15 +96,19 @@ def serve_rtsp(*, port: int = 8554, path: str = "/cam", fps: float = 10.0, width
     duration_ns = int(Gst.SECOND / fps)
     if codec == "h264":
         # A key frame every second so a client that (re)connects decodes within a second.
-        encode = (f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={max(1, round(fps))} bitrate=800 "
-                  "! rtph264pay name=pay0 pt=96 config-interval=1")
+        encode = (
+            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={max(1, round(fps))} bitrate=800 "
+            "! rtph264pay name=pay0 pt=96 config-interval=1"
+        )
     else:
         encode = "jpegenc quality=85 ! rtpjpegpay name=pay0 pt=26"
-    launch = (f"( appsrc name=src is-live=true format=time do-timestamp=false "
-              f"caps=video/x-raw,format=BGR,width={width},height={height},framerate={round(fps * 1000)}/1000 "
-              f"! videoconvert ! video/x-raw,format=I420 ! {encode} )")
+    launch = (
+        f"( appsrc name=src is-live=true format=time do-timestamp=false "
+        f"caps=video/x-raw,format=BGR,width={width},height={height},framerate={round(fps * 1000)}/1000 "
+        f"! videoconvert ! video/x-raw,format=I420 ! {encode} )"
+    )
 
-    state = {"src": None, "n": 0}
+    live = _Live()
     lock = threading.Lock()
 
     factory = GstRtspServer.RTSPMediaFactory()
@@ -94,8 +118,8 @@ def serve_rtsp(*, port: int = 8554, path: str = "/cam", fps: float = 10.0, width
     def on_configure(_factory, media):
         src = media.get_element().get_child_by_name("src")
         with lock:
-            state["src"], state["n"] = src, 0
-        media.connect("unprepared", lambda *_: state.update(src=None))
+            live.src, live.n = src, 0
+        media.connect("unprepared", lambda *_: setattr(live, "src", None))
 
     factory.connect("media-configure", on_configure)
 
@@ -107,16 +131,18 @@ def serve_rtsp(*, port: int = 8554, path: str = "/cam", fps: float = 10.0, width
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", "user")
         if digest:
-            from gi.repository import GstRtsp
-
-            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+            rtsp = importlib.import_module("gi.repository.GstRtsp")
+            auth.set_supported_methods(rtsp.RTSPAuthMethod.DIGEST)
             auth.add_digest(user, password or "", token)
         else:
             auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password or ""), token)
         server.set_auth(auth)
         permissions = GstRtspServer.RTSPPermissions()
-        permissions.add_role_from_structure(Gst.Structure.new_from_string(
-            "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
+        permissions.add_role_from_structure(
+            Gst.Structure.new_from_string(
+                "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+            )
+        )
         factory.set_permissions(permissions)
     server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
@@ -125,9 +151,8 @@ def serve_rtsp(*, port: int = 8554, path: str = "/cam", fps: float = 10.0, width
 
     def push():
         with lock:
-            src = state["src"]
-            n = state["n"]
-            state["n"] = n + 1
+            src, n = live.src, live.n
+            live.n = n + 1
         if src is not None:
             buf = Gst.Buffer.new_wrapped(frames[n % len(frames)])
             buf.pts, buf.duration = n * duration_ns, duration_ns
@@ -167,9 +192,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     w, h = (int(v) for v in args.size.lower().split("x"))
     password = os.environ.get(args.password_env) if args.password_env else None
-    return serve_rtsp(port=args.port, path=args.path, fps=args.fps, width=w, height=h, objects=args.objects,
-                      seed=args.seed, codec=args.codec, user=args.user, password=password, digest=args.digest,
-                      duration=args.duration, ready=lambda url: print(f"ready {url}", flush=True))
+    return serve_rtsp(
+        port=args.port,
+        path=args.path,
+        fps=args.fps,
+        width=w,
+        height=h,
+        objects=args.objects,
+        seed=args.seed,
+        codec=args.codec,
+        user=args.user,
+        password=password,
+        digest=args.digest,
+        duration=args.duration,
+        ready=lambda url: print(f"ready {url}", flush=True),
+    )
 
 
 if __name__ == "__main__":

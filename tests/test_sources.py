@@ -19,11 +19,11 @@ import pytest
 
 pytest.importorskip("cv2")
 
-from devices.mjpeg_server import MjpegServer  # noqa: E402
-from devices.moving import MovingScene, write_video  # noqa: E402
-from devices.rtsp_server import gstreamer_available  # noqa: E402
-from edge_runtime.sources import Frame, LatestFrame, SourceConfig, VideoSource, redact_url  # noqa: E402
-from edge_runtime.sources.probe import probe_rtsp  # noqa: E402
+from devices.mjpeg_server import MjpegServer
+from devices.moving import MovingScene, write_video
+from devices.rtsp_server import gstreamer_available
+from edge_runtime.sources import Frame, LatestFrame, SourceConfig, VideoSource, redact_url
+from edge_runtime.sources.probe import probe_rtsp
 
 ROOT = Path(__file__).resolve().parents[1]
 _MISSING = gstreamer_available("h264")
@@ -47,13 +47,19 @@ class RtspServer:
         self.proc: subprocess.Popen | None = None
         self.url = f"rtsp://127.0.0.1:{self.port}/cam"
 
-    def start(self) -> "RtspServer":
+    def start(self) -> RtspServer:
         args = [sys.executable, "-m", "devices.rtsp_server", "--port", str(self.port)]
         for key, value in self.options.items():
             flag = "--" + key.replace("_", "-")
             args += [flag] if value is True else [flag, str(value)]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "RTSP_TEST_PASSWORD": "right-pass"})
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RTSP_TEST_PASSWORD": "right-pass"},
+        )
         ready: list[str] = []
         reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
         reader.start()
@@ -188,8 +194,11 @@ def test_rtsp_source_streams_survives_a_server_restart_and_counts_the_gap(rtsp_s
 
         down_at = time.monotonic()
         server.stop()
-        _until(lambda: source.status()["state"] == "reconnecting" and source.status()["failed_attempts"] >= 1, 20,
-               "the source to notice the server is gone")
+        _until(
+            lambda: source.status()["state"] == "reconnecting" and source.status()["failed_attempts"] >= 1,
+            20,
+            "the source to notice the server is gone",
+        )
         status = source.status()
         assert status["drops"] == 1 and status["error"]["code"] == "unreachable"
         server.start()  # the same port
@@ -212,8 +221,9 @@ def test_rtsp_source_streams_survives_a_server_restart_and_counts_the_gap(rtsp_s
 
 @needs_rtsp
 @pytest.mark.parametrize("digest", [False, True], ids=["basic", "digest"])
-def test_rtsp_credentials_from_the_environment_and_wrong_ones_give_one_clear_error(rtsp_server, monkeypatch, caplog,
-                                                                                    digest):
+def test_rtsp_credentials_from_the_environment_and_wrong_ones_give_one_clear_error(
+    rtsp_server, monkeypatch, caplog, digest
+):
     server = rtsp_server(user="admin", password_env="RTSP_TEST_PASSWORD", **({"digest": True} if digest else {}))
     monkeypatch.setenv("CAM_USER", "admin")
     monkeypatch.setenv("CAM_BAD", "wrong-pass")
@@ -222,8 +232,9 @@ def test_rtsp_credentials_from_the_environment_and_wrong_ones_give_one_clear_err
     assert probe_rtsp(server.url, username="admin", password="right-pass", timeout=5).code == "decode"
 
     caplog.set_level(logging.DEBUG, logger="edge_runtime.sources")
-    bad = VideoSource(server.url, name="bad", username_env="CAM_USER", password_env="CAM_BAD", backoff_initial=0.1,
-                      backoff_max=0.2).start()
+    bad = VideoSource(
+        server.url, name="bad", username_env="CAM_USER", password_env="CAM_BAD", backoff_initial=0.1, backoff_max=0.2
+    ).start()
     try:
         _until(lambda: bad.status()["failed_attempts"] >= 3, 20, "three failed attempts")
         status = bad.status()
@@ -274,8 +285,14 @@ def test_ffmpeg_stays_quiet_and_the_password_never_reaches_stdout_or_stderr(rtsp
         s.stop()
     """)
     secret = "Very$ecret-pw"
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "U": "admin", "P": secret})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "U": "admin", "P": secret},
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "'code': 'auth'" in done.stdout
@@ -320,8 +337,10 @@ def test_a_web_page_is_not_a_video_stream():
     try:
         with VideoSource(f"http://127.0.0.1:{httpd.server_address[1]}/", open_timeout=3, backoff_initial=0.1) as s:
             _until(lambda: s.status()["error"] is not None, 20, "an error")
-            assert s.status()["error"] == {"code": "not_video",
-                                           "message": "the URL serves text/html, not a video stream"}
+            assert s.status()["error"] == {
+                "code": "not_video",
+                "message": "the URL serves text/html, not a video stream",
+            }
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -395,8 +414,9 @@ def test_a_looping_file_starts_again_with_a_clock_that_keeps_running(scene_video
     assert frames[scene.frames].position_s == pytest.approx(scene.frames / scene.fps, abs=1e-3)
 
 
-@pytest.mark.parametrize("content,code", [(None, "not_found"), (b"this is not a video\n" * 100, "not_video")],
-                         ids=["missing", "text"])
+@pytest.mark.parametrize(
+    "content,code", [(None, "not_found"), (b"this is not a video\n" * 100, "not_video")], ids=["missing", "text"]
+)
 def test_bad_files_give_one_error_and_keep_retrying(tmp_path, caplog, content, code):
     path = tmp_path / "clip.mp4"
     if content is not None:
@@ -411,12 +431,16 @@ def test_bad_files_give_one_error_and_keep_retrying(tmp_path, caplog, content, c
 
 def test_missing_credentials_variable_and_missing_device_are_clear(monkeypatch):
     monkeypatch.delenv("NO_SUCH_VAR_EDGE", raising=False)
-    with VideoSource("rtsp://127.0.0.1:9/cam", password_env="NO_SUCH_VAR_EDGE", backoff_initial=0.05) as s, \
-            VideoSource("/dev/video99", backoff_initial=0.05) as dev:
+    with (
+        VideoSource("rtsp://127.0.0.1:9/cam", password_env="NO_SUCH_VAR_EDGE", backoff_initial=0.05) as s,
+        VideoSource("/dev/video99", backoff_initial=0.05) as dev,
+    ):
         _until(lambda: s.status()["error"] is not None and dev.status()["error"] is not None, 10, "errors")
         assert s.status()["error"]["code"] == "credentials" and "NO_SUCH_VAR_EDGE" in s.status()["error"]["message"]
-        assert dev.status()["error"] == {"code": "not_found",
-                                         "message": "no such device: /dev/video99 (is the camera plugged in?)"}
+        assert dev.status()["error"] == {
+            "code": "not_found",
+            "message": "no such device: /dev/video99 (is the camera plugged in?)",
+        }
 
 
 def test_a_bad_source_does_not_stop_a_good_one_and_both_stop_within_a_second(scene_video):
@@ -432,8 +456,10 @@ def test_a_bad_source_does_not_stop_a_good_one_and_both_stop_within_a_second(sce
 
 # --- config and redaction ------------------------------------------------------------------------------------
 def test_urls_are_redacted_everywhere_they_are_shown():
-    assert redact_url("rtsp://admin@cam.local:554/s?channel=1&token=abc") == \
-        "rtsp://***@cam.local:554/s?channel=1&token=***"
+    assert (
+        redact_url("rtsp://admin@cam.local:554/s?channel=1&token=abc")
+        == "rtsp://***@cam.local:554/s?channel=1&token=***"
+    )
     assert redact_url("http://cam/mjpeg?user=a&pwd=b") == "http://cam/mjpeg?user=***&pwd=***"
     assert redact_url("/dev/video0") == "/dev/video0"
     s = VideoSource("rtsp://admin@cam.local/s?key=k1")
@@ -446,13 +472,15 @@ def test_source_config_checks_at_once():
     cfg = SourceConfig(source="rtsp://cam.local/stream1", fps=2, username_env="U", password_env="P")
     assert cfg.source_name == "cam.local-stream1" and cfg.kind == "rtsp"
     assert SourceConfig(source="clips/door.mp4").build(base_dir=Path("/srv")).source == "/srv/clips/door.mp4"
-    for bad, words in [({"source": "rtsp://u:secret@cam/s"}, "password_env"),
-                       ({"source": "ftp://cam/s"}, "unsupported source scheme"),
-                       ({"source": "/dev/video0", "realtime": False}, "video files only"),
-                       ({"source": "a.mp4", "password_env": "P"}, "rtsp:// and http(s)://"),
-                       ({"source": "a.mp4", "fps": 0}, "greater than 0"),
-                       ({"source": "a.mp4", "fsp": 5}, "Extra inputs"),
-                       ({"source": "a.mp4", "reconnect_initial_s": 60, "reconnect_max_s": 5}, "reconnect_initial_s")]:
+    for bad, words in [
+        ({"source": "rtsp://u:secret@cam/s"}, "password_env"),
+        ({"source": "ftp://cam/s"}, "unsupported source scheme"),
+        ({"source": "/dev/video0", "realtime": False}, "video files only"),
+        ({"source": "a.mp4", "password_env": "P"}, "rtsp:// and http(s)://"),
+        ({"source": "a.mp4", "fps": 0}, "greater than 0"),
+        ({"source": "a.mp4", "fsp": 5}, "Extra inputs"),
+        ({"source": "a.mp4", "reconnect_initial_s": 60, "reconnect_max_s": 5}, "reconnect_initial_s"),
+    ]:
         with pytest.raises(ValidationError) as err:
             SourceConfig(**bad)
         assert words in str(err.value)

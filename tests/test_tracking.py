@@ -10,8 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.tracking import (Line, LineConfig, ObjectEvents, Tracker, TrackingConfig, Zone, ZoneConfig,
-                                   iou_matrix, point_in_polygon, render_topic)
+from edge_runtime.tracking import (
+    Line,
+    LineConfig,
+    ObjectEvents,
+    Tracker,
+    TrackingConfig,
+    Zone,
+    ZoneConfig,
+    iou_matrix,
+    point_in_polygon,
+    render_topic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,9 +100,19 @@ def test_low_score_detections_keep_a_track_alive_bytetrack_style():
 
 def test_a_one_frame_false_positive_never_becomes_an_object_and_bad_boxes_are_ignored():
     events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2))
-    out = events.process(_result([_det((10, 10, 50, 50)), {"box": [1, 2]}, {"box": [5, 5, 1, 1], "score": 1},
-                                  {"box": [float("nan"), 0, 5, 5], "score": 1}, {"score": 0.9}, {"box": "x"}]),
-                         timestamp=0)
+    out = events.process(
+        _result(
+            [
+                _det((10, 10, 50, 50)),
+                {"box": [1, 2]},
+                {"box": [5, 5, 1, 1], "score": 1},
+                {"box": [float("nan"), 0, 5, 5], "score": 1},
+                {"score": 0.9},
+                {"box": "x"},
+            ]
+        ),
+        timestamp=0,
+    )
     assert out.events == []
     for n in range(1, 10):
         assert events.process(_result([]), timestamp=n / 10).events == []
@@ -114,8 +134,11 @@ def test_tracks_are_bounded_and_refusals_counted():
 
 # --- events -----------------------------------------------------------------------------------------------
 def _zone_cfg(**kw) -> TrackingConfig:
-    return TrackingConfig(track=True, zones=[ZoneConfig(name="right", points=[[0.5, 0], [1, 0], [1, 1], [0.5, 1]],
-                                                        **kw)], tracker={"min_hits": 1})
+    return TrackingConfig(
+        track=True,
+        zones=[ZoneConfig(name="right", points=[[0.5, 0], [1, 0], [1, 1], [0.5, 1]], **kw)],
+        tracker={"min_hits": 1},
+    )
 
 
 def test_updates_only_on_changes_or_at_the_interval():
@@ -156,11 +179,12 @@ def test_zone_entries_need_inertia_and_occupancy_is_published_on_change_only():
 
 
 def test_zone_label_filters_and_line_counts():
-    cfg = TrackingConfig(track=True, tracker={"min_hits": 1},
-                         zones=[ZoneConfig(name="cars", points=[[0, 0], [1, 0], [1, 1], [0, 1]], labels=["square"],
-                                           inertia=1)],
-                         lines=[LineConfig(name="mid", points=[[0.5, 1.0], [0.5, 0.0]], forward="east",
-                                           backward="west")])
+    cfg = TrackingConfig(
+        track=True,
+        tracker={"min_hits": 1},
+        zones=[ZoneConfig(name="cars", points=[[0, 0], [1, 0], [1, 1], [0, 1]], labels=["square"], inertia=1)],
+        lines=[LineConfig(name="mid", points=[[0.5, 1.0], [0.5, 0.0]], forward="east", backward="west")],
+    )
     events = cfg.build("cam", id_prefix="")
     out_all = []
     for n in range(20):
@@ -169,8 +193,13 @@ def test_zone_label_filters_and_line_counts():
         out = events.process(_result(dets), timestamp=n / 10)
         out_all.append(out)
     counts = [c for o in out_all for c in o.counts]
-    assert counts[-1] == {"line": "mid", "source": "cam", "east": 2, "west": 0,
-                          "labels": {"circle": {"east": 1, "west": 0}, "square": {"east": 1, "west": 0}}}
+    assert counts[-1] == {
+        "line": "mid",
+        "source": "cam",
+        "east": 2,
+        "west": 0,
+        "labels": {"circle": {"east": 1, "west": 0}, "square": {"east": 1, "west": 0}},
+    }
     crossed = [e for o in out_all for e in o.events if e.get("crossed")]
     assert sorted(e["label"] for e in crossed) == ["circle", "square"]
     assert all(e["crossed"] == [{"line": "mid", "direction": "east"}] for e in crossed)
@@ -206,8 +235,9 @@ def _run_video(tmp_path, scene, detect, config: TrackingConfig):
     return log, stamps
 
 
-def _check_against_truth(scene, log, stamps, *, zone_x: float, entry_tolerance: int, end_after_frames: int,
-                         check_labels: bool):
+def _check_against_truth(
+    scene, log, stamps, *, zone_x: float, entry_tolerance: int, end_after_frames: int, check_labels: bool
+):
     events = [(n, e) for n, e in log if "event" in e]
     by_id: dict[str, list] = {}
     for n, e in events:
@@ -233,8 +263,9 @@ def _check_against_truth(scene, log, stamps, *, zone_x: float, entry_tolerance: 
         if check_labels:
             assert {e["label"] for _, e in items} == {track.label}
         # Zone entry: the first frame whose bottom centre is inside, within the tolerance (inertia and misses).
-        truth_entry = next(n for n in range(track.start, track.end + 1)
-                           if (track.box(n)[0] + track.box(n)[2]) / 2 >= zone_x)
+        truth_entry = next(
+            n for n in range(track.start, track.end + 1) if (track.box(n)[0] + track.box(n)[2]) / 2 >= zone_x
+        )
         entries = [n for n, e in items if "right" in (e.get("entered") or [])]
         assert len(entries) == 1 and 0 <= entries[0] - truth_entry <= entry_tolerance, (entries, truth_entry)
         # The end: declared end_after_s after the object was last seen, which was at (or, when the last
@@ -272,15 +303,16 @@ def test_noisy_ground_truth_detections_give_one_new_and_one_end_per_object(tmp_p
 
     config = TrackingConfig(track=True, zones=[ZONE], tracker={"min_hits": 2, "end_after_s": 1.0})
     log, stamps = _run_video(tmp_path, scene, detect, config)
-    _check_against_truth(scene, log, stamps, zone_x=scene.width / 2, entry_tolerance=3, end_after_frames=10,
-                         check_labels=True)
+    _check_against_truth(
+        scene, log, stamps, zone_x=scene.width / 2, entry_tolerance=3, end_after_frames=10, check_labels=True
+    )
 
 
 def test_the_demo_detector_on_a_video_file_gives_the_right_objects_and_zone_entries(tmp_path):
     pytest.importorskip("cv2")
     from devices.moving import MovingScene
     from edge_runtime.bundle import load_bundle
-    from edge_runtime.engine import Engine
+    from edge_runtime.engines import Engine
 
     bundle = load_bundle(ROOT / "edge_runtime" / "demo_models" / "shapes-detector")
     engine = Engine(bundle)
@@ -293,8 +325,9 @@ def test_the_demo_detector_on_a_video_file_gives_the_right_objects_and_zone_entr
 
     config = TrackingConfig(track=True, zones=[ZONE], tracker={"min_hits": 2, "end_after_s": 1.0})
     log, stamps = _run_video(tmp_path, scene, detect, config)
-    _check_against_truth(scene, log, stamps, zone_x=scene.width / 2, entry_tolerance=4, end_after_frames=10,
-                         check_labels=True)
+    _check_against_truth(
+        scene, log, stamps, zone_x=scene.width / 2, entry_tolerance=4, end_after_frames=10, check_labels=True
+    )
 
 
 def test_simulate_video_writes_the_scene_and_its_ground_truth(tmp_path):
@@ -319,19 +352,19 @@ def test_simulate_video_writes_the_scene_and_its_ground_truth(tmp_path):
 def test_tracking_config_checks_at_once():
     from pydantic import ValidationError
 
-    for bad, words in [({"zones": [{"name": "z", "points": [[0, 0], [1, 0], [1, 1]]}]}, "need track = true"),
-                       ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [2, 0], [1, 1]]}]},
-                        "between 0 and 1"),
-                       ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [1, 0]]}]}, "at least 3"),
-                       ({"track": True, "lines": [{"name": "l", "points": [[0, 0], [0, 0]]}]}, "must differ"),
-                       ({"track": True, "events": "events/+/x"}, "without wildcards"),
-                       ({"track": True, "occupancy": "zones/{1}"}, "needs {zone}"),
-                       ({"track": True, "events": "events/{2}"}, "not {2}"),
-                       ({"track": True, "tracker": {"low_score": 0.6}}, "low_score"),
-                       ({"track": True, "tracker": {"min_hits": 0}}, "greater than or equal to 1"),
-                       ({"track": True, "zone": []}, "Extra inputs"),
-                       ({"track": True, "zones": [{"name": "a", "points": [[0, 0], [1, 0], [1, 1]]}] * 2},
-                        "two zones")]:
+    for bad, words in [
+        ({"zones": [{"name": "z", "points": [[0, 0], [1, 0], [1, 1]]}]}, "need track = true"),
+        ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [2, 0], [1, 1]]}]}, "between 0 and 1"),
+        ({"track": True, "zones": [{"name": "z", "points": [[0, 0], [1, 0]]}]}, "at least 3"),
+        ({"track": True, "lines": [{"name": "l", "points": [[0, 0], [0, 0]]}]}, "must differ"),
+        ({"track": True, "events": "events/+/x"}, "without wildcards"),
+        ({"track": True, "occupancy": "zones/{1}"}, "needs {zone}"),
+        ({"track": True, "events": "events/{2}"}, "not {2}"),
+        ({"track": True, "tracker": {"low_score": 0.6}}, "low_score"),
+        ({"track": True, "tracker": {"min_hits": 0}}, "greater than or equal to 1"),
+        ({"track": True, "zone": []}, "Extra inputs"),
+        ({"track": True, "zones": [{"name": "a", "points": [[0, 0], [1, 0], [1, 1]]}] * 2}, "two zones"),
+    ]:
         with pytest.raises(ValidationError) as err:
             TrackingConfig(**bad)
         assert words in str(err.value), str(err.value)
@@ -341,36 +374,56 @@ def test_tracking_config_checks_at_once():
 
 
 def test_home_assistant_discovery_for_zones_lines_and_object_events():
-    from devices.homeassistant_events import (line_count_discovery, object_events_discovery,
-                                              zone_occupancy_discovery)
+    from edge_runtime.serving.homeassistant_events import (
+        line_count_discovery,
+        object_events_discovery,
+        zone_occupancy_discovery,
+    )
 
-    topic, payload = zone_occupancy_discovery(prefix="homeassistant", node="edge-1", source="door", zone="porch",
-                                              state_topic="events/door/zones/porch")
+    topic, payload = zone_occupancy_discovery(
+        prefix="homeassistant", node="edge-1", source="door", zone="porch", state_topic="events/door/zones/porch"
+    )
     assert topic == "homeassistant/sensor/edge-1/door_porch_occupancy/config"
     assert payload["state_topic"] == "events/door/zones/porch" and payload["value_template"] == "{{ value_json.count }}"
     assert payload["availability_topic"] == "edge-runtime/edge-1/status" and payload["state_class"] == "measurement"
-    topic, payload = line_count_discovery(prefix="homeassistant", node="edge-1", source="door", line="gate",
-                                          direction="in", state_topic="events/door/lines/gate")
+    topic, payload = line_count_discovery(
+        prefix="homeassistant",
+        node="edge-1",
+        source="door",
+        line="gate",
+        direction="in",
+        state_topic="events/door/lines/gate",
+    )
     assert topic.startswith("homeassistant/sensor/") and payload["state_class"] == "total_increasing"
-    topic, payload = object_events_discovery(prefix="homeassistant", node="edge-1", source="door",
-                                             events_topic="events/door")
+    topic, payload = object_events_discovery(
+        prefix="homeassistant", node="edge-1", source="door", events_topic="events/door"
+    )
     assert topic == "homeassistant/event/edge-1/door_objects/config"
     assert payload["event_types"] == ["new", "update", "end"] and payload["state_topic"] == "events/door"
     # The template turns our event into what Home Assistant's event entity parses: JSON with event_type.
     event = {"event": "update", "id": "66a-3", "label": "person", "score": 0.81, "zones": ["porch"], "source": "door"}
-    rendered = re.sub(r"\{\{ value_json\.(\w+)( \| tojson)? \}\}",
-                      lambda m: json.dumps(event[m.group(1)]) if m.group(2) else str(event[m.group(1)]),
-                      payload["value_template"])
-    assert json.loads(rendered) == {"event_type": "update", "id": "66a-3", "label": "person", "score": 0.81,
-                                    "zones": ["porch"], "source": "door"}
+    rendered = re.sub(
+        r"\{\{ value_json\.(\w+)( \| tojson)? \}\}",
+        lambda m: json.dumps(event[m.group(1)]) if m.group(2) else str(event[m.group(1)]),
+        payload["value_template"],
+    )
+    assert json.loads(rendered) == {
+        "event_type": "update",
+        "id": "66a-3",
+        "label": "person",
+        "score": 0.81,
+        "zones": ["porch"],
+        "source": "door",
+    }
 
 
 def test_one_object_reported_twice_under_two_labels_is_one_track_unless_class_aware():
     def tracks(**options) -> int:
         tracker = Tracker(min_hits=1, **options)
         for n in range(5):
-            tracker.update([_det((10 + n, 40, 60 + n, 90), "circle", 0.95),
-                            _det((8 + n, 30, 64 + n, 88), "triangle", 0.6)], n / 10)  # IoU about 0.7
+            tracker.update(
+                [_det((10 + n, 40, 60 + n, 90), "circle", 0.95), _det((8 + n, 30, 64 + n, 88), "triangle", 0.6)], n / 10
+            )  # IoU about 0.7
         return len(tracker.tracks)
 
     assert tracks() == 1

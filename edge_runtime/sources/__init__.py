@@ -16,5 +16,14 @@ from .probe import Diagnosis
 from .slot import Frame, LatestFrame
 from .urls import default_name, redact_url, source_kind
 
-__all__ = ["VideoSource", "SourceConfig", "LatestFrame", "Frame", "Diagnosis", "STATES", "redact_url", "source_kind",
-           "default_name"]
+__all__ = [
+    "VideoSource",
+    "SourceConfig",
+    "LatestFrame",
+    "Frame",
+    "Diagnosis",
+    "STATES",
+    "redact_url",
+    "source_kind",
+    "default_name",
+]

@@ -26,11 +26,13 @@ our one clear line; set 24 to see FFmpeg's own warnings) and OpenCV's log level 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,13 +49,12 @@ log = logging.getLogger("edge_runtime.sources")
 
 STATES = ("idle", "connecting", "streaming", "reconnecting", "error", "ended", "stopped")
 _setup_lock = threading.Lock()
-_setup_done = False
+_setup = {"done": False}
 
 
 def _cv2() -> Any:
-    global _setup_done
     with _setup_lock:
-        if not _setup_done:
+        if not _setup["done"]:
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
             os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
             os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -61,13 +62,12 @@ def _cv2() -> Any:
             import cv2
         except ImportError:
             raise ImportError("video sources need OpenCV: pip install 'edge-runtime[camera]'") from None
-        if not _setup_done:
+        if not _setup["done"]:
             if os.environ.get("OPENCV_LOG_LEVEL") == "ERROR":
-                try:  # the variable is read when cv2 is first imported; it may have been imported earlier
+                # The variable is read when cv2 is first imported, which may have happened earlier.
+                with contextlib.suppress(AttributeError):
                     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-                except AttributeError:
-                    pass
-            _setup_done = True
+            _setup["done"] = True
         return cv2
 
 
@@ -88,10 +88,22 @@ class VideoSource:
     each wait drawn between half and all of that (jitter, so many cameras do not retry in step).
     """
 
-    def __init__(self, source: str, *, name: str | None = None, fps: float | None = 5.0, realtime: bool = True,
-                 loop: bool = False, username_env: str | None = None, password_env: str | None = None,
-                 open_timeout: float = 10.0, read_timeout: float = 10.0, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, slot: LatestFrame | None = None):
+    def __init__(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        fps: float | None = 5.0,
+        realtime: bool = True,
+        loop: bool = False,
+        username_env: str | None = None,
+        password_env: str | None = None,
+        open_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        slot: LatestFrame | None = None,
+    ):
         self.kind = source_kind(source)  # ValueError for an unsupported scheme
         if fps is not None and not 0 < fps <= 1000:
             raise ValueError(f"fps must be above 0 and at most 1000 (or None for every frame), not {fps}")
@@ -100,8 +112,9 @@ class VideoSource:
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff_initial must be above 0 and at most backoff_max")
         if self.kind in ("rtsp", "http") and _has_password(source):
-            raise ValueError("put the password in an environment variable and name it in password_env, "
-                             "not in the source URL")
+            raise ValueError(
+                "put the password in an environment variable and name it in password_env, not in the source URL"
+            )
         self.source = source
         self.name = name or default_name(source)
         self.url = redact_url(source)  # the only form of the URL that is ever logged or published
@@ -132,7 +145,7 @@ class VideoSource:
         self._connected_logged = False
 
     # --- public surface -------------------------------------------------------------------------------
-    def start(self) -> "VideoSource":
+    def start(self) -> VideoSource:
         if self._thread is not None:
             raise RuntimeError(f"source {self.name} is already started")
         _cv2()  # fail here, in the caller's thread, when OpenCV is missing
@@ -172,7 +185,7 @@ class VideoSource:
         """A file that has been read to its end and whose last frame has been taken."""
         return self.slot.finished and not self.slot.pending
 
-    def frames(self, timeout: float | None = None):
+    def frames(self, timeout: float | None = None) -> Iterator[Frame]:
         """Frames as they come, until a file ends or the source stops (for files, tools and tests; the
         runtime selects on ``fileno()`` instead). ``timeout``: give up after that long without a frame."""
         while True:
@@ -189,12 +202,23 @@ class VideoSource:
         with self._lock:
             error = self.error
             out: dict[str, Any] = {
-                "name": self.name, "source": self.url, "kind": self.kind, "state": self.state,
+                "name": self.name,
+                "source": self.url,
+                "kind": self.kind,
+                "state": self.state,
                 "error": None if error is None else {"code": error.code, "message": error.message},
-                "fps": self.fps, "stream_fps": round(self.stream_fps, 3), "width": self.width, "height": self.height,
-                "captured": self.captured, "delivered": self.seq, "sampled_out": self.sampled_out,
-                "superseded": self.slot.superseded, "pending": self.slot.pending,
-                "reconnects": self.reconnects, "drops": self.drops, "failed_attempts": self.attempts,
+                "fps": self.fps,
+                "stream_fps": round(self.stream_fps, 3),
+                "width": self.width,
+                "height": self.height,
+                "captured": self.captured,
+                "delivered": self.seq,
+                "sampled_out": self.sampled_out,
+                "superseded": self.slot.superseded,
+                "pending": self.slot.pending,
+                "reconnects": self.reconnects,
+                "drops": self.drops,
+                "failed_attempts": self.attempts,
                 "gap_s": round(self.gap_s + (now - self._dropped_at if self._dropped_at is not None else 0.0), 3),
                 "last_frame_age_s": None if self._last_frame_at is None else round(now - self._last_frame_at, 3),
             }
@@ -202,7 +226,7 @@ class VideoSource:
                 out["retry_in_s"] = round(max(0.0, self.retry_at - now), 3)
         return out
 
-    def __enter__(self) -> "VideoSource":
+    def __enter__(self) -> VideoSource:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -222,10 +246,11 @@ class VideoSource:
                 if cap is not None:
                     try:
                         outcome = self._stream(cap)
-                    except Exception as err:  # OpenCV raising mid-stream must not end the thread
-                        outcome = "dropped"
-                        log.warning("source %s (%s): capture failed: %s", self.name, self.url,
-                                    self._redactor.scrub(str(err)))
+                    except Exception as err:  # noqa: BLE001 - OpenCV raising mid-stream must not end the thread
+                        outcome = "delivered_then_dropped" if self.state == "streaming" else "no_frames"
+                        log.warning(
+                            "source %s (%s): capture failed: %s", self.name, self.url, self._redactor.scrub(str(err))
+                        )
                     finally:
                         cap.release()
                     if outcome == "delivered_then_dropped":
@@ -243,13 +268,14 @@ class VideoSource:
                         return
                     if outcome == "dropped":
                         self._set("reconnecting")
-                        log.warning("source %s (%s): stream lost after frame %d; reconnecting", self.name, self.url,
-                                    self.seq)
+                        log.warning(
+                            "source %s (%s): stream lost after frame %d; reconnecting", self.name, self.url, self.seq
+                        )
                     else:  # opened, but not one frame came
                         failure = self._no_frames()
                 if failure is not None:
                     self._failed(failure)
-                delay = min(self.backoff_max, self.backoff_initial * 2 ** backoff) * random.uniform(0.5, 1.0)
+                delay = min(self.backoff_max, self.backoff_initial * 2**backoff) * random.uniform(0.5, 1.0)
                 backoff = min(backoff + 1, 32)
                 self.retry_at = time.monotonic() + delay
                 if self._stop.wait(delay):
@@ -267,11 +293,13 @@ class VideoSource:
         previous = self.error
         self._set("error" if self._dropped_at is None else "reconnecting", failure)
         if previous is None or (previous.code, previous.message) != (failure.code, failure.message):
-            log.error("source %s (%s): %s [%s]; retrying with backoff", self.name, self.url, failure.message,
-                      failure.code)
+            log.error(
+                "source %s (%s): %s [%s]; retrying with backoff", self.name, self.url, failure.message, failure.code
+            )
         else:
-            log.debug("source %s (%s): still failing (%d attempts): %s", self.name, self.url, self.attempts,
-                      failure.message)
+            log.debug(
+                "source %s (%s): still failing (%d attempts): %s", self.name, self.url, self.attempts, failure.message
+            )
 
     def _open(self) -> tuple[Any, Diagnosis | None]:
         cv2 = _cv2()
@@ -293,15 +321,24 @@ class VideoSource:
             if not os.path.exists(self.source):
                 return None, Diagnosis("not_found", f"no such device: {self.source} (is the camera plugged in?)")
             if not os.access(self.source, os.R_OK | os.W_OK):
-                return None, Diagnosis("refused",
-                                       f"no permission to open {self.source} (add the user to the video group)")
+                return None, Diagnosis(
+                    "refused", f"no permission to open {self.source} (add the user to the video group)"
+                )
         target = with_credentials(self.source, user, password)
         api = cv2.CAP_V4L2 if self.kind == "device" else cv2.CAP_FFMPEG
-        params = [] if self.kind == "device" else [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),
-                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout * 1000)]
+        params = (
+            []
+            if self.kind == "device"
+            else [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(self.open_timeout * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.read_timeout * 1000),
+            ]
+        )
         try:
             cap = cv2.VideoCapture(target, api, params)
-        except Exception as err:  # cv2.error; its text may echo the URL
+        except Exception as err:  # noqa: BLE001 - cv2.error (not importable by name everywhere); may echo the URL
             return None, Diagnosis("refused", "OpenCV refused the source: " + self._redactor.scrub(str(err)).strip())
         if cap.isOpened():
             return cap, None
@@ -313,11 +350,21 @@ class VideoSource:
     def _diagnose(self, user: str | None, password: str | None) -> Diagnosis:
         creds_from = "/".join(v for v in (self.username_env, self.password_env) if v) or "the URL"
         if self.kind == "rtsp":
-            return probe_rtsp(self.source, username=user, password=password, timeout=min(self.open_timeout, 5.0),
-                              creds_from=creds_from)
+            return probe_rtsp(
+                self.source,
+                username=user,
+                password=password,
+                timeout=min(self.open_timeout, 5.0),
+                creds_from=creds_from,
+            )
         if self.kind == "http":
-            return probe_http(self.source, username=user, password=password, timeout=min(self.open_timeout, 5.0),
-                              creds_from=creds_from)
+            return probe_http(
+                self.source,
+                username=user,
+                password=password,
+                timeout=min(self.open_timeout, 5.0),
+                creds_from=creds_from,
+            )
         if self.kind == "device":
             return Diagnosis("refused", f"cannot open {self.source} (busy in another program, or not a capture device)")
         return Diagnosis("not_video", f"{self.source} is not a video file OpenCV's FFmpeg can read")
@@ -409,11 +456,22 @@ class VideoSource:
                 self.gap_s += gap
                 self._dropped_at = None
             self.reconnects += 1
-            log.warning("source %s (%s): reconnected after %.1f s without frames (%d reconnects)", self.name, self.url,
-                        gap, self.reconnects)
+            log.warning(
+                "source %s (%s): reconnected after %.1f s without frames (%d reconnects)",
+                self.name,
+                self.url,
+                gap,
+                self.reconnects,
+            )
         elif not self._connected_logged:
-            log.info("source %s (%s): streaming %dx%d at %.3g fps", self.name, self.url, self.width, self.height,
-                     self.stream_fps)
+            log.info(
+                "source %s (%s): streaming %dx%d at %.3g fps",
+                self.name,
+                self.url,
+                self.width,
+                self.height,
+                self.stream_fps,
+            )
         self._connected_logged = True
         self.attempts = 0
         self.retry_at = None

@@ -52,8 +52,9 @@ def _connect(host: str, port: int, timeout: float) -> tuple[socket.socket | None
             sock.close()
             last = err
     if isinstance(last, ConnectionRefusedError):
-        return None, Diagnosis("unreachable",
-                               f"connection refused by {_where(host, port)} (nothing listens on that port)")
+        return None, Diagnosis(
+            "unreachable", f"connection refused by {_where(host, port)} (nothing listens on that port)"
+        )
     if isinstance(last, (socket.timeout, TimeoutError)):
         return None, Diagnosis("unreachable", f"no answer from {_where(host, port)} within {timeout:g} s")
     reason = getattr(last, "strerror", None) or str(last)
@@ -107,8 +108,11 @@ def _authorization(challenge: tuple[str, dict[str, str]], method: str, uri: str,
     if scheme == "basic":
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     algorithm = p.get("algorithm", "MD5")
-    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm.upper().startswith("SHA-256") else \
-        (lambda s: hashlib.md5(s.encode()).hexdigest())
+    digest = "sha256" if algorithm.upper().startswith("SHA-256") else "md5"
+
+    def h(text: str) -> str:
+        return hashlib.new(digest, text.encode()).hexdigest()
+
     realm, nonce = p.get("realm", ""), p.get("nonce", "")
     cnonce, nc = os.urandom(8).hex(), "00000001"
     ha1 = h(f"{user}:{realm}:{password}")
@@ -117,8 +121,14 @@ def _authorization(challenge: tuple[str, dict[str, str]], method: str, uri: str,
     ha2 = h(f"{method}:{uri}")
     qop = "auth" if "auth" in [q.strip() for q in p.get("qop", "").split(",")] else None
     response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}") if qop else h(f"{ha1}:{nonce}:{ha2}")
-    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"', f'response="{response}"',
-              f"algorithm={algorithm}"]
+    fields = [
+        f'username="{user}"',
+        f'realm="{realm}"',
+        f'nonce="{nonce}"',
+        f'uri="{uri}"',
+        f'response="{response}"',
+        f"algorithm={algorithm}",
+    ]
     if qop:
         fields += [f"qop={qop}", f"nc={nc}", f'cnonce="{cnonce}"']
     if "opaque" in p:
@@ -142,8 +152,9 @@ def _auth_failure(user: str | None, creds_from: str) -> Diagnosis:
     return Diagnosis("auth", f"the server refused the credentials from {creds_from} (401 Unauthorized)")
 
 
-def _ask(host: str, port: int, tls: bool, request: str, timeout: float
-         ) -> tuple[int, str, dict[str, list[str]], bytes] | Diagnosis | None:
+def _ask(
+    host: str, port: int, tls: bool, request: str, timeout: float
+) -> tuple[int, str, dict[str, list[str]], bytes] | Diagnosis | None:
     """One request on a fresh connection (a server may close it after a 401): its response, a Diagnosis of why
     there was none, or None when the answer was not RTSP/HTTP."""
     sock, failed = _connect(host, port, timeout)
@@ -159,18 +170,29 @@ def _ask(host: str, port: int, tls: bool, request: str, timeout: float
                 return Diagnosis("refused", f"TLS with {_where(host, port)} failed: {reason}")
         sock.sendall(request.encode("latin-1"))
         return _read_response(sock)
-    except (socket.timeout, TimeoutError):
-        return Diagnosis("unreachable",
-                         f"{_where(host, port)} accepted the connection but did not answer within {timeout:g} s")
+    except TimeoutError:
+        return Diagnosis(
+            "unreachable", f"{_where(host, port)} accepted the connection but did not answer within {timeout:g} s"
+        )
     except OSError as err:
         return Diagnosis("unreachable", f"connection to {_where(host, port)} failed ({err.strerror or err})")
     finally:
         sock.close()
 
 
-def _ask_with_auth(host: str, port: int, tls: bool, method: str, target: str, headers: str, *,
-                   username: str | None, password: str | None, timeout: float, protocol: str
-                   ) -> tuple[int, str, dict[str, list[str]], bytes] | Diagnosis | None:
+def _ask_with_auth(
+    host: str,
+    port: int,
+    tls: bool,
+    method: str,
+    target: str,
+    headers: str,
+    *,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+    protocol: str,
+) -> tuple[int, str, dict[str, list[str]], bytes] | Diagnosis | None:
     """The request, and once more with an Authorization header if the server asked for credentials we have."""
     auth: str | None = None
     for cseq in (1, 2):
@@ -191,14 +213,29 @@ def _ask_with_auth(host: str, port: int, tls: bool, method: str, target: str, he
     return response
 
 
-def probe_rtsp(url: str, *, username: str | None, password: str | None, timeout: float,
-               creds_from: str = "username_env/password_env") -> Diagnosis:
+def probe_rtsp(
+    url: str,
+    *,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+    creds_from: str = "username_env/password_env",
+) -> Diagnosis:
     """Ask an RTSP server for ``url`` (DESCRIBE, with credentials if needed) and say what is wrong."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (322 if parts.scheme == "rtsps" else 554)
-    response = _ask_with_auth(host, port, parts.scheme == "rtsps", "DESCRIBE", _bare(url),
-                              "CSeq: {cseq}\r\nAccept: application/sdp\r\nUser-Agent: edge-runtime\r\n",
-                              username=username, password=password, timeout=timeout, protocol="RTSP/1.0")
+    response = _ask_with_auth(
+        host,
+        port,
+        parts.scheme == "rtsps",
+        "DESCRIBE",
+        _bare(url),
+        "CSeq: {cseq}\r\nAccept: application/sdp\r\nUser-Agent: edge-runtime\r\n",
+        username=username,
+        password=password,
+        timeout=timeout,
+        protocol="RTSP/1.0",
+    )
     if isinstance(response, Diagnosis):
         return response
     if response is None:
@@ -207,30 +244,48 @@ def probe_rtsp(url: str, *, username: str | None, password: str | None, timeout:
     if status == 401:
         return _auth_failure(username, creds_from)
     if status == 404:
-        return Diagnosis("not_found",
-                         f"no stream at path {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)")
+        return Diagnosis(
+            "not_found", f"no stream at path {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)"
+        )
     if status != 200:
         return Diagnosis("refused", f"the RTSP server answered {status} {reason}")
     sdp = body.decode("latin-1", "replace")
     video = re.search(r"^m=video .*$", sdp, re.M)
     if not video:
         return Diagnosis("not_video", "the RTSP stream has no video track")
-    codec = re.search(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)", sdp[video.start():], re.M)
-    return Diagnosis("decode", f"the camera offers {codec.group(1) if codec else 'video'} but OpenCV's FFmpeg "
-                     "could not open the stream")
+    codec = re.search(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)", sdp[video.start() :], re.M)
+    return Diagnosis(
+        "decode",
+        f"the camera offers {codec.group(1) if codec else 'video'} but OpenCV's FFmpeg could not open the stream",
+    )
 
 
-def probe_http(url: str, *, username: str | None, password: str | None, timeout: float,
-               creds_from: str = "username_env/password_env") -> Diagnosis:
+def probe_http(
+    url: str,
+    *,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+    creds_from: str = "username_env/password_env",
+) -> Diagnosis:
     """GET ``url`` (headers only, with credentials if needed) and say why it is not a video stream."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host, port = parts.hostname or "", parts.port or (443 if https else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # The body of a 200 is a stream that never ends: _read_response reads only what Content-Length says (none).
-    response = _ask_with_auth(host, port, https, "GET", path,
-                              f"Host: {host}\r\nUser-Agent: edge-runtime\r\nConnection: close\r\n",
-                              username=username, password=password, timeout=timeout, protocol="HTTP/1.1")
+    response = _ask_with_auth(
+        host,
+        port,
+        https,
+        "GET",
+        path,
+        f"Host: {host}\r\nUser-Agent: edge-runtime\r\nConnection: close\r\n",
+        username=username,
+        password=password,
+        timeout=timeout,
+        protocol="HTTP/1.1",
+    )
     if isinstance(response, Diagnosis):
         return response
     if response is None:
@@ -244,8 +299,9 @@ def probe_http(url: str, *, username: str | None, password: str | None, timeout:
         return Diagnosis("refused", f"the HTTP server answered {status} {reason}")
     ctype = (headers.get("content-type") or ["(none)"])[0].split(";")[0].strip().lower()
     if ctype.startswith("image/"):
-        return Diagnosis("not_video", f"the URL serves a single image ({ctype}), not a stream: use the camera's "
-                         "MJPEG or RTSP URL")
+        return Diagnosis(
+            "not_video", f"the URL serves a single image ({ctype}), not a stream: use the camera's MJPEG or RTSP URL"
+        )
     if not (ctype.startswith("multipart/") or ctype.startswith("video/") or ctype == "application/octet-stream"):
         return Diagnosis("not_video", f"the URL serves {ctype}, not a video stream")
     return Diagnosis("decode", f"the server sends {ctype} but OpenCV's FFmpeg could not read it as video")

@@ -9,6 +9,7 @@ exactly while a frame waits, so a loop blocked in ``select()`` on its MQTT socke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -74,10 +75,9 @@ class LatestFrame:
                 self.superseded += 1
             else:
                 self.high_water = max(self.high_water, 1)
-                try:
+                # A full pipe cannot happen with one byte at most, but the producer must never block.
+                with contextlib.suppress(BlockingIOError):
                     os.write(self._w, b"\0")
-                except BlockingIOError:  # cannot happen with one byte at most, but never block the producer
-                    pass
             self._lock.notify_all()
             return replaced
 

@@ -13,14 +13,38 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SourceKind", "source_kind", "default_name", "redact_url", "with_credentials", "Redactor",
-           "SECRET_QUERY_KEYS"]
+__all__ = [
+    "SourceKind",
+    "source_kind",
+    "default_name",
+    "redact_url",
+    "with_credentials",
+    "Redactor",
+    "SECRET_QUERY_KEYS",
+]
 
 SourceKind = str  # "rtsp" | "http" | "device" | "file"
 _DEVICE = re.compile(r"^/dev/video\d+$")
 # Query keys that cameras and MJPEG servers use for secrets (Axis, Hikvision, Reolink, go2rtc...).
-SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "passwd", "token", "auth", "key", "apikey", "api_key",
-                               "secret", "sig", "signature", "user", "username", "usr"})
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "password",
+        "pass",
+        "pwd",
+        "passwd",
+        "token",
+        "auth",
+        "key",
+        "apikey",
+        "api_key",
+        "secret",
+        "sig",
+        "signature",
+        "user",
+        "username",
+        "usr",
+    }
+)
 
 
 def source_kind(source: str) -> SourceKind:

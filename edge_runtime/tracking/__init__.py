@@ -11,6 +11,20 @@ from .events import Emitted, ObjectEvents
 from .geometry import Line, Zone, anchor_point, point_in_polygon
 from .tracker import Track, Tracker, TrackerUpdate, iou_matrix
 
-__all__ = ["Tracker", "Track", "TrackerUpdate", "ObjectEvents", "Emitted", "Zone", "Line", "anchor_point",
-           "point_in_polygon", "iou_matrix", "TrackingConfig", "TrackerConfig", "ZoneConfig", "LineConfig",
-           "render_topic"]
+__all__ = [
+    "Tracker",
+    "Track",
+    "TrackerUpdate",
+    "ObjectEvents",
+    "Emitted",
+    "Zone",
+    "Line",
+    "anchor_point",
+    "point_in_polygon",
+    "iou_matrix",
+    "TrackingConfig",
+    "TrackerConfig",
+    "ZoneConfig",
+    "LineConfig",
+    "render_topic",
+]

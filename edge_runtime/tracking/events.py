@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .geometry import Line, Zone
 from .tracker import Track, Tracker
@@ -41,7 +42,7 @@ class Emitted:
     def __bool__(self) -> bool:
         return bool(self.events or self.occupancy or self.counts)
 
-    def extend(self, other: "Emitted") -> "Emitted":
+    def extend(self, other: Emitted) -> Emitted:
         self.events += other.events
         self.occupancy += other.occupancy
         self.counts += other.counts
@@ -61,8 +62,16 @@ class _State:
 class ObjectEvents:
     """Tracker + zones + lines -> events, occupancy and line counts for one source."""
 
-    def __init__(self, *, source: str, tracker: Tracker | None = None, zones: Iterable[Zone] = (),
-                 lines: Iterable[Line] = (), update_interval_s: float | None = None, id_prefix: str | None = None):
+    def __init__(
+        self,
+        *,
+        source: str,
+        tracker: Tracker | None = None,
+        zones: Iterable[Zone] = (),
+        lines: Iterable[Line] = (),
+        update_interval_s: float | None = None,
+        id_prefix: str | None = None,
+    ):
         self.source = source
         self.tracker = tracker if tracker is not None else Tracker()
         self.zones, self.lines = list(zones), list(lines)
@@ -134,14 +143,22 @@ class ObjectEvents:
         return {z.name for z in self.zones if z.counts(track.label) and z.contains(track.box, w, h)}
 
     def _payload(self, kind: str, track: Track, state: _State) -> dict[str, Any]:
-        return {"event": kind, "id": state.id, "source": self.source, "label": track.label,
-                "score": round(float(track.score), 4), "box": [round(float(v), 1) for v in track.box],
-                "zones": sorted(state.zones), "first_seen": round(track.first_seen, 3),
-                "last_seen": round(track.last_seen, 3)}
+        return {
+            "event": kind,
+            "id": state.id,
+            "source": self.source,
+            "label": track.label,
+            "score": round(float(track.score), 4),
+            "box": [round(float(v), 1) for v in track.box],
+            "zones": sorted(state.zones),
+            "first_seen": round(track.first_seen, 3),
+            "last_seen": round(track.last_seen, 3),
+        }
 
     def _new(self, track: Track, t: float) -> dict[str, Any]:
-        state = _State(f"{self.id_prefix}{track.id}", zones=self._zones_now(track), reported_at=t, label=track.label,
-                       box=track.box)
+        state = _State(
+            f"{self.id_prefix}{track.id}", zones=self._zones_now(track), reported_at=t, label=track.label, box=track.box
+        )
         self._states[track.id] = state
         return self._payload("new", track, state)
 
@@ -149,7 +166,8 @@ class ObjectEvents:
         state = self._states.get(track.id)
         if state is None:  # confirmed before this generator saw it (cannot happen unless the tracker is shared)
             return None
-        entered, left = [], []
+        entered: list[str] = []
+        left: list[str] = []
         raw = self._zones_now(track)
         for z in self.zones:
             inside = z.name in raw
@@ -209,8 +227,9 @@ class ObjectEvents:
     def _occupancy_changes(self) -> list[dict[str, Any]]:
         now = self._current_occupancy()
         before = self._occupancy or {}
-        changed = [self._zone_msg(name, *v) for name, v in now.items()
-                   if self._occupancy is None or before.get(name) != v]
+        changed = [
+            self._zone_msg(name, *v) for name, v in now.items() if self._occupancy is None or before.get(name) != v
+        ]
         self._occupancy = {k: (n, dict(labels)) for k, (n, labels) in now.items()}
         return changed
 
@@ -218,14 +237,20 @@ class ObjectEvents:
         return {"zone": name, "source": self.source, "count": count, "labels": dict(sorted(labels.items()))}
 
     def _line_msg(self, ln: Line) -> dict[str, Any]:
-        return {"line": ln.name, "source": self.source, **self._counts[ln.name],
-                "labels": {k: dict(v) for k, v in sorted(self._count_labels[ln.name].items())}}
+        return {
+            "line": ln.name,
+            "source": self.source,
+            **self._counts[ln.name],
+            "labels": {k: dict(v) for k, v in sorted(self._count_labels[ln.name].items())},
+        }
 
 
 def _timestamp(explicit: float | None, frame: dict[str, Any]) -> float:
     if explicit is not None:
         return float(explicit)
     value = frame.get("timestamp")
+    if value is None:
+        return time.time()
     try:
         t = float(value)  # the detector passes the frame's timestamp through (a string from MQTT v5 properties)
     except (TypeError, ValueError):

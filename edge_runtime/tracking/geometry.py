@@ -8,14 +8,19 @@ Relative coordinates are resolved against each frame's size, so a zone survives 
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
-__all__ = ["Anchor", "anchor_point", "point_in_polygon", "Zone", "Line"]
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["Anchor", "BoxLike", "anchor_point", "point_in_polygon", "Zone", "Line"]
 
 Anchor = Literal["bottom_center", "center"]
+BoxLike = Sequence[float] | NDArray[np.float64]  # x1, y1, x2, y2
 
 
-def anchor_point(box: Sequence[float], anchor: Anchor = "bottom_center") -> tuple[float, float]:
+def anchor_point(box: BoxLike, anchor: Anchor = "bottom_center") -> tuple[float, float]:
     x1, y1, x2, y2 = box[:4]
     return (x1 + x2) / 2, (y2 if anchor == "bottom_center" else (y1 + y2) / 2)
 
@@ -41,8 +46,16 @@ def _scale(points: Iterable[Sequence[float]], relative: bool, width: float, heig
 class Zone:
     """A named polygon; ``contains(box, width, height)`` tests the box's anchor point."""
 
-    def __init__(self, name: str, points: Sequence[Sequence[float]], *, relative: bool = True,
-                 anchor: Anchor = "bottom_center", labels: Iterable[str] | None = None, inertia: int = 1):
+    def __init__(
+        self,
+        name: str,
+        points: Sequence[Sequence[float]],
+        *,
+        relative: bool = True,
+        anchor: Anchor = "bottom_center",
+        labels: Iterable[str] | None = None,
+        inertia: int = 1,
+    ):
         if len(points) < 3:
             raise ValueError(f"zone {name!r} needs at least 3 points")
         if inertia < 1:
@@ -60,7 +73,7 @@ class Zone:
     def counts(self, label: object) -> bool:
         return self.labels is None or str(label) in self.labels
 
-    def contains(self, box: Sequence[float], width: float, height: float) -> bool:
+    def contains(self, box: BoxLike, width: float, height: float) -> bool:
         return point_in_polygon(*anchor_point(box, self.anchor), self.polygon(width, height))
 
 
@@ -77,9 +90,17 @@ class Line:
     one frame to the next must intersect it).
     """
 
-    def __init__(self, name: str, points: Sequence[Sequence[float]], *, relative: bool = True,
-                 anchor: Anchor = "bottom_center", labels: Iterable[str] | None = None,
-                 forward: str = "in", backward: str = "out"):
+    def __init__(
+        self,
+        name: str,
+        points: Sequence[Sequence[float]],
+        *,
+        relative: bool = True,
+        anchor: Anchor = "bottom_center",
+        labels: Iterable[str] | None = None,
+        forward: str = "in",
+        backward: str = "out",
+    ):
         if len(points) != 2:
             raise ValueError(f"line {name!r} needs exactly 2 points")
         if tuple(points[0]) == tuple(points[1]):
@@ -91,7 +112,7 @@ class Line:
     def counts(self, label: object) -> bool:
         return self.labels is None or str(label) in self.labels
 
-    def crossing(self, before: Sequence[float], after: Sequence[float], width: float, height: float) -> str | None:
+    def crossing(self, before: BoxLike, after: BoxLike, width: float, height: float) -> str | None:
         """``forward``, ``backward`` or None for an anchor that moved from box ``before`` to box ``after``."""
         a, b = _scale(self.points, self.relative, width, height)
         p, q = anchor_point(before, self.anchor), anchor_point(after, self.anchor)

@@ -31,8 +31,9 @@ is the one with the most accumulated score over its matches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,10 +119,22 @@ class TrackerUpdate:
 class Tracker:
     """Associates per-frame detections (``{"box": [x1, y1, x2, y2], "label", "score"}``) into tracks."""
 
-    def __init__(self, *, high_score: float = 0.5, low_score: float = 0.1, new_track_score: float | None = None,
-                 match_iou: float = 0.3, low_match_iou: float = 0.5, min_hits: int = 2, lost_after_s: float = 2.0,
-                 class_aware: bool = False, merge_iou: float | None = 0.6, max_tracks: int = 1000,
-                 velocity_smoothing: float = 0.5, predict_horizon_s: float = 1.0):
+    def __init__(
+        self,
+        *,
+        high_score: float = 0.5,
+        low_score: float = 0.1,
+        new_track_score: float | None = None,
+        match_iou: float = 0.3,
+        low_match_iou: float = 0.5,
+        min_hits: int = 2,
+        lost_after_s: float = 2.0,
+        class_aware: bool = False,
+        merge_iou: float | None = 0.6,
+        max_tracks: int = 1000,
+        velocity_smoothing: float = 0.5,
+        predict_horizon_s: float = 1.0,
+    ):
         if not 0 <= low_score <= high_score <= 1:
             raise ValueError("scores must satisfy 0 <= low_score <= high_score <= 1")
         if new_track_score is not None and not high_score <= new_track_score <= 1:
@@ -131,8 +144,9 @@ class Tracker:
         if merge_iou is not None and not 0 < merge_iou <= 1:
             raise ValueError("merge_iou must be above 0 and at most 1 (or None: keep overlapping detections)")
         if min_hits < 1 or lost_after_s < 0 or max_tracks < 1 or not 0 < velocity_smoothing <= 1:
-            raise ValueError("min_hits and max_tracks are at least 1, lost_after_s at least 0, "
-                             "velocity_smoothing in (0, 1]")
+            raise ValueError(
+                "min_hits and max_tracks are at least 1, lost_after_s at least 0, velocity_smoothing in (0, 1]"
+            )
         self.high_score, self.low_score = high_score, low_score
         self.new_track_score = high_score if new_track_score is None else new_track_score
         self.match_iou, self.low_match_iou = match_iou, low_match_iou
@@ -172,16 +186,21 @@ class Tracker:
         rows = [r for r, t in enumerate(self.tracks) if r not in matched_t and t.streak > 0]
         cols = [c for c in range(len(dets)) if c not in used and not high[c]]
         if rows and cols:
-            for r, c in _greedy(iou[np.ix_(rows, cols)], self.low_match_iou,
-                                None if allowed is None else allowed[np.ix_(rows, cols)]):
+            for r, c in _greedy(
+                iou[np.ix_(rows, cols)], self.low_match_iou, None if allowed is None else allowed[np.ix_(rows, cols)]
+            ):
                 matched_t[rows[r]] = cols[c]
             used = set(matched_t.values())
 
-        confirmed, new, lost, ended, keep = [], [], [], [], []
+        confirmed: list[Track] = []
+        new: list[Track] = []
+        lost: list[Track] = []
+        ended: list[Track] = []
+        keep: list[Track] = []
         for r, t in enumerate(self.tracks):
-            c = matched_t.get(r)
-            if c is not None:
-                t.match(boxes[c], float(scores[c]), labels[c], timestamp, self.smoothing)
+            m = matched_t.get(r)
+            if m is not None:
+                t.match(boxes[m], float(scores[m]), labels[m], timestamp, self.smoothing)
                 if not t.confirmed and t.streak >= self.min_hits:
                     t.confirmed = True
                     new.append(t)
@@ -203,8 +222,15 @@ class Tracker:
             if len(keep) >= self.max_tracks:
                 self.refused += 1
                 continue
-            t = Track(self._next_id, boxes[c], float(scores[c]), labels[c], timestamp, timestamp,
-                      label_scores={labels[c]: float(scores[c])})
+            t = Track(
+                self._next_id,
+                boxes[c],
+                float(scores[c]),
+                labels[c],
+                timestamp,
+                timestamp,
+                label_scores={labels[c]: float(scores[c])},
+            )
             self._next_id += 1
             if self.min_hits <= 1:
                 t.confirmed = True
@@ -239,8 +265,10 @@ class Tracker:
 
 
 def _valid_score(det: Any) -> bool:
+    if not isinstance(det, dict) or det.get("score") is None:
+        return False
     try:
-        return isinstance(det, dict) and bool(np.isfinite(float(det.get("score"))))
+        return bool(np.isfinite(float(det["score"])))
     except (TypeError, ValueError):
         return False
 
