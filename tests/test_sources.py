@@ -487,3 +487,24 @@ def test_source_config_checks_at_once():
         assert "secret" not in err.value.errors()[0]["msg"]
     with pytest.raises(ValueError, match="password_env"):
         VideoSource("rtsp://u:secret@cam/s")
+
+
+def test_a_server_that_accepts_but_never_answers_is_named_and_stop_does_not_wait_for_it():
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes connections; nobody ever reads or answers
+    url = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam"
+    try:
+        source = VideoSource(url, open_timeout=1.0, backoff_initial=0.1).start()
+        _until(lambda: source.status()["error"] is not None, 20, "an error")
+        assert source.status()["error"]["code"] == "unreachable"
+        assert "did not answer within 1 s" in source.status()["error"]["message"]
+        # Now stop while it is inside a blocking open: stop() returns, the thread ends once the open times out.
+        _until(lambda: source.status()["failed_attempts"] >= 2, 20, "a second attempt")
+        source.stop(timeout=0.2)
+        _until(lambda: not source.alive, 10, "the thread to end after its open timed out")
+        assert source.status()["state"] == "stopped" and source.slot.closed
+    finally:
+        silent.close()

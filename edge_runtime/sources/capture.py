@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import EdgeRuntimeError
 from .probe import Diagnosis, probe_http, probe_rtsp
 from .slot import Frame, LatestFrame
 from .urls import Redactor, default_name, env_credentials, redact_url, source_kind, with_credentials
@@ -61,7 +62,7 @@ def _cv2() -> Any:
         try:
             import cv2
         except ImportError:
-            raise ImportError("video sources need OpenCV: pip install 'edge-runtime[camera]'") from None
+            raise EdgeRuntimeError("video sources need OpenCV: pip install 'edge-runtime[camera]'") from None
         if not _setup["done"]:
             if os.environ.get("OPENCV_LOG_LEVEL") == "ERROR":
                 # The variable is read when cv2 is first imported, which may have happened earlier.
@@ -241,7 +242,8 @@ class VideoSource:
         backoff = 0
         try:
             while not self._stop.is_set():
-                self._set("connecting" if self._dropped_at is None else "reconnecting", self.error)
+                if self.state == "idle":  # later attempts keep "error" or "reconnecting" until frames come
+                    self._set("connecting")
                 cap, failure = self._open()
                 if cap is not None:
                     try:
@@ -456,7 +458,7 @@ class VideoSource:
                 self.gap_s += gap
                 self._dropped_at = None
             self.reconnects += 1
-            log.warning(
+            log.info(
                 "source %s (%s): reconnected after %.1f s without frames (%d reconnects)",
                 self.name,
                 self.url,
