@@ -107,6 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _load_options(e)
     e.add_argument("--payload", choices=["json", "npy"], default="json")
     e.add_argument("--baseline", choices=["naive"], help="also run the naive paho loop on the same workload")
+    e.add_argument(
+        "--baseline-protocol",
+        choices=["5", "3.1.1"],
+        help="MQTT version of the echo and naive clients (default: the config's); 3.1.1 is paho's cheapest floor",
+    )
     e.add_argument("--no-echo", dest="echo", action="store_false", help="skip the echo control")
     e.add_argument("--slo-ms", type=positive_float, default=50.0, help="the sweep's p99 target")
     e.add_argument(
@@ -123,6 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--plot", type=Path, help="latency over time beside the CDF (or the sweep) as a PNG")
     e.add_argument("--profile", type=Path, help="also write a cProfile of the runtime's serve loop to this file")
+    e.add_argument(
+        "--py-spy",
+        type=Path,
+        help="sample the runtime with py-spy (pip install py-spy) into this file and print where its CPU went",
+    )
     e.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     e.set_defaults(handler=_e2e)
 
@@ -209,6 +219,7 @@ def _e2e(args: argparse.Namespace) -> int:
         warmup_burst=args.warmup_burst,
         payload=args.payload,
         baseline=args.baseline,
+        baseline_protocol=args.baseline_protocol,
         echo=args.echo,
         slo_ms=args.slo_ms,
         sweep_rates=args.sweep_rates,
@@ -217,6 +228,7 @@ def _e2e(args: argparse.Namespace) -> int:
         data=args.data,
         trace=args.csv is not None,
         profile=args.profile,
+        py_spy=args.py_spy,
         machine_root=args.root,
     )
     report = bench_e2e(options, progress=_progress)

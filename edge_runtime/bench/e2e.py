@@ -59,6 +59,7 @@ class E2EOptions:
     warmup_burst: int | None = None  # default: a tenth of the burst, at most 2,000
     payload: str = "json"
     baseline: str | None = None  # "naive"
+    baseline_protocol: str | None = None  # MQTT version of the echo and naive clients; default: the config's
     echo: bool = True
     slo_ms: float = 50.0
     sweep_rates: tuple[float, ...] | None = None
@@ -67,6 +68,7 @@ class E2EOptions:
     data: Path | None = None
     trace: bool = False  # per-message stages for the CSV (costs a little per message)
     profile: Path | None = None  # a cProfile of the runtime's serve loop
+    py_spy: Path | None = None  # a py-spy sampling profile (raw collapsed stacks) of the runtime
     machine_root: Path = Path("/")
 
     def __post_init__(self) -> None:
@@ -76,6 +78,8 @@ class E2EOptions:
             raise EdgeRuntimeError("--payload is json or npy")
         if self.arrivals not in ARRIVALS:
             raise EdgeRuntimeError(f"--arrivals takes {', '.join(ARRIVALS)}, not {self.arrivals!r}")
+        if self.baseline_protocol not in (None, "5", "3.1.1"):
+            raise EdgeRuntimeError("--baseline-protocol takes 5 or 3.1.1")
         if self.baseline not in (None, "naive"):
             raise EdgeRuntimeError("--baseline takes: naive")
         if self.duration <= 0 or self.devices < 1 or self.workers < 1:
@@ -120,6 +124,12 @@ class _System:
 
     @property
     def pids(self) -> list[int]:
+        """The measured processes: each runtime host by the id it wrote (under a profiler too), else ours."""
+        if self.marks is not None:
+            try:
+                return [int((self.marks / f"w{i}" / "pid").read_text()) for i in range(len(self.procs))]
+            except (OSError, ValueError):
+                pass
         return [p.pid for p in self.procs]
 
     def cpu_seconds(self, root: Path) -> float:
@@ -134,8 +144,8 @@ class _System:
             return None
         self._marks_taken += 1
         n = self._marks_taken
-        for p in self.procs:
-            p.send_signal(signal.SIGUSR1)
+        for pid in self.pids:
+            os.kill(pid, signal.SIGUSR1)
         paths = [self.marks / f"w{i}" / f"mark-{n}.json" for i in range(len(self.procs))]
         deadline = time.monotonic() + timeout
         while not all(p.exists() for p in paths):
@@ -145,12 +155,18 @@ class _System:
         return [orjson.loads(p.read_bytes()) for p in paths]
 
     def stop(self) -> None:
+        # The hosts first: a profiler wrapping one writes its file when the host exits.
+        for pid in set(self.pids) - {p.pid for p in self.procs}:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in self.procs:
-            if p.poll() is None:
+            if p.poll() is None and p.pid in self.pids:
                 p.terminate()
         for p in self.procs:
             try:
-                p.wait(15)
+                p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
@@ -194,6 +210,7 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
         "route": route.subscribe,
         "payload": options.payload,
         "protocol": config.broker.protocol,
+        "baseline_protocol": options.baseline_protocol or config.broker.protocol,
         "qos": 0,
         "traced": options.trace,
         "load": _load_description(options),
@@ -222,6 +239,8 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
                 )
             if name == "runtime" and options.profile:
                 report["profile"] = str(options.profile)
+            if name == "runtime" and options.py_spy and options.py_spy.is_file():
+                report["py_spy"] = _py_spy_breakdown(options.py_spy, report["systems"]["runtime"])
         report["ratios"] = _ratios(report["systems"], options)
         ok = True
     finally:
@@ -253,6 +272,29 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
                 f"{s['publisher_lag_p99_ms']:.1f} ms late): the offered rate was not met"
             )
     return report
+
+
+def _py_spy_breakdown(path: Path, runtime: dict) -> dict:
+    from .profile import OUTSIDE, breakdown, read_collapsed
+
+    samples = breakdown(read_collapsed(path))
+    serve = sum(n for k, n in samples.items() if k != OUTSIDE)
+    per_msg = (runtime.get("cpu_s_per_1000") or 0) / 1000
+    return {
+        "file": str(path),
+        "samples": samples,
+        "cpu_s_per_message": per_msg,
+        "us_per_message": {
+            k: round(n / serve * per_msg * 1e6, 2) for k, n in samples.items() if k != OUTSIDE and serve
+        },
+    }
+
+
+def _py_spy() -> list[str]:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.access(exe, os.X_OK):
+        raise EdgeRuntimeError("--py-spy needs py-spy: pip install py-spy")
+    return [exe]
 
 
 def _profile_threads(config: Config) -> int:
@@ -312,6 +354,20 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
                 cmd += ["--trace", str(workdir / f"trace-{i}.npy")]
             if options.profile and i == 0:
                 cmd += ["--profile", str(options.profile)]
+            if options.py_spy and i == 0:
+                cmd = [
+                    *_py_spy(),
+                    "record",
+                    "--nonblocking",
+                    "--rate",
+                    "1000",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(options.py_spy),
+                    "--",
+                    *cmd,
+                ]
             cmds.append(cmd)
         cid = config.broker.client_id
         expected = (
@@ -356,7 +412,7 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
         "--bundle",
         str(bundle),
         "--protocol",
-        config.broker.protocol,
+        options.baseline_protocol or config.broker.protocol,
     ]
 
     def ready(procs: list[subprocess.Popen]) -> None:
@@ -606,7 +662,8 @@ def format_e2e_report(report: dict) -> str:
         + f", seed {load.get('seed')}, {load.get('duration_s'):g} s measured"
     )
     lines = [
-        f"{report['model']} on {report['route']} ({report['payload']}, MQTT {report['protocol']}, QoS 0): {how}",
+        f"{report['model']} on {report['route']} ({report['payload']}, MQTT {report['protocol']}, baselines MQTT "
+        f"{report.get('baseline_protocol', report['protocol'])}, QoS 0): {how}",
         machine.format_machine(report["machine"]),
     ]
     head = (
@@ -659,6 +716,14 @@ def format_e2e_report(report: dict) -> str:
             f"  runtime counted: received {r['received']}, results {r['results']}, errors "
             f"{sum(r['errors'].values())}, dropped {sum(r['dropped'].values())}, queue high water "
             f"{r.get('queue_high_water', 0)}"
+        )
+    if report.get("py_spy"):
+        from .profile import format_breakdown
+
+        lines.append(
+            format_breakdown(
+                report["py_spy"]["samples"], cpu_s_per_message=report["py_spy"]["cpu_s_per_message"] or None
+            )
         )
     for k, v in report.get("ratios", {}).items():
         lines.append(f"{k.replace('_', ' ')}: {v}")

@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         except AttributeError as err:  # the serve loop changed shape: run untraced rather than not at all
             log.warning("per-message trace unavailable: %s", err)
     args.marks.mkdir(parents=True, exist_ok=True)
+    # The bench signals and measures this process by this id, even when a profiler started it.
+    (args.marks / "pid").write_text(str(os.getpid()))
     marks = 0
 
     def mark(*_):
