@@ -10,6 +10,7 @@ machine facts (machine.py) and warns when the machine was throttled or busy.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -157,10 +158,8 @@ class _System:
     def stop(self) -> None:
         # The hosts first: a profiler wrapping one writes its file when the host exits.
         for pid in set(self.pids) - {p.pid for p in self.procs}:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for p in self.procs:
             if p.poll() is None and p.pid in self.pids:
                 p.terminate()
