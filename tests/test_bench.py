@@ -299,3 +299,26 @@ def test_bench_suite_and_compare_on_its_reports(bench_config, tmp_path):
     assert "| CPU |" in md and "| burst-200 | runtime |" in md and "suite took" in out
     cmp = _run("bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"))
     assert "burst-200/runtime" in cmp and "1.000x" in cmp
+
+
+@pytest.mark.slow
+def test_a_broker_that_goes_away_mid_run_is_one_clear_error(tmp_path):
+    """The load generator must not spin on a dead connection: the run ends with an error saying why."""
+    import threading
+
+    from edge_runtime.bench.arrivals import Arrivals
+    from edge_runtime.bench.load import LoadPlan, Workload, run_load
+    from edge_runtime.devtools.broker import start_broker
+    from edge_runtime.errors import EdgeRuntimeError
+
+    broker = start_broker(workdir=tmp_path / "b")
+    workload = Workload(topics=["sensors/a/vibration"], rows=np.zeros((4, 16), dtype=np.float32))
+    threading.Timer(0.5, broker.stop).start()
+    with pytest.raises(EdgeRuntimeError, match="lost its connection to the broker"):
+        run_load(
+            broker.url,
+            workload,
+            LoadPlan(arrivals=Arrivals(rate=200), duration=3, warmup_s=0),
+            result_filters=["results/#"],
+            settle=1,
+        )

@@ -194,6 +194,8 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
         )
     if not port_open(config.broker.port, config.broker.host):
         broker = start_broker(config.broker.port)
+    elif progress:
+        progress(f"using the broker already listening on port {config.broker.port}")
     root = options.machine_root
     model_cfg = next(m for m in config.models if m.name == route.model)
     threads = {
@@ -256,9 +258,14 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
         "machine_cpu_s": round(busy, 2) if busy is not None else None,
         "our_cpu_s": round(ours1 - ours0, 2),
     }
+    report["broker"] = {"started_by_bench": broker is not None, "port": config.broker.port}
     report["warnings"] = machine.run_warnings(
         before, after, machine_busy_s=busy, ours_s=ours1 - ours0, wall_s=wall, cores=before["cores"]
     )
+    if broker is None:
+        report["warnings"].append(
+            f"the broker on port {config.broker.port} was already running: its other clients, if any, share it"
+        )
     for name, s in report["systems"].items():
         if s.get("warmup", {}).get("stable") is False:
             report["warnings"].append(

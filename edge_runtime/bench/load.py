@@ -297,6 +297,11 @@ class _Publisher:
             time.sleep(0.05)
             if progress:
                 progress()
+        if self.proc.returncode == 3:
+            raise EdgeRuntimeError(
+                "the load generator lost its connection to the broker (was it stopped by "
+                "someone else? the bench uses a broker already listening on the config's port)"
+            )
         if self.proc.returncode != 0:
             raise EdgeRuntimeError(f"the load generator failed (status {self.proc.returncode})")
         return np.load(self.out)
@@ -530,18 +535,30 @@ def _publish_main(spec_path: str) -> int:
             if offsets[i] >= end:
                 break
         send[i] = time.monotonic()
-        while publish(topic, payload, qos=qos, properties=props).rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        rc = publish(topic, payload, qos=qos, properties=props).rc
+        while rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             pub.loop(0.001)
+            rc = publish(topic, payload, qos=qos, properties=props).rc
+        if rc == mqtt.MQTT_ERR_NO_CONN or not pub.is_connected():
+            return _lost_broker()
         n = i + 1
         if qos and i % 64 == 0:
             pub.loop_read()
-    while pub.want_write():
-        pub.loop_write()
-    while qos and pub._out_messages:  # QoS 1: wait for the broker's acknowledgements
-        pub.loop(0.01)
+    deadline = time.monotonic() + 30
+    while pub.want_write() or (qos and pub._out_messages):  # QoS 1: wait for the broker's acknowledgements
+        if not pub.is_connected() or time.monotonic() > deadline:
+            return _lost_broker()
+        if qos:
+            pub.loop(0.01)
+        else:
+            pub.loop_write()
     pub.disconnect()
     np.save(spec["out"], send[:n])
     return 0
+
+
+def _lost_broker() -> int:
+    return 3  # the controller turns this status into its one-line error
 
 
 def _publisher(url: str, *, v5: bool) -> mqtt.Client:
