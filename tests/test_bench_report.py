@@ -73,6 +73,8 @@ def test_load_plan_checks_its_options_and_sizes_windows():
         LoadPlan(burst=10, arrivals=Arrivals())
     assert LoadPlan(arrivals=Arrivals(rate=20), window_s=1).window == 5  # at least 100 messages a window
     assert LoadPlan(arrivals=Arrivals(rate=2000), window_s=1).window == 1
+    bursty = Arrivals(kind="bursty", rate=2000, on_s=0.5, off_s=1.0)
+    assert LoadPlan(arrivals=bursty, window_s=1).window == 1.5  # whole on/off periods
 
 
 # -- percentiles and counts -----------------------------------------------------------------------

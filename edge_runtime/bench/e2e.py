@@ -382,13 +382,14 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
             else {f"edge-runtime/{cid}-w{i}/status" for i in range(1, options.workers + 1)}
         )
         online: set[str] = set()
-        watcher = connect_client(
-            config.broker.url,
-            subscriptions=[("edge-runtime/+/status", 1)],
-            on_message=lambda _c, _u, m: b'"online"' in m.payload and online.add(m.topic),
-        )
 
-        def ready(procs: list[subprocess.Popen]) -> None:
+        def on_status(_c, _u, m) -> None:
+            if b'"online"' in m.payload:
+                online.add(m.topic)
+
+        watcher = connect_client(config.broker.url, subscriptions=[("edge-runtime/+/status", 1)], on_message=on_status)
+
+        def runtime_ready(procs: list[subprocess.Popen]) -> None:
             try:
                 deadline = time.monotonic() + 60
                 while not expected <= online:
@@ -399,7 +400,7 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
                 watcher.disconnect()
                 watcher.loop_stop()
 
-        return _System(name, cmds, ready, log, marks)
+        return _System(name, cmds, runtime_ready, log, marks)
     cmd = [
         sys.executable,
         "-m",
@@ -422,7 +423,7 @@ def _start(name: str, config: Config, options: E2EOptions, workdir: Path, bundle
     ]
 
     def ready(procs: list[subprocess.Popen]) -> None:
-        if procs[0].stdout.readline().strip() != "ready":
+        if procs[0].stdout is None or procs[0].stdout.readline().strip() != "ready":
             raise EdgeRuntimeError(f"the {name} baseline did not start; see {log}")
 
     return _System(name, [cmd], ready, log)

@@ -92,7 +92,14 @@ class LoadPlan:
 
     @property
     def window(self) -> float:
-        return max(self.window_s, 100.0 / self.arrivals.rate) if self.arrivals else self.window_s
+        """At least 100 messages' worth; bursty: whole on/off periods, so that windows are alike."""
+        if self.arrivals is None:
+            return self.window_s
+        w = max(self.window_s, 100.0 / self.arrivals.rate)
+        if self.arrivals.kind == "bursty":
+            period = self.arrivals.on_s + self.arrivals.off_s
+            w = math.ceil(w / period - 1e-9) * period
+        return w
 
 
 def latency_summary(ms: np.ndarray) -> dict[str, float]:
@@ -272,14 +279,16 @@ class _Publisher:
             stdout=subprocess.PIPE,
             text=True,
         )
-        if self.proc.stdout.readline().strip() != "ready":
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        if self.stdout.readline().strip() != "ready":
             self.kill()
             raise EdgeRuntimeError("the load generator could not connect to the broker")
 
     def start(self) -> float:
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline().split()
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        line = self.stdout.readline().split()
         if len(line) != 2 or line[0] != "start":
             self.kill()
             raise EdgeRuntimeError("the load generator did not start")
@@ -287,8 +296,8 @@ class _Publisher:
 
     def end(self, offset: float) -> None:
         try:
-            self.proc.stdin.write(f"end {offset!r}\n")
-            self.proc.stdin.flush()
+            self.stdin.write(f"end {offset!r}\n")
+            self.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # it has already sent everything
 

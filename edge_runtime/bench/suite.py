@@ -36,6 +36,12 @@ def _public(d: dict) -> dict:
     return {k: _public(v) if isinstance(v, dict) else v for k, v in d.items() if not str(k).startswith("_")}
 
 
+def _prefixed(progress: Callable[[str], None] | None, step: str) -> Callable[[str], None] | None:
+    if progress is None:
+        return None
+    return lambda text: progress(f"{step}: {text}")
+
+
 def run_suite(options: SuiteOptions, *, progress: Callable[[str], None] | None = None) -> dict:
     started = time.monotonic()
     steps: dict[str, dict] = {}
@@ -53,7 +59,7 @@ def run_suite(options: SuiteOptions, *, progress: Callable[[str], None] | None =
                 window_s=1.0,
                 machine_root=options.machine_root,
             ),
-            progress=(lambda t, n=name: progress(f"{n}: {t}")) if progress else None,
+            progress=_prefixed(progress, name),
         )
         steps[name] = _public(r)
         warnings += [f"{name}: {w}" for w in r["warnings"]]
@@ -62,7 +68,7 @@ def run_suite(options: SuiteOptions, *, progress: Callable[[str], None] | None =
         E2EOptions(
             config=options.config, burst=options.burst, duration=options.duration, machine_root=options.machine_root
         ),
-        progress=(lambda t: progress(f"{name}: {t}")) if progress else None,
+        progress=_prefixed(progress, name),
     )
     steps[name] = _public(r)
     warnings += [f"{name}: {w}" for w in r["warnings"]]
@@ -80,7 +86,7 @@ def run_suite(options: SuiteOptions, *, progress: Callable[[str], None] | None =
                     max_queue=50,
                     policies=("latest_only",),
                 ),
-                progress=(lambda t: progress(f"camera: {t}")) if progress else None,
+                progress=_prefixed(progress, "camera"),
             )
             steps["camera"] = {"kind": "camera", **cam}
         except Exception as err:  # noqa: BLE001 - a device without OpenCV (or a camera failure) keeps the sensor figures
