@@ -55,7 +55,9 @@ class Histogram:
             "count": self.total,
             "p50_ms": round(self.percentile(50), 4),
             "p90_ms": round(self.percentile(90), 4),
+            "p95_ms": round(self.percentile(95), 4),
             "p99_ms": round(self.percentile(99), 4),
+            "p999_ms": round(self.percentile(99.9), 4),
             "max_ms": round(self.max, 3),
         }
 
