@@ -30,11 +30,14 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
             labels: np.ndarray | str | os.PathLike[str] | None = None,
             calibration: np.ndarray | str | os.PathLike[str] | None = None, max_accuracy_drop: float = 1.0,
             target: str | None = None, input_shape: tuple[int, ...] | None = None, keep_candidates: bool = False,
+            reference: np.ndarray | str | os.PathLike[str] | None = None,
             progress: Callable[[str], None] | None = None) -> Bundle:
     """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
 
     ``quantize``: ``auto`` (the default when validation data is given) measures every mode and keeps the
     fastest within ``max_accuracy_drop`` points; ``none``/``fp16``/``dynamic``/``static`` force one.
+    The manifest's ``reference`` (what drift is measured against on the device) is computed on
+    ``reference`` (rows as ``.npy``, or a folder of images for image models) or else on ``validation``.
     """
     src = Path(source)
     if not src.exists():
@@ -43,7 +46,7 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
     model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape)
     return _finish(out_dir, model_bytes, manifest, version, quantize=quantize, validation=validation, labels=labels,
                    calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress,
-                   keep_candidates=keep_candidates)
+                   keep_candidates=keep_candidates, reference=reference)
 
 
 def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1",
@@ -65,7 +68,8 @@ def _array(value: Any, what: str) -> np.ndarray | None:
 def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
             quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
             max_accuracy_drop: float = 1.0, target: str | None = None,
-            progress: Callable[[str], None] | None = None, keep_candidates: bool = False) -> Bundle:
+            progress: Callable[[str], None] | None = None, keep_candidates: bool = False,
+            reference: Any = None) -> Bundle:
     from edge_runtime.engine import Engine
 
     from .calibrate import load_calibration
@@ -130,10 +134,49 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
     manifest = {**manifest, "version": version, "quantization": quant}
     if profile is not None:
         manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
+    if reference is not None or X is not None:
+        manifest["reference"] = _reference(model_bytes, manifest, X if reference is None else reference)
     bundle = write_bundle(out_dir, model_bytes, manifest,
                           extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()})
     Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
     return bundle
+
+
+def _reference(model_bytes: bytes, manifest: dict[str, Any], source: Any) -> dict[str, Any]:
+    """Reference statistics of the model that will serve, on the reference set (drift is measured against them)."""
+    from edge_runtime.monitoring.reference import IMAGE_TASKS, reference_for_model, reference_from_images
+
+    from .calibrate import _IMAGES
+    from .gate import _session
+
+    session = _session(model_bytes, 1)
+    names = [o.name for o in session.get_outputs()]
+    input_name, dtype = manifest["inputs"][0]["name"], manifest["inputs"][0]["dtype"]
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, {input_name: batch})))
+
+    try:
+        if not isinstance(source, np.ndarray) and Path(source).is_dir():
+            if manifest.get("task") not in IMAGE_TASKS:
+                raise ConversionError(f"--reference {source} is a folder: images describe image models only; "
+                                      "give rows as .npy")
+            files = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in _IMAGES)
+            if not files:
+                raise ConversionError(f"no images (.jpg, .png, .bmp) in {source}")
+            return reference_from_images(manifest, run, (p.read_bytes() for p in files))
+        rows = _array(source, "reference data")
+        shape = manifest["inputs"][0]["shape"]
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
+        if rows.ndim != len(shape) or any(f is not None and f != d for f, d in zip(fixed, rows.shape[1:])):
+            raise ConversionError(f"reference data has shape {list(rows.shape)}; the model takes {shape} "
+                                  "(rows along the first axis)")
+        names_in = (manifest.get("source") or {}).get("feature_names")
+        return reference_for_model(manifest, run, rows.astype(dtype, copy=False), feature_names=names_in)
+    except ConversionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - bad frames, too few rows, names that do not fit: one line
+        raise ConversionError(f"cannot compute the reference statistics: {err}") from err
 
 
 def _target(name: str | None):

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--quantize", choices=["auto", "none", "fp16", "dynamic", "static"],
                       help="auto (default with --validation): measure every mode, keep the fastest accurate one")
     conv.add_argument("--validation", type=Path, help="validation inputs (.npy) to measure candidates on")
+    conv.add_argument("--reference", type=Path,
+                      help="rows (.npy), or a folder of images for image models, that drift on the device is measured "
+                      "against (default: --validation)")
     conv.add_argument("--labels", type=Path, help="labels for --validation (.npy); else agreement with fp32 is measured")
     conv.add_argument("--calibration", type=Path, help="static: calibration inputs (.npy) or a folder of images")
     conv.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points of accuracy a candidate may lose")
@@ -36,12 +39,16 @@ def _convert(args: argparse.Namespace) -> int:
     bundle = convert(args.source, args.output, name=args.name, version=args.model_version, quantize=args.quantize,
                      validation=args.validation, labels=args.labels, calibration=args.calibration,
                      max_accuracy_drop=args.max_accuracy_drop, target=args.target, input_shape=args.input_shape,
-                     keep_candidates=args.keep_candidates)
+                     keep_candidates=args.keep_candidates, reference=args.reference)
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
     print(format_report(report))
     print(f"wrote {bundle.path}: {m.name} v{m.version} ({m.task}, input {m.inputs[0].shape}, "
           f"quantization {m.quantization['mode']}, sha256 {m.sha256[:12]})")
+    if "reference" in m.model_extra:
+        ref = m.model_extra["reference"]
+        print(f"reference statistics: {ref['rows']} rows, {len((ref.get('inputs') or {}).get('features') or [])} "
+              f"input channels{', outputs' if ref.get('outputs') else ''} (drift is measured against them)")
     if report.get("note"):
         print(f"note: {report['note']}", file=sys.stderr)
     return 0
