@@ -99,6 +99,7 @@ class CaptureWriter:
         self._logged_at, self._unlogged = -math.inf, 0
         self._busy = 0  # rows taken by offer and not yet written or given up
         self._stop = threading.Event()
+        self._scanned = threading.Event()  # what was already on disk is counted (and trimmed to the cap)
         self._thread = threading.Thread(target=self._work, name=f"capture-{self.directory.name}", daemon=True)
         self._thread.start()
 
@@ -164,6 +165,8 @@ class CaptureWriter:
         """Block until every queued row is on disk or given up (a partial segment is flushed); for tests."""
         end = time.monotonic() + timeout
         self._flush_now = True
+        if not self._scanned.wait(timeout):
+            return False
         while time.monotonic() < end:
             with self._lock:
                 if not self._busy:
@@ -183,6 +186,7 @@ class CaptureWriter:
 
     def _work(self) -> None:
         self._scan()
+        self._scanned.set()
         data: list[Any] = []
         entries: list[dict[str, Any]] = []
         size, started = 0, 0.0
