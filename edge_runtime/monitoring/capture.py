@@ -234,14 +234,18 @@ class CaptureWriter:
                 self.dropped["too_large"] += n
                 self._busy -= n
             return
-        while self._segments and self.bytes + total > self.max_bytes and self._delete_oldest():
-            pass
-        if self.bytes + total > self.max_bytes:  # oldest could not be deleted: do not grow past the cap
-            self._failed(n, f"capture {self.directory}: cannot free room for {total} bytes under the cap")
-            return
         written: list[str] = []
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.directory.is_dir():  # first segment, or the directory was taken away with its segments
+                self.directory.mkdir(parents=True, exist_ok=True)
+                with self._lock:
+                    self.bytes = 0
+                    self._segments.clear()
+            while self._segments and self.bytes + total > self.max_bytes and self._delete_oldest():
+                pass
+            if self.bytes + total > self.max_bytes:  # the oldest could not be deleted: never grow past the cap
+                self._failed(n, f"capture {self.directory}: cannot free room for {total} bytes under the cap")
+                return
             for fname, blob in files:  # the .jsonl is last: a segment without it is incomplete
                 tmp = self.directory / f".{fname}.tmp"
                 written.append(tmp.name)
@@ -379,22 +383,28 @@ def read_capture(directory: str | os.PathLike[str], *, topic: str | None = None)
     for seg in segments:
         rows = None
         with open(root / f"{seg}.jsonl", "rb") as f:
-            lines = [orjson.loads(line) for line in f if line.strip()]
-        for n, e in enumerate(lines, 1):
+            lines = [line for line in f if line.strip()]
+        for n, line in enumerate(lines, 1):
             where = f"{root / seg}.jsonl:{n}"
-            dest = topic or e.get("topic")
-            if not dest:
-                raise ValueError(f"{where}: no topic was captured; give one to replay to")
-            first = e["ts"] if first is None else first
-            entry: dict[str, Any] = {"t": max(0.0, e["ts"] - first), "topic": dest, "qos": 0, "retain": False}
-            if "file" in e:
-                entry["payload"] = (root / e["file"]).read_bytes()
-                if e.get("id") is not None:
-                    entry["user_properties"] = [["id", str(e["id"])]]
-            else:
-                if rows is None:
-                    rows = np.load(root / f"{seg}.npy", allow_pickle=False)
-                entry["payload"] = orjson.dumps({"id": e.get("id"), "values": rows[e["row"]]},
-                                                option=orjson.OPT_SERIALIZE_NUMPY)
+            try:
+                e = orjson.loads(line)
+                dest = topic or e.get("topic")
+                if not dest:
+                    raise ValueError("no topic was captured; give one to replay to (--topic)")
+                first = e["ts"] if first is None else first
+                entry: dict[str, Any] = {"t": max(0.0, e["ts"] - first), "topic": dest, "qos": 0, "retain": False}
+                if "file" in e:
+                    if Path(e["file"]).name != e["file"]:
+                        raise ValueError(f"frame file {e['file']!r} is not in the capture directory")
+                    entry["payload"] = (root / e["file"]).read_bytes()
+                    if e.get("id") is not None:
+                        entry["user_properties"] = [["id", str(e["id"])]]
+                else:
+                    if rows is None:
+                        rows = np.load(root / f"{seg}.npy", allow_pickle=False)
+                    entry["payload"] = orjson.dumps({"id": e.get("id"), "values": rows[e["row"]]},
+                                                    option=orjson.OPT_SERIALIZE_NUMPY)
+            except (KeyError, TypeError, IndexError, ValueError) as err:
+                raise ValueError(f"{where}: not a captured row ({err})") from err
             out.append(entry)
     return out
