@@ -120,21 +120,21 @@ class CaptureWriter:
             return 0
         start = self._offered
         self._offered += n
-        reasons: list[list[str]] = [[] for _ in range(n)]
+        reasons: dict[int, list[str]] = {}  # only for the rows taken: most batches take none
         if self.fraction:
-            for i in np.flatnonzero(np.diff(np.floor((start + np.arange(n + 1)) * self.fraction))):
-                reasons[i].append("fraction")
+            for i in np.flatnonzero(np.diff(np.floor((start + np.arange(n + 1)) * self.fraction))).tolist():
+                reasons[i] = ["fraction"]
         if self.low_confidence is not None:
             conf = confidences if confidences is not None else [confidence(r) for r in results]
             for i, c in enumerate(conf):
                 if c is not None and c < self.low_confidence:
-                    reasons[i].append("low_confidence")
+                    reasons.setdefault(i, []).append("low_confidence")
         if self.drift and drift_active:
-            for r in reasons:
-                r.append("drift")
-        pick = [i for i, r in enumerate(reasons) if r]
-        if not pick:
+            for i in range(n):
+                reasons.setdefault(i, []).append("drift")
+        if not reasons:
             return 0
+        pick = sorted(reasons)
         now = time.time()
         entries = [{"id": None if ids is None else ids[i], "topic": None if topics is None else topics[i], "ts": now,
                     "reasons": reasons[i], "result": results[i]} for i in pick]

@@ -85,22 +85,22 @@ class DriftMonitor:
         # window are subtracted with one bincount, and the new ones added with another.
         self._edges = edges_matrix([c["edges"] for c in numeric]) if numeric else None
         bins = max((len(c["shares"]) for c in numeric), default=1)
-        self._ref = np.zeros((len(numeric), bins))
+        ref = np.zeros((len(numeric), bins))
         for j, c in enumerate(numeric):
-            self._ref[j, :len(c["shares"])] = c["shares"]
-        self._ref = np.maximum(self._ref, epsilon)
-        self._log_ref = np.log(self._ref)
+            ref[j, :len(c["shares"])] = c["shares"]
         self._numeric = len(numeric) * bins
         self._n_values = len(numeric) - self._n_features
-        self._cref = None
-        if classes:
-            self._cref = np.maximum(np.asarray(classes["shares"], np.float64), epsilon)
-            self._log_cref = np.log(self._cref)
-        size = self._numeric + (0 if self._cref is None else len(self._cref))
+        self._has_classes = bool(classes)
+        ref = np.concatenate([ref.ravel(), np.asarray(classes["shares"] if classes else [], np.float64)])
+        self._ref = np.maximum(ref, epsilon)  # the same flat layout as ``_counts``
+        self._log_ref = np.log(self._ref)
+        # Where each channel's bins start in the flat layout: one reduceat sums every channel's PSI.
+        self._starts = np.r_[np.arange(len(numeric)) * bins, [self._numeric] if classes else []].astype(np.intp)
+        size = len(self._ref)
         self._counts = np.zeros(size, dtype=np.int64)
         dtype = np.uint16 if size < 65536 else np.uint32
         self._offsets = (np.arange(len(numeric)) * bins).astype(dtype)[None, :]
-        self._ring = np.zeros((window, len(numeric) + (self._cref is not None)), dtype=dtype)
+        self._ring = np.zeros((window, len(numeric) + self._has_classes), dtype=dtype)
         self._pos = self._filled = self._seen = 0
         self.skipped = 0  # rows whose shape did not match the reference (counted, not binned)
         self.alert = False
@@ -137,7 +137,7 @@ class DriftMonitor:
             else:
                 values = np.concatenate([feats, vals], axis=1)
             np.add(bin_index(values, self._edges), self._offsets, out=slots[:, :self._offsets.shape[1]])
-        if self._cref is not None:
+        if self._has_classes:
             np.add(cls, self._numeric, out=slots[:, -1], casting="unsafe")
         if n > self.window:
             slots = slots[-self.window:]
@@ -187,18 +187,11 @@ class DriftMonitor:
 
     def _psi(self) -> tuple[np.ndarray, float | None]:
         """PSI per input feature, and the outputs' PSI (the largest of the output channels')."""
-        per_channel = np.zeros(0)
-        if self._edges is not None:
-            counts = self._counts[:self._numeric].reshape(self._ref.shape)
-            live = np.maximum(counts / max(self._filled, 1), self.epsilon)
-            per_channel = ((live - self._ref) * (np.log(live) - self._log_ref)).sum(axis=1)
+        live = np.maximum(self._counts / max(self._filled, 1), self.epsilon)
+        per_channel = np.add.reduceat((live - self._ref) * (np.log(live) - self._log_ref), self._starts)
         outputs = None
         if self._summary is not None:
-            out = [float(v) for v in per_channel[self._n_features:]]
-            if self._cref is not None:
-                live = np.maximum(self._counts[self._numeric:] / max(self._filled, 1), self.epsilon)
-                out.append(float(((live - self._cref) * (np.log(live) - self._log_cref)).sum()))
-            outputs = max(out, default=0.0)
+            outputs = float(per_channel[self._n_features:].max(initial=0.0))
         return per_channel[:self._n_features], outputs
 
     # -- reading ----------------------------------------------------------------------------------------

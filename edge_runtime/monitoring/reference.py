@@ -140,7 +140,7 @@ class OutputSummary:
         if task in ("classifier", "image_classifier"):
             scores = np.asarray(outputs[self.scores_output]).reshape(n, -1)
             cls = scores.argmax(axis=1)
-            top = scores[np.arange(n), cls].astype(np.float32)
+            top = scores.max(axis=1).astype(np.float32, copy=False)
             if self.softmax:  # the top probability of softmax(scores): 1 / sum(exp(s - max))
                 top = (1.0 / np.exp(scores - top[:, None]).sum(axis=1)).astype(np.float32)
             return cls, top[:, None]
