@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from edge_runtime.bundle import load_bundle
 from edge_runtime.engine import Engine
 from edge_runtime.monitoring import CaptureWriter, read_capture
 from edge_runtime.monitoring.capture import confidence
@@ -110,7 +111,7 @@ def test_existing_files_over_the_cap_are_trimmed_at_start(tmp_path):
 def test_low_confidence_takes_exactly_the_rows_below_the_threshold(tmp_path, vibration_bundle):
     from devices.sensors import vibration_dataset
 
-    engine = Engine(__import__("edge_runtime.bundle", fromlist=["load_bundle"]).load_bundle(vibration_bundle))
+    engine = Engine(load_bundle(vibration_bundle))
     rows, _ = vibration_dataset(600, seed=4)
     rows *= np.random.default_rng(1).uniform(0.6, 1.5, rows.shape).astype(np.float32)  # some hard cases
     writer = CaptureWriter(tmp_path / "cap", max_mb=10, low_confidence=0.7)
@@ -237,7 +238,7 @@ def test_frames_are_kept_as_received_and_a_capture_replays(tmp_path, broker, col
     rng = np.random.default_rng(0)
     frames = [cv2.imencode(".jpg", draw_object(rng)[0])[1].tobytes() for _ in range(6)]
     raw = np.zeros((32, 32, 3), np.uint8)
-    npy = __import__("io").BytesIO()
+    npy = io.BytesIO()
     np.save(npy, raw)
     payloads = [*frames, npy.getvalue()]
     results = [{"label": "circle", "score": 0.4, "top": []}] * 7

@@ -243,6 +243,10 @@ def test_in_distribution_no_alert_then_one_drift_and_one_cleared(monitored_bundl
     cleared = _feed(monitor, engine, np.concatenate([live[6000:], live[:2000]]))
     assert [e["kind"] for e in cleared] == ["drift_cleared"]
     assert cleared[0]["score"] <= 0.1 and monitor.snapshot()["alert"] is False
+    assert monitor.retire() == []  # nothing left open
+
+    _feed(monitor, engine, shifted[:2500])
+    assert monitor.alert and [e["kind"] for e in monitor.retire()] == ["drift_cleared"]  # a reload mid-alert
 
 
 def test_no_alert_before_the_window_is_full_nor_for_a_short_burst(monitored_bundle, reference_data):
@@ -304,7 +308,8 @@ def test_route_monitoring_keys():
 
     d = MonitoringFields()
     assert (d.drift_window, d.drift_threshold, d.shadow, d.shadow_fraction, d.capture) == (1000, 0.2, None, 0.1, None)
-    c = MonitoringFields.model_validate({"shadow": "v2", "capture": {"dir": "caps", "max_mb": 50, "low_confidence": 0.6}})
+    c = MonitoringFields.model_validate({"shadow": "v2",
+                                         "capture": {"dir": "caps", "max_mb": 50, "low_confidence": 0.6}})
     assert c.capture.max_mb == 50 and c.capture.fraction == 0 and str(c.capture.dir) == "caps"
     assert MonitoringFields(drift_window=0).drift_window == 0
     for bad in ({"drift_window": 50}, {"drift_threshold": 0}, {"shadow_fraction": 1.5}, {"drift_windw": 1000},

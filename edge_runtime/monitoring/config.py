@@ -76,7 +76,8 @@ class MonitoringFields(_Strict):
     @model_validator(mode="after")
     def _window(self) -> "MonitoringFields":
         if 0 < self.drift_window < 100:
-            raise ValueError(f"drift_window {self.drift_window} is too small for a stable score: 0 (off) or at least 100")
+            raise ValueError(f"drift_window {self.drift_window} is too small for a stable score: "
+                             "0 (off) or at least 100")
         return self
 
 

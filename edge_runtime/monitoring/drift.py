@@ -26,6 +26,9 @@ Alerts (hysteresis, at most one event per change of state):
   the threshold for a whole window, so a short burst does not alert;
 - ``drift_cleared`` likewise when the score has then stayed at or below ``clear_threshold`` (default: half
   the threshold) for ``sustain`` rows. Between the two thresholds the state holds: no alert storms.
+Events: ``{"kind": "drift" | "drift_cleared", "route", "model", "score", "features"}``; a drift's ``features``
+are the input features whose PSI is above the threshold, most drifted first, at most ``top_features``
+(empty when only the outputs moved); a drift_cleared's are empty.
 """
 
 from __future__ import annotations
@@ -214,6 +217,14 @@ class DriftMonitor:
         return {"score": round(score, 4), "window": self._filled, "alert": self.alert,
                 "features": {name: round(float(v), 4) for name, v in zip(self.feature_names, features)},
                 "outputs": None if outputs is None else round(outputs, 4)}
+
+    def retire(self) -> list[dict[str, Any]]:
+        """The events to publish when this monitor is dropped (a reload brings a new reference): a
+        ``drift_cleared`` when an alert is active, so no alert is left open."""
+        if not self.alert:
+            return []
+        self.alert = False
+        return [self._event("drift_cleared", self._score, [])]
 
     def reset(self) -> None:
         """Empty the window (the alert state is kept: a ``drift_cleared`` still follows a ``drift``)."""
