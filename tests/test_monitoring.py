@@ -321,3 +321,18 @@ def test_route_monitoring_keys():
     assert check_monitoring(c, "v1", {"v1", "v2"}) is None
     assert "no model named 'v3'" in check_monitoring(MonitoringFields(shadow="v3"), "v1", {"v1", "v2"})
     assert "own model" in check_monitoring(MonitoringFields(shadow="v1"), "v1", {"v1"})
+
+
+def test_large_frames_are_summarised_on_a_strided_grid():
+    from edge_runtime.monitoring.reference import featurize
+
+    rng = np.random.default_rng(0)
+    rows = rng.random((12, 3, 640, 640), dtype=np.float32)
+    manifest = {"task": "image_classifier", "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 3, 640, 640]}]}
+    ref = compute_reference(rows, manifest=manifest)
+    assert ref["inputs"]["stride"] == 5 and ref["inputs"]["layout"] == "NCHW"
+    got = featurize(ref["inputs"], rows)
+    grid = rows[:, :, ::5, ::5]
+    assert np.allclose(got[:, :3], grid.mean(axis=(2, 3)), atol=1e-6)
+    assert np.allclose(got[:, 3:], grid.std(axis=(2, 3)), atol=1e-6)
+    assert np.allclose(got[:, :3], rows.mean(axis=(2, 3)), atol=0.01)  # the grid tells the same brightness
