@@ -336,3 +336,29 @@ def test_large_frames_are_summarised_on_a_strided_grid():
     assert np.allclose(got[:, :3], grid.mean(axis=(2, 3)), atol=1e-6)
     assert np.allclose(got[:, 3:], grid.std(axis=(2, 3)), atol=1e-6)
     assert np.allclose(got[:, :3], rows.mean(axis=(2, 3)), atol=0.01)  # the grid tells the same brightness
+
+
+def test_an_image_bundle_gets_its_reference_from_a_folder_of_frames(tmp_path):
+    """The converter's image path (``--reference DIR``): frames decoded as the runtime decodes them."""
+    from importlib.resources import files
+
+    import cv2
+
+    from converters import _finish
+    from devices.scenes import draw_scene
+
+    demo = files("edge_runtime") / "demo_models" / "shapes-detector"
+    manifest = json.loads((demo / "manifest.json").read_text())
+    for key in ("sha256", "files", "signature", "format_version", "model_file", "quantization"):
+        manifest.pop(key, None)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        cv2.imwrite(str(frames / f"{i:03}.jpg"), draw_scene(rng)[0])
+    bundle = _finish(tmp_path / "det", (demo / "model.onnx").read_bytes(), manifest, "2", quantize="none",
+                     reference=frames)
+    ref = bundle.manifest.model_extra["reference"]
+    assert ref["rows"] == 40 and ref["inputs"]["transform"] == "image"
+    assert ref["outputs"]["classes"]["labels"] == ["circle", "square", "triangle", "none"]
+    assert ref["outputs"]["classes"]["shares"][-1] < 0.2  # most frames have a detection
