@@ -221,13 +221,16 @@ def test_queue_is_bounded_in_bytes(tmp_path):
         # More than the bound in one batch: refused whatever the writer is doing, counted by row.
         assert writer.offer(np.zeros((64, 8192), np.float32), [{"value": 0.0}] * 64) == 0
         assert writer.snapshot()["dropped"]["queue_full"] == 64
+        # What the JSONL line will hold counts too: a huge id from a stranger does not slip past the bound.
+        assert writer.offer(_rows(1), [{"value": 0.0}], ids=["x" * 2_000_000]) == 0
+        assert writer.snapshot()["dropped"]["queue_full"] == 65
         big = np.zeros((64, 1024), np.float32)  # 256 KB per batch: four fit in the queue
         queued = sum(writer.offer(big, [{"value": 0.0}] * 64) for _ in range(40))
         assert writer.wait(20)
     finally:
         writer.close()
     snap = writer.snapshot()
-    assert snap["dropped"]["queue_full"] - 64 + queued == 40 * 64 and snap["captured"] == queued
+    assert snap["dropped"]["queue_full"] - 65 + queued == 40 * 64 and snap["captured"] == queued
 
 
 def test_frames_are_kept_as_received_and_a_capture_replays(tmp_path, broker, collector):

@@ -48,7 +48,7 @@ log = logging.getLogger("edge_runtime.monitoring")
 _SEGMENT = re.compile(r"^(cap-\d{20}-\d{6})(?:-\d+)?\.(?:jsonl|npy|jpg|png)$")
 _TMP = re.compile(r"^\.cap-\d{20}-\d{6}.*\.tmp$")
 _JPEG, _PNG, _NPY = b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
-_JSON_ROW = 256  # bytes a JSONL line is assumed to take while queued
+_JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def confidence(result: Mapping[str, Any]) -> float | None:
@@ -136,15 +136,18 @@ class CaptureWriter:
             return 0
         pick = sorted(reasons)
         now = time.time()
-        entries = [{"id": None if ids is None else ids[i], "topic": None if topics is None else topics[i], "ts": now,
-                    "reasons": reasons[i], "result": results[i]} for i in pick]
+        # Serialised here, for the rows taken only: the queue's byte bound then counts what will be written
+        # (an id or a result can be large), and the writer only prefixes each line with its row or file.
+        entries = [orjson.dumps({"id": None if ids is None else ids[i], "topic": None if topics is None else topics[i],
+                                 "ts": now, "reasons": reasons[i], "result": results[i]}, default=str, option=_JSON)
+                   for i in pick]
         if payloads is not None:
             data: Any = [payloads[i] for i in pick]
             size = sum(len(p) for p in data)
         else:
             data = rows[pick]
             size = data.nbytes
-        size += _JSON_ROW * len(pick)
+        size += sum(len(e) for e in entries)
         with self._lock:
             if self._queued + size > self._max_queue:
                 self.dropped["queue_full"] += len(pick)
@@ -188,7 +191,7 @@ class CaptureWriter:
         self._scan()
         self._scanned.set()
         data: list[Any] = []
-        entries: list[dict[str, Any]] = []
+        entries: list[bytes] = []
         size, started = 0, 0.0
         while True:
             timeout = 0.2 if not entries else max(0.0, min(0.05, started + self._flush_s - time.monotonic()))
@@ -219,7 +222,7 @@ class CaptureWriter:
                 if self._stop.is_set() and self._queue.empty():
                     return
 
-    def _write(self, data: list[Any], entries: list[dict[str, Any]]) -> None:
+    def _write(self, data: list[Any], entries: list[bytes]) -> None:
         n = len(entries)
         self._seq = (self._seq + 1) % 1_000_000
         name = f"cap-{time.time_ns():020d}-{self._seq:06d}"
@@ -267,7 +270,7 @@ class CaptureWriter:
             self.captured += n
             self._busy -= n
 
-    def _files(self, name: str, data: list[Any], entries: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    def _files(self, name: str, data: list[Any], entries: list[bytes]) -> list[tuple[str, bytes]]:
         files: list[tuple[str, bytes]] = []
         lines = []
         if isinstance(data[0], np.ndarray):
@@ -276,15 +279,14 @@ class CaptureWriter:
             np.save(buf, rows, allow_pickle=False)
             files.append((f"{name}.npy", buf.getvalue()))
             for i, e in enumerate(entries):
-                lines.append({"row": i, **e})
+                lines.append(b'{"row":%d,' % i + e[1:])
         else:
             frames = [p for chunk in data for p in chunk]
             for i, (frame, e) in enumerate(zip(frames, entries)):
                 fname, blob = self._frame(f"{name}-{i}", bytes(frame))
                 files.append((fname, blob))
-                lines.append({"file": fname, **e})
-        body = b"".join(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS) + b"\n"
-                        for line in lines)
+                lines.append(b'{"file":%s,' % orjson.dumps(fname) + e[1:])
+        body = b"".join(line + b"\n" for line in lines)
         files.append((f"{name}.jsonl", body))
         return files
 
