@@ -102,6 +102,15 @@ def test_a_full_queue_drops_and_never_blocks(two_classifiers):
         gate.set()
         runner.close()
 
+    # Bounded in bytes as well: camera frames as model tensors are megabytes each.
+    runner = ShadowRunner(slow, model="shadow", fraction=1.0, max_queue=100, max_queue_mb=0.001)
+    try:
+        assert runner.offer(np.zeros((8, 16), np.float32), results) == 8  # 512 bytes: fits
+        assert runner.offer(np.zeros((8, 64), np.float32), results) == 0  # 2 KB: over the bound, counted
+        assert runner.snapshot()["dropped"] == 8 and runner.wait(10)
+    finally:
+        runner.close()
+
 
 def test_a_failing_shadow_is_counted_and_the_runner_goes_on(two_classifiers, caplog):
     live, shadow = two_classifiers

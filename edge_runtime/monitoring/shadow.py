@@ -3,7 +3,7 @@
 After a batch's results are published the loop hands the batch to ``ShadowRunner.offer``: a fixed share
 of its rows (``fraction``, chosen deterministically: row i of the route's stream is taken when
 floor((i + 1) * fraction) > floor(i * fraction), so exactly that share over time, spread evenly) is copied
-into a bounded queue, never blocking: when the queue is full the rows are dropped and counted. The
+into a queue bounded in batches and bytes, never blocking: when it is full the rows are dropped and counted. The
 runner's own thread runs the shadow model on them and compares its results with the live ones:
 
 - classifiers: the top-1 label; detectors: the main class (the label of the highest-scoring detection,
@@ -80,16 +80,19 @@ class ShadowRunner:
     """Runs ``run(rows, metas) -> results`` (the shadow model and its task's results) on sampled rows."""
 
     def __init__(self, run: ShadowRun, *, model: str, fraction: float = 0.1, max_queue: int = 64,
-                 rtol: float = 0.01, atol: float = 1e-6, log_interval_s: float = 60.0):
+                 max_queue_mb: float = 32.0, rtol: float = 0.01, atol: float = 1e-6, log_interval_s: float = 60.0):
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be above 0 and at most 1, not {fraction}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1 batch, not {max_queue}")
+        if max_queue < 1 or not max_queue_mb > 0:
+            raise ValueError(f"max_queue must be at least 1 batch and max_queue_mb above 0, not {max_queue}, "
+                             f"{max_queue_mb}")
         if rtol < 0 or atol < 0:
             raise ValueError("rtol and atol must not be negative")
         self.model, self.fraction, self.rtol, self.atol = model, fraction, rtol, atol
         self._run = run
         self._queue: queue.Queue = queue.Queue(max_queue)
+        # Batches and bytes: a few camera frames as model tensors are megabytes each.
+        self._max_bytes, self._queued_bytes = int(max_queue_mb * 1024 * 1024), 0
         self._offered = 0  # rows of the route seen so far: the sampling position
         self._lock = threading.Lock()
         self.rows = self.agreed = self.dropped = self.errors = 0
@@ -121,15 +124,21 @@ class ShadowRunner:
             pick = np.flatnonzero(np.diff(np.floor((start + np.arange(n + 1)) * self.fraction)))
             if not len(pick):
                 return 0
-        item = (batch[pick], [results[i] for i in pick], None if metas is None else [metas[i] for i in pick])
-        with self._lock:  # owed before the worker can see the item, so wait() never misses it
-            self._owed += len(pick)
+        rows = batch[pick]
+        with self._lock:
+            if self._queued_bytes + rows.nbytes > self._max_bytes:
+                self.dropped += len(pick)
+                return 0
+            self._queued_bytes += rows.nbytes
+            self._owed += len(pick)  # owed before the worker can see the item, so wait() never misses it
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((rows, [results[i] for i in pick],
+                                    None if metas is None else [metas[i] for i in pick]))
         except queue.Full:
             with self._lock:
                 self.dropped += len(pick)
                 self._owed -= len(pick)
+                self._queued_bytes -= rows.nbytes
             return 0
         return len(pick)
 
@@ -141,6 +150,8 @@ class ShadowRunner:
                 if self._stop.is_set():
                     return
                 continue
+            with self._lock:
+                self._queued_bytes -= rows.nbytes
             try:
                 t = time.perf_counter()
                 shadow = self._run(rows, metas if metas is not None else [None] * len(rows))
