@@ -362,3 +362,21 @@ def test_an_image_bundle_gets_its_reference_from_a_folder_of_frames(tmp_path):
     assert ref["rows"] == 40 and ref["inputs"]["transform"] == "image"
     assert ref["outputs"]["classes"]["labels"] == ["circle", "square", "triangle", "none"]
     assert ref["outputs"]["classes"]["shares"][-1] < 0.2  # most frames have a detection
+
+
+def test_feature_names_from_an_estimator_fitted_on_named_columns(tmp_path, reference_data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, _ = reference_data
+    y = (X[:, 0] > np.median(X[:, 0])).astype(int)
+    model = LogisticRegression(max_iter=300).fit(X, y)
+    names = [f"band_{i}_hz" for i in range(16)]
+    model.feature_names_in_ = np.asarray(names, dtype=object)  # what fitting on a DataFrame leaves (no pandas here)
+    bundle = write_estimator_bundle(model, tmp_path / "named", name="named", reference=X)
+    reference = bundle.manifest.model_extra["reference"]
+    assert [f["name"] for f in reference["inputs"]["features"]] == names
+    monitor = DriftMonitor(reference, window=100)
+    shifted = X[:100].copy()
+    shifted[:, 7] += 3 * X[:, 7].std()
+    monitor.observe(shifted, Engine(bundle).run(shifted))
+    assert max(monitor.snapshot()["features"].items(), key=lambda kv: kv[1])[0] == "band_7_hz"
