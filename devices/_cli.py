@@ -91,8 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--count", type=positive_int)
     rec.set_defaults(handler=_record)
 
-    rep = simsub.add_parser("replay", help="publish a recording again with its original timing")
-    rep.add_argument("file", type=Path)
+    rep = simsub.add_parser(
+        "replay", help="publish a recording (or a sample capture directory) again with its original timing"
+    )
+    rep.add_argument("file", type=Path, help="a recording (.jsonl) or a capture directory (a route's capture.dir)")
+    rep.add_argument("--topic", help="publish everything to this topic instead of the recorded ones")
     rep.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     rep.add_argument("--speed", type=positive_float, default=1.0, help="2: twice as fast")
     rep.set_defaults(handler=_replay)
@@ -164,7 +167,7 @@ def _replay(args: argparse.Namespace) -> int:
     from .recording import replay
 
     try:
-        n = replay(args.broker, args.file, speed=args.speed)
+        n = replay(args.broker, args.file, speed=args.speed, topic=args.topic)
     except OSError as err:
         raise EdgeRuntimeError(f"cannot read {args.file}: {err.strerror}") from None
     except ValueError as err:
