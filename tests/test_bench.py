@@ -314,7 +314,8 @@ def test_a_broker_that_goes_away_mid_run_is_one_clear_error(tmp_path):
     broker = start_broker(workdir=tmp_path / "b")
     workload = Workload(topics=["sensors/a/vibration"], rows=np.zeros((4, 16), dtype=np.float32))
     threading.Timer(0.5, broker.stop).start()
-    with pytest.raises(EdgeRuntimeError, match="lost its connection to the broker"):
+    # on a loaded machine the broker may be gone before the generator connected: either way, one clear error
+    with pytest.raises(EdgeRuntimeError, match=r"lost its connection to the broker|could not connect to the broker"):
         run_load(
             broker.url,
             workload,

@@ -56,76 +56,29 @@ def snapshot(runtime) -> dict:
     return {"t": time.monotonic(), "routes": routes, "link": dict(snap.link)}
 
 
-class _Proxy:
-    """Stands in for a decoder or an engine (their classes have slots): the given methods, the rest delegated."""
-
-    def __init__(self, target, **methods) -> None:
-        self.__dict__.update(methods, _target=target)
-
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["_target"], name)
-
-
 class _Tracer:
-    """Per-input stage boundaries, gathered by wrapping the decoder, the engine and the batch call."""
+    """Per-input stage boundaries, from the runtime's batch observer hook (ServedBatch)."""
 
     def __init__(self, runtime) -> None:
         self.rows: list[tuple] = []
-        self._batch: dict | None = None
-        serve_batch = runtime._serve_batch
-
-        def traced_batch(route, batch, expired):
-            self._batch = {
-                "arrived": [p.arrived for p in batch],
-                "ids": [],
-                "t0": time.monotonic(),
-                "t1": None,
-                "t2": None,
-            }
-            try:
-                return serve_batch(route, batch, expired)
-            finally:
-                b, t3 = self._batch, time.monotonic()
-                self._batch = None
-                if b["t1"] is not None:
-                    for arrived, msg_id in zip(b["arrived"], b["ids"]):
-                        if msg_id is not None:
-                            self.rows.append((msg_id, arrived, b["t0"], b["t1"], b["t2"], t3))
-
-        runtime._serve_batch = traced_batch
-        proxies: dict[int, _Proxy] = {}
         for route in runtime.routes:
-            route.decoder = _Proxy(route.decoder, decode=self._traced_decode(route.decoder.decode))
-            engine = route.engine
-            if id(engine) not in proxies:
-                proxies[id(engine)] = _Proxy(engine, run=self._traced_run(engine.run))
-            route.engine = proxies[id(engine)]
+            route.observers.append(self)
 
-    def _traced_decode(self, decode):
-        def traced_decode(payload, properties=None):
-            try:
-                out = decode(payload, properties)
-            except Exception:
-                if self._batch is not None:
-                    self._batch["ids"].append(None)
-                raise
-            if self._batch is not None:
-                self._batch["ids"].append(out[0])
-            return out
+    def observe(self, batch) -> None:
+        for msg_id, arrived in zip(batch.ids, batch.arrived):
+            if msg_id is not None:
+                self.rows.append(
+                    (msg_id, arrived, batch.t_started, batch.t_decoded, batch.t_inferred, batch.t_published)
+                )
 
-        return traced_decode
+    def tick(self, now: float) -> None:
+        return None
 
-    def _traced_run(self, run):
-        def traced_run(batch):
-            if self._batch is not None:
-                self._batch["t1"] = time.monotonic()
-            try:
-                return run(batch)
-            finally:
-                if self._batch is not None:
-                    self._batch["t2"] = time.monotonic()
+    def snapshot(self) -> dict:
+        return {}
 
-        return traced_run
+    def close(self) -> None:
+        return None
 
     def save(self, path: Path) -> None:
         ids, times = [], []

@@ -99,7 +99,7 @@ class CaptureWriter:
         # A segment is at most a quarter of the cap, so deleting the oldest frees room in steps, not all at once.
         self._segment_bytes = min(int(segment_mb * 1024 * 1024), max(1, self.max_bytes // 4))
         self._flush_s, self._log_every, self._quality = flush_s, log_interval_s, jpeg_quality
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0  # bytes waiting in the queue
         self._offered = 0  # rows seen: the fraction's sampling position

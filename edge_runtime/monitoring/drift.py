@@ -138,6 +138,7 @@ class DriftMonitor:
             return []
         feats = None
         if self._n_features:
+            assert self._inputs is not None  # features are only counted for a reference that has inputs
             feats = featurize(self._inputs, batch)
             if feats is None:
                 self.skipped += n
@@ -147,14 +148,17 @@ class DriftMonitor:
             cls, vals = self._summary(outputs, results, n)
         slots = np.empty((n, self._ring.shape[1]), dtype=self._ring.dtype)
         if self._edges is not None:
+            values: np.ndarray | None
             if vals is None or not self._n_values:
                 values = feats
             elif feats is None:
                 values = vals
             else:
                 values = np.concatenate([feats, vals], axis=1)
+            assert values is not None  # edges exist only for features or values the summary gives
             np.add(bin_index(values, self._edges), self._offsets, out=slots[:, : self._offsets.shape[1]])
         if self._has_classes:
+            assert cls is not None  # a class mix is kept only for tasks whose summary gives classes
             np.add(cls, self._numeric, out=slots[:, -1], casting="unsafe")
         if n > self.window:
             slots = slots[-self.window :]

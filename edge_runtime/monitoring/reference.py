@@ -97,9 +97,11 @@ def featurize(inputs: Mapping[str, Any], batch: np.ndarray) -> np.ndarray | None
         s = int(inputs.get("stride", 1))  # every s-th pixel each way: the same summary at a fraction of the cost
         if s > 1:
             batch = np.ascontiguousarray(batch[:, :, ::s, ::s] if nchw else batch[:, ::s, ::s, :])
-        x = batch.reshape(n, c, -1) if nchw else batch.reshape(n, -1, c)
+        pixels: np.ndarray = batch.reshape(n, c, -1) if nchw else batch.reshape(n, -1, c)
         axis = 2 if nchw else 1
-        return np.concatenate([x.mean(axis=axis, dtype=np.float32), x.std(axis=axis, dtype=np.float32)], axis=1)
+        return np.concatenate(
+            [pixels.mean(axis=axis, dtype=np.float32), pixels.std(axis=axis, dtype=np.float32)], axis=1
+        )
     x = batch.reshape(n, -1)
     return np.stack([x.mean(axis=1, dtype=np.float32), x.std(axis=1, dtype=np.float32)], axis=1)
 
@@ -110,7 +112,8 @@ def bin_index(values: np.ndarray, edges_t: np.ndarray) -> np.ndarray:
     ``edges_t`` is (max edges, 1, channels), padded with +inf. Same as ``np.searchsorted(edges, x)`` per
     channel (a value equal to an edge falls in the bin below), in one call for every channel.
     """
-    return (values > edges_t).sum(axis=0, dtype=np.uint8)
+    counts: np.ndarray = (values > edges_t).sum(axis=0, dtype=np.uint8)
+    return counts
 
 
 def edges_matrix(edge_lists: Sequence[Sequence[float]]) -> np.ndarray:
@@ -145,18 +148,19 @@ class OutputSummary:
             return self._detections(results)
         if outputs is None:
             raise ValueError(f"a {task}'s drift needs the batch's outputs")
+        scores_name, value_name = str(self.scores_output), str(self.value_output)
         if task in ("classifier", "image_classifier"):
-            scores = np.asarray(outputs[self.scores_output]).reshape(n, -1)
+            scores = np.asarray(outputs[scores_name]).reshape(n, -1)
             cls = scores.argmax(axis=1)
             top = scores.max(axis=1).astype(np.float32, copy=False)
             if self.softmax:  # the top probability of softmax(scores): 1 / sum(exp(s - max))
                 top = (1.0 / np.exp(scores - top[:, None]).sum(axis=1)).astype(np.float32)
             return cls, top[:, None]
         if task == "regressor":
-            return None, np.asarray(outputs[self.value_output], np.float32).reshape(n, -1)[:, : self.n_values]
+            return None, np.asarray(outputs[value_name], np.float32).reshape(n, -1)[:, : self.n_values]
         if task == "anomaly":
-            flag = np.asarray(outputs[self.value_output]).reshape(n, -1)[:, 0] == -1
-            return flag.astype(np.intp), np.asarray(outputs[self.scores_output], np.float32).reshape(n, -1)[:, :1]
+            flag = np.asarray(outputs[value_name]).reshape(n, -1)[:, 0] == -1
+            return flag.astype(np.intp), np.asarray(outputs[scores_name], np.float32).reshape(n, -1)[:, :1]
         return None, None
 
     def _detections(self, results: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -222,18 +226,18 @@ def reference_for_model(
         rows, metas = rows[pick], None if metas is None else [metas[i] for i in pick]
     task = _get(manifest, "task") or "generic"
     results_of = None
+    frame_metas: Sequence[Any] = ()
     if task == "detector":
         from edge_runtime.tasks import get_task
 
         m = _as_manifest(manifest)
-        if metas is None:
-            metas = [_frame_meta(manifest, rows.shape[1:])] * len(rows)
+        frame_metas = metas if metas is not None else [_frame_meta(manifest, rows.shape[1:])] * len(rows)
         results_of = get_task("detector").results
     acc = _Accumulator(manifest, rows.shape[1:], feature_names=feature_names, bins=bins, max_features=max_features)
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         outputs = run(chunk)
-        results = None if results_of is None else results_of(m, outputs, list(metas[start : start + batch]))
+        results = None if results_of is None else results_of(m, dict(outputs), list(frame_metas[start : start + batch]))
         acc.add(chunk, outputs, results)
     return acc.finish()
 
@@ -259,15 +263,17 @@ def reference_from_images(
     if m.task not in IMAGE_TASKS:
         raise ValueError(f"frames describe image models; this bundle's task is {m.task!r}")
     decoder = task.decoder(m, max_bytes=256 * 1024 * 1024)
-    rows, metas = [], []
+    rows: list[np.ndarray] = []
+    metas: list[Any] = []
     for frame in frames:
         if len(rows) >= max_rows:
             break
-        payload = frame
         if isinstance(frame, np.ndarray):  # through the decoder's .npy path, like a raw frame on the wire
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(frame, dtype=np.uint8), allow_pickle=False)
             payload = buf.getvalue()
+        else:
+            payload = bytes(frame)
         _, row, meta = decoder.decode(payload)
         rows.append(row)
         metas.append(meta)

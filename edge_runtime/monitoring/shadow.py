@@ -50,11 +50,11 @@ def agree(live: Mapping[str, Any], shadow: Mapping[str, Any], *, rtol: float = 0
     """Whether two results of one input agree (see the module's docstring); never raises."""
     try:
         if "detections" in live:
-            return _main_class(live) == _main_class(shadow)
+            return bool(_main_class(live) == _main_class(shadow))
         if "label" in live:
-            return live["label"] == shadow.get("label")
+            return bool(live["label"] == shadow.get("label"))
         if "anomaly" in live:
-            return live["anomaly"] == shadow.get("anomaly")
+            return bool(live["anomaly"] == shadow.get("anomaly"))
         if "value" in live:
             return "value" in shadow and _close(live["value"], shadow["value"], rtol, atol)
         if "outputs" in live:
@@ -103,7 +103,7 @@ class ShadowRunner:
             raise ValueError("rtol and atol must not be negative")
         self.model, self.fraction, self.rtol, self.atol = model, fraction, rtol, atol
         self._run = run
-        self._queue: queue.Queue = queue.Queue(max_queue)
+        self._queue: queue.Queue[Any] = queue.Queue(max_queue)
         # Batches and bytes: a few camera frames as model tensors are megabytes each.
         self._max_bytes, self._queued_bytes = int(max_queue_mb * 1024 * 1024), 0
         self._offered = 0  # rows of the route seen so far: the sampling position
@@ -152,7 +152,7 @@ class ShadowRunner:
             self._owed += len(pick)  # owed before the worker can see the item, so wait() never misses it
         try:
             self._queue.put_nowait(
-                (rows, [results[i] for i in pick], None if metas is None else [metas[i] for i in pick])
+                (rows, [results[int(i)] for i in pick], None if metas is None else [metas[int(i)] for i in pick])
             )
         except queue.Full:
             with self._lock:

@@ -34,7 +34,7 @@ import socket
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -428,8 +428,9 @@ class Link:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def poll(self, timeout: float, *, budget: int = 512, reconnect: bool = True) -> None:
-        """Wait up to ``timeout`` for the socket, read up to ``budget`` packets, and write what is pending."""
+    def poll(self, timeout: float, *, budget: int = 512, reconnect: bool = True, wake: Sequence[int] = ()) -> None:
+        """Wait up to ``timeout`` for the socket (or a ``wake`` descriptor), read up to ``budget`` packets, and
+        write what is pending."""
         client = self.client
         if client is None or client.socket() is None:
             if client is not None:
@@ -437,7 +438,11 @@ class Link:
             if reconnect:
                 self._maybe_reconnect()
             if self.client is None or self.client.socket() is None:
-                time.sleep(min(timeout, 0.05))
+                if wake:
+                    with contextlib.suppress(OSError, ValueError):
+                        select.select(list(wake), [], [], min(timeout, 0.05))
+                else:
+                    time.sleep(min(timeout, 0.05))
                 return
             client = self.client
         sock = _paho.socket_of(client)
@@ -447,10 +452,10 @@ class Link:
         else:
             want_write = client.want_write() or (buffered and sock.unsent() > 0)
             try:
-                r, _, _ = select.select([sock], [sock] if want_write else [], [], max(0.0, timeout))
+                r, _, _ = select.select([sock, *wake], [sock] if want_write else [], [], max(0.0, timeout))
             except (OSError, ValueError):
                 r = []
-            readable = bool(r)
+            readable = sock in r
         if readable:
             for _ in range(budget):
                 if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self.client is not client:

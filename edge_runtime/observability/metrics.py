@@ -102,6 +102,7 @@ class RouteSnapshot:
     queue_max: int
     queue_bytes: int = 0
     queue_max_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # what the route's observers add: drift, shadow, ...
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class RuntimeSnapshot:
                     "bytes": r.queue_bytes,
                     "max_bytes": r.queue_max_bytes,
                 },
+                **r.extra,
             }
             for r in self.routes
         }

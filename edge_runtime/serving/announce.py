@@ -36,8 +36,10 @@ class Announcer:
         self._announced_bytes = 0
         self.last_reload: dict[str, Any] | None = None
 
-    def online(self, models: dict[str, str]) -> None:
+    def online(self, models: dict[str, str], *, sources: dict[str, Any] | None = None) -> None:
         status: dict[str, Any] = {"state": "online", "version": self.version, "device": self.device, "models": models}
+        if sources:
+            status["sources"] = sources  # each video source's state, counters and last error (credentials redacted)
         if self.last_reload is not None:
             status["reload"] = self.last_reload
         self._publish(self.status_topic, encode(status), 1, True)

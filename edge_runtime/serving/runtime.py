@@ -49,8 +49,11 @@ from ..vocabulary import DropReason
 from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
 from .control import parse_control
+from .monitors import RouteMonitors
+from .observers import BatchObserver, ServedBatch
 from .reload import Outcome, Reloader
 from .snapshots import Snapshots
+from .video import FrameInput, TrackingObserver, VideoInput
 
 __all__ = ["Runtime"]
 
@@ -70,18 +73,27 @@ _ROUTE_CACHE_BYTES = 4 << 20
 class Route:
     config: RouteConfig
     engine: Engine
-    filter: TopicFilter
+    filter: TopicFilter | None  # None: the route reads a video source, not MQTT
     publish: TopicTemplate
     errors: TopicTemplate
     reply_to: list[TopicFilter]
     decoder: Decoder
     batcher: Batcher[Inbound]
     snapshots: Snapshots | None = None
+    video: VideoInput | None = None
+    observers: list[BatchObserver] = field(default_factory=list)
+    monitors: RouteMonitors | None = None
     stats: RouteStats = field(default_factory=RouteStats)
 
     @property
     def name(self) -> str:
-        return self.config.subscribe
+        return self.config.name
+
+    def captures(self, topic: str) -> list[str]:
+        """What ``{1}``.. in the route's topics stand for: the filter's wildcard matches, or a source's name."""
+        if self.filter is None:
+            return [topic]
+        return self.filter.match(topic) or []
 
 
 def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
@@ -125,9 +137,13 @@ class Runtime:
         self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
         budget = self.profile.queue_budget_mb * (1 << 20) // len(config.routes)
         self.routes: list[Route] = []
+        client_id = config.broker.client_id
+        discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
+        publish = self._publish_raw
         for i, rc in enumerate(config.routes):
             engine = self.engines[rc.model]
-            flt = TopicFilter(rc.subscribe)
+            flt = TopicFilter(rc.subscribe) if rc.subscribe is not None else None
+            wildcards = rc.wildcards
             snapshots = None
             if rc.snapshot is not None:
                 if not hasattr(engine.task, "annotate"):
@@ -136,31 +152,55 @@ class Runtime:
                         key=f"routes[{i}].snapshot",
                     )
                 snapshots = Snapshots(
-                    TopicTemplate(rc.snapshot, wildcards=flt.wildcards),
+                    TopicTemplate(rc.snapshot, wildcards=wildcards),
                     flt,
                     lambda topic, jpeg: self.link.publish(topic, jpeg, 0),
                 )
-            self.routes.append(
-                Route(
-                    config=rc,
-                    engine=engine,
-                    filter=flt,
-                    publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
-                    errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
-                    reply_to=[TopicFilter(f) for f in rc.reply_to],
-                    decoder=_decoder(engine, rc),
-                    snapshots=snapshots,
-                    batcher=Batcher(
-                        max_batch=rc.max_batch,
-                        max_delay=rc.max_delay_ms / 1000,
-                        max_queue=rc.max_queue or self.profile.max_queue,
-                        # never below one payload: a route always takes at least the largest input it accepts
-                        max_bytes=max(rc.max_queue_bytes or budget, rc.max_payload_bytes),
-                        overflow=rc.overflow,
-                        deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
-                    ),
+            if rc.track and not hasattr(engine.task, "annotate"):
+                raise ConfigError(
+                    f"track needs a detector; {rc.model!r} is a {engine.task.name}", key=f"routes[{i}].track"
                 )
+            if rc.source is not None and not hasattr(_decoder(engine, rc), "decode_array"):
+                raise ConfigError(
+                    f"a video source needs an image model; {rc.model!r} is a {engine.task.name}",
+                    key=f"routes[{i}].source",
+                )
+            route = Route(
+                config=rc,
+                engine=engine,
+                filter=flt,
+                publish=TopicTemplate(rc.publish, wildcards=wildcards),
+                errors=TopicTemplate(rc.error_topic, wildcards=wildcards),
+                reply_to=[TopicFilter(f) for f in rc.reply_to],
+                decoder=_decoder(engine, rc),
+                snapshots=snapshots,
+                batcher=Batcher(
+                    max_batch=rc.max_batch,
+                    max_delay=rc.max_delay_ms / 1000,
+                    max_queue=rc.max_queue or self.profile.max_queue,
+                    # never below one payload: a route always takes at least the largest input it accepts
+                    max_bytes=max(rc.max_queue_bytes or budget, rc.max_payload_bytes),
+                    overflow=rc.overflow,
+                    deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
+                ),
+                video=VideoInput(rc) if rc.source is not None else None,
             )
+            route.monitors = RouteMonitors(
+                rc,
+                route=route.name,
+                engine=engine,
+                shadow=self.engines.get(rc.shadow) if rc.shadow else None,
+                publish=publish,
+                client_id=client_id,
+            )
+            route.observers.append(route.monitors)
+            if rc.track:
+                route.observers.append(
+                    TrackingObserver(rc, publish=publish, node=client_id, discovery_prefix=discovery)
+                )
+            self.routes.append(route)
+        self._videos = [r for r in self.routes if r.video is not None]
+        self._next_tick = 0.0
         self._route_cache: dict[str, list[Route]] = {}
         self._route_cache_bytes = 0
         self._started = time.monotonic()
@@ -168,13 +208,12 @@ class Runtime:
         self._stop = threading.Event()
         self._next_route = 0  # round-robin start, so that no route is always served first
         self._ratelog = RateLimitedLog(log)
-        client_id = config.broker.client_id
         self.announcer = Announcer(
             client_id=client_id,
             version=__version__,
             device=self.profile.name,
-            publish=lambda topic, payload, qos, retain: self.link.publish(topic, payload, qos, retain=retain),
-            discovery_prefix=config.homeassistant.prefix if config.homeassistant.discovery else None,
+            publish=publish,
+            discovery_prefix=discovery,
         )
         self.status_topic = self.announcer.status_topic
         self.control_topic = f"edge-runtime/{client_id}/control"
@@ -190,7 +229,8 @@ class Runtime:
         self.link = Link(
             config.broker,
             on_message=self._accept,
-            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes] + [(self.control_topic, 1)],
+            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes if r.config.subscribe is not None]
+            + [(self.control_topic, 1)],
             persistent=any(r.config.qos > 0 for r in self.routes),
             will=(self.status_topic, OFFLINE),
             max_packet=_max_packet(config),
@@ -199,9 +239,15 @@ class Runtime:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def _publish_raw(self, topic: str, payload: bytes, qos: int, retain: bool) -> object:
+        return self.link.publish(topic, payload, qos, retain=retain)
+
     def start(self) -> None:
         self.link.connect()
         self.reloader.start()
+        for route in self._videos:
+            assert route.video is not None
+            route.video.start()
         if self._metrics_every:
             self._metrics_due = time.monotonic() + self._metrics_every
         if self.config.metrics.prometheus_port:
@@ -229,6 +275,7 @@ class Runtime:
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
         link, stop, reloads = self.link, self._stop, self.reloader.outcomes
+        wake = [r.video.fileno() for r in self._videos if r.video is not None]
         while not stop.is_set():
             if not reloads.empty():
                 self._swap(reloads.get())
@@ -238,8 +285,36 @@ class Runtime:
             if now >= self._metrics_due:
                 self.publish_metrics()
                 self._metrics_due = now + (self._metrics_every or 0)
-            link.poll(self._wait(now))
+            if now >= self._next_tick:
+                self._tick(now)
+            link.poll(self._wait(now), wake=wake)
+            if self._videos:
+                self._take_frames()
             self._serve_round()
+
+    def _take_frames(self) -> None:
+        """Each video source's newest frame, into its route's queue (never more than one waits in a slot)."""
+        for route in self._videos:
+            assert route.video is not None
+            taken = route.video.take()
+            if taken is not None:
+                frame, captured = taken
+                route.stats.received += 1
+                frame.waiting = 1
+                for given_up, reason in route.batcher.offer(frame, captured, route.video.name, 0):
+                    self._give_up(route, given_up, reason)
+
+    def _tick(self, now: float) -> None:
+        """About once a second: observers' timed work (tracks that ended), and sources whose state changed."""
+        self._next_tick = now + 1.0
+        for route in self.routes:
+            for observer in route.observers:
+                try:
+                    observer.tick(now)
+                except Exception:  # noqa: BLE001 - an observer must not stop the loop
+                    self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
+        if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
+            self._announce()
 
     def _wait(self, now: float) -> float:
         """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
@@ -286,6 +361,13 @@ class Runtime:
             left = route.batcher.drain()
             if left:
                 route.stats.dropped["shutdown"] += len(left)
+            if route.video is not None:
+                route.video.stop()
+            for observer in route.observers:
+                try:
+                    observer.close()  # trackers publish their objects' end here
+                except Exception:  # noqa: BLE001
+                    self._ratelog.log("observer", "route %s: an observer failed to close", route.name, exc_info=True)
         if self.link.connected:
             if self._metrics_every:
                 self.publish_metrics()  # the last word on what this run did
@@ -294,7 +376,8 @@ class Runtime:
         self.link.close()
 
     def _announce(self) -> None:
-        self.announcer.online({n: e.manifest.version for n, e in self.engines.items()})
+        sources = {r.video.name: r.video.status() for r in self._videos if r.video is not None}
+        self.announcer.online({n: e.manifest.version for n, e in self.engines.items()}, sources=sources or None)
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
@@ -315,6 +398,8 @@ class Runtime:
             for route in self.routes:
                 if route.config.model == name:
                     route.engine, route.decoder = engine, _decoder(engine, route.config)
+                    if route.monitors is not None:
+                        route.monitors.model_changed(engine)
             self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:
@@ -332,6 +417,7 @@ class Runtime:
                 queue_max=r.batcher.max_queue,
                 queue_bytes=r.batcher.bytes,
                 queue_max_bytes=r.batcher.max_bytes or 0,
+                extra=self._route_extra(r),
             )
             for r in self.routes
         ]
@@ -345,6 +431,17 @@ class Runtime:
             pending_out=self.link.pending_out(),
             link={**self.link.counters, **self.link.state()},
         )
+
+    def _route_extra(self, route: Route) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for observer in route.observers:
+            try:
+                extra.update(observer.snapshot())
+            except Exception:  # noqa: BLE001
+                self._ratelog.log("observer", "route %s: an observer's snapshot failed", route.name, exc_info=True)
+        if route.video is not None:
+            extra["source"] = route.video.status()
+        return extra
 
     def stats(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data: what the metrics topic publishes and ``run --stats-json`` writes."""
@@ -363,7 +460,7 @@ class Runtime:
     def _routes_for(self, topic: str) -> list[Route]:
         routes = self._route_cache.get(topic)
         if routes is None:
-            routes = [r for r in self.routes if r.filter.match(topic) is not None]
+            routes = [r for r in self.routes if r.filter is not None and r.filter.match(topic) is not None]
             if self._route_cache_bytes + len(topic) <= _ROUTE_CACHE_BYTES:
                 self._route_cache[topic] = routes
                 self._route_cache_bytes += len(topic)
@@ -421,12 +518,16 @@ class Runtime:
         stats = route.stats
         t0 = time.monotonic()
         decode = route.decoder.decode
+        decode_array = getattr(route.decoder, "decode_array", None) if route.video is not None else None
         rows: list[np.ndarray] = []
         accepted: list[tuple[Pending[Inbound], Any, Any]] = []
         for p in batch:
             inbound = p.item
             try:
-                msg_id, row, meta = decode(inbound.payload, inbound.properties)
+                if decode_array is not None and isinstance(inbound, FrameInput):  # already decoded by the source
+                    msg_id, row, meta = decode_array(inbound.image, id=inbound.frame_id, timestamp=inbound.timestamp)
+                else:
+                    msg_id, row, meta = decode(inbound.payload, inbound.properties)
             except PayloadError as err:
                 self._publish_error(route, inbound, err)
                 continue
@@ -440,7 +541,8 @@ class Runtime:
             return
         engine = route.engine
         t1 = time.monotonic()
-        answers = self._infer(route, rows, [meta for _, _, meta in accepted])
+        metas = [meta for _, _, meta in accepted]
+        answers, stacked, outputs = self._infer(route, rows, metas)
         t2 = time.monotonic()
         m = engine.manifest
         base = {"model": m.name, "version": m.version}
@@ -470,21 +572,46 @@ class Runtime:
         for p, _, _ in accepted:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
+        if route.observers:
+            served_batch = ServedBatch(
+                route=route.name,
+                model=m.name,
+                inputs=[p.item for p, _, _ in accepted],
+                ids=[msg_id for _, msg_id, _ in accepted],
+                arrived=[p.arrived for p, _, _ in accepted],
+                rows=stacked,
+                outputs=outputs,
+                metas=metas,
+                answers=answers,
+                t_started=t0,
+                t_decoded=t1,
+                t_inferred=t2,
+                t_published=t3,
+            )
+            for observer in route.observers:
+                try:
+                    observer.observe(served_batch)
+                except Exception:  # noqa: BLE001 - an observer must cost its own work, never the loop
+                    self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
 
-    def _infer(self, route: Route, rows: list[np.ndarray], metas: list[Any]) -> list[dict[str, Any] | PayloadError]:
-        """Results for a batch; if the batch as a whole fails (rows that cannot be stacked, a row the model
-        refuses), row by row, so that one bad row fails alone."""
+    def _infer(
+        self, route: Route, rows: list[np.ndarray], metas: list[Any]
+    ) -> tuple[list[dict[str, Any] | PayloadError], np.ndarray | None, dict[str, np.ndarray] | None]:
+        """Results for a batch (with the stacked rows and raw outputs, for observers); if the batch as a whole
+        fails (rows that cannot be stacked, a row the model refuses), row by row, so that one bad row fails
+        alone (and observers get no stacked batch)."""
         engine = route.engine
         try:
-            outputs = engine.run(np.stack(rows))
+            stacked = np.stack(rows)
+            outputs = engine.run(stacked)
             results = engine.task.results(engine.manifest, outputs, metas)
             if len(results) != len(rows):
                 raise ValueError(f"the task returned {len(results)} results for {len(rows)} rows")
-            return list(results)
+            return list(results), stacked, outputs
         except Exception as err:  # noqa: BLE001 - whatever the model or task raises, each row gets its own answer
             if len(rows) == 1:
                 self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
-                return [PayloadError("inference_failed", _first_line(err))]
+                return [PayloadError("inference_failed", _first_line(err))], None, None
         answers: list[dict[str, Any] | PayloadError] = []
         for row, meta in zip(rows, metas):
             try:
@@ -493,7 +620,7 @@ class Runtime:
             except Exception as err:  # noqa: BLE001
                 self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
                 answers.append(PayloadError("inference_failed", _first_line(err)))
-        return answers
+        return answers, None, None
 
     def _target(self, route: Route, template: TopicTemplate, inbound: Inbound) -> tuple[str, Any, bool]:
         """(topic, properties, own): where an answer goes. A response topic is honoured only inside the
@@ -505,8 +632,8 @@ class Runtime:
                 corr = getattr(props_in, "CorrelationData", None)
                 return response, publish_properties(correlation=corr), False
             route.stats.reply_to_refused += 1
-        captures = route.filter.match(inbound.topic) if template.needs_captures else []
-        return template.render(captures or [], inbound.topic), None, True
+        captures = route.captures(inbound.topic) if template.needs_captures else []
+        return template.render(captures, inbound.topic), None, True
 
     def _answer(self, route: Route, inbound: Inbound, body: dict[str, Any], result: dict[str, Any]) -> None:
         topic, props, own = self._target(route, route.publish, inbound)

@@ -26,12 +26,15 @@ log = logging.getLogger("edge_runtime.workers")
 def as_worker(config: Config, index: int) -> Config:
     """The config one worker runs: its own client id, routes in the shared group, one ORT thread."""
     broker = config.broker.model_copy(update={"client_id": f"{config.broker.client_id}-w{index}"})
-    routes = [
-        r
-        if r.subscribe.startswith("$share/")
-        else r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"})
-        for r in config.routes
-    ]
+    routes = []
+    for r in config.routes:
+        if r.subscribe is None:  # a camera can be opened by one process only: the first worker reads it
+            if index == 1:
+                routes.append(r)
+        elif r.subscribe.startswith("$share/"):
+            routes.append(r)
+        else:
+            routes.append(r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"}))
     models = [m.model_copy(update={"threads": 1}) for m in config.models]
     return config.model_copy(update={"broker": broker, "routes": routes, "models": models})
 
