@@ -94,3 +94,33 @@ def test_connection_lost_runs_paho_s_lost_connection_path(broker):
     _paho.connection_lost(c)
     assert c.socket() is None and not c.is_connected()
     assert seen, "on_disconnect was not called"
+
+
+def test_lazy_properties_parse_like_paho_s_and_cost_nothing_when_absent(broker):
+    """Every incoming PUBLISH goes through LazyProperties: absent properties are not built, present ones
+    are read exactly as paho reads them."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    assert _paho.INSTALLED_IN, "paho parses PUBLISH somewhere we did not patch"
+    got = []
+    c = _client(broker)
+    c.on_message = lambda _c, _u, m: got.append(m)
+    c.subscribe("seam/props", 1)
+    _pump(c, lambda: True)
+    time.sleep(0.2)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "replies/x"
+    props.CorrelationData = b"\x00\x01"
+    props.UserProperty = [("id", "7"), ("k", "v")]
+    c.publish("seam/props", b"with", qos=1, properties=props)
+    c.publish("seam/props", b"without", qos=1)
+    _pump(c, lambda: len(got) == 2)
+    with_props, without = (next(m for m in got if m.payload == p) for p in (b"with", b"without"))
+    assert isinstance(with_props.properties, Properties) and isinstance(without.properties, Properties)
+    assert with_props.properties.ResponseTopic == "replies/x" and with_props.properties.CorrelationData == b"\x00\x01"
+    assert with_props.properties.UserProperty == [("id", "7"), ("k", "v")]
+    assert "names" not in vars(without.properties)  # nothing was built
+    assert getattr(without.properties, "ResponseTopic", None) is None and without.properties.isEmpty()
+    assert str(without.properties) == "[]" and "ResponseTopic" in str(with_props.properties)
+    c.disconnect()

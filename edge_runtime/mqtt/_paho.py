@@ -27,6 +27,7 @@ __all__ = [
     "connection_lost",
     "new_properties",
     "connect_properties",
+    "LazyProperties",
 ]
 
 PAHO_VERSION: str = paho.mqtt.__version__
@@ -70,6 +71,51 @@ def close_socket(client: mqtt.Client) -> None:
 def connection_lost(client: mqtt.Client) -> None:
     """A write failed in our buffer, which paho cannot see: let paho run its usual lost-connection path."""
     client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+
+
+class LazyProperties(Properties):
+    """paho's MQTT v5 Properties, built only when a message carries some.
+
+    paho makes a Properties object for every PUBLISH it receives, and each one builds two dictionaries of
+    the whole property table before it looks at the packet: profiled under a burst, a fifth to a third of
+    the runtime's CPU per message, for messages that almost never carry properties. This subclass defers
+    that work until a property is present (or the table is asked for); a PUBLISH with property length 0
+    costs nothing. It is a drop-in: ``isinstance`` holds, reading, setting, ``str`` and ``pack`` work.
+    """
+
+    def __init__(self, packetType: int):
+        object.__setattr__(self, "packetType", packetType)
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set: the table, or an absent property
+        if name in ("types", "names", "properties"):
+            Properties.__init__(self, self.packetType)  # type: ignore[no-untyped-call]
+            return object.__getattribute__(self, name)
+        raise AttributeError(name)
+
+    def unpack(self, buffer: Any) -> tuple[Properties, int]:
+        if buffer[:1] == b"\x00":  # property length 0: the common case, nothing to build
+            return self, 1
+        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        return result
+
+
+def _install_lazy_properties() -> list[str]:
+    """Where paho parses an incoming PUBLISH (client.py in 2.1, _packet.py in 2.2), use LazyProperties."""
+    import importlib
+
+    installed = []
+    for name in ("paho.mqtt._packet", "paho.mqtt.client"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "Properties", None) is Properties:
+            module.Properties = LazyProperties  # type: ignore[attr-defined]
+            installed.append(name)
+    return installed
+
+
+INSTALLED_IN = _install_lazy_properties()
 
 
 def new_properties(packet_type: int) -> Properties:
