@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..children import popen
 from ..config import BrokerConfig
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
@@ -273,7 +274,7 @@ class _Publisher:
                 }
             )
         )
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             [sys.executable, "-m", "edge_runtime.bench.load", str(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
