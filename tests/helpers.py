@@ -183,8 +183,12 @@ def reap_zombies(ignore: set[int] = frozenset()) -> None:
 
 
 def end_processes(pids: list[int], timeout: float = 5.0) -> None:
-    """SIGKILL ``pids`` and everything below them, and reap whatever of it becomes this process's child."""
-    victims = {p for pid in pids for p in (pid, *descendants(pid))}
+    """SIGKILL ``pids`` and everything below them, and reap whatever of it becomes this process's child.
+
+    Only processes below this one are touched: a pid that has been reused by someone else's is left alone.
+    """
+    ours = set(descendants(os.getpid()))
+    victims = {p for pid in pids for p in (pid, *descendants(pid))} & ours
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
