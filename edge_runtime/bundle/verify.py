@@ -87,13 +87,13 @@ def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, sign
 
     For callers that read the bundle's files after verification (``Engine`` opens ``model.onnx`` by path):
     what ``use`` read is then the verified bundle, not part of a newer one. ``use`` may raise BundleError
-    for a file that a swap took away; that is tried again too.
+    or OSError for a file that a swap took away; that is tried again too.
     """
     for attempt in range(_ATTEMPTS):
         bundle = load_bundle(path, signing_key=signing_key)
         try:
             result = use(bundle)
-        except BundleError:
+        except (BundleError, OSError):
             if attempt == _ATTEMPTS - 1 or is_current(bundle):
                 raise
         else:
