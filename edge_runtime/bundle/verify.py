@@ -71,7 +71,7 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         before = _identity(root)
         try:
             bundle = _load(root, signing_key)
-        except BundleError:
+        except (BundleError, OSError):
             # Missing (mid-swap, in the two-rename fallback) or changed while read: look again; else it is real.
             if attempt == _ATTEMPTS - 1 or (before is not None and _identity(root) == before):
                 raise
@@ -154,7 +154,11 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
         path = (root / name).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
-        if not hmac.compare_digest(sha256_file(path), expected):
+        try:
+            actual_file = sha256_file(path)
+        except OSError as err:
+            raise BundleError(f"cannot read {name}: {err.strerror}", bundle=where) from err
+        if not hmac.compare_digest(actual_file, expected):
             raise BundleError(
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
             )
