@@ -217,5 +217,5 @@ def run_foreground(port: int, *, kind: str = "auto") -> int:
                 code = proc.wait()
         finally:
             stop_child(proc)  # only if this command itself failed while mosquitto ran
-    # Mosquitto exits 0 when asked to stop; a signal that ended it is not this command's failure.
-    return 0 if code < 0 else code
+    # Mosquitto exits 0 when asked to stop; killed by a signal, say which, as a shell would (128 + signal).
+    return code if code >= 0 else 128 - code
