@@ -150,6 +150,8 @@ def _write_files(root: Path, files: dict[str, bytes]) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows: directories cannot be opened, nor synced
+        return
     with contextlib.suppress(OSError):  # not every file system lets a directory be opened and synced
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
