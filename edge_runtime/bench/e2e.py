@@ -114,8 +114,7 @@ class _System:
         self.name, self.log, self.marks = name, log, marks
         with open(log, "ab") as err:  # each child keeps its own copy of the descriptor
             self.procs = [
-                popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL)
-                for cmd in cmds
+                popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL) for cmd in cmds
             ]
         self._marks_taken = 0
         try:

@@ -577,7 +577,9 @@ def _publisher(url: str, *, v5: bool) -> mqtt.Client:
         CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
     )
     client.connect(cfg.host, cfg.port, keepalive=60)
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while not client.is_connected():
         client.loop(0.05)
     return client
