@@ -143,7 +143,9 @@ def test_concurrent_readers_never_see_a_failure_or_a_mix(tmp_path, layout, swap)
 @pytest.mark.parametrize("layout", ["directory", "symlink"])
 def test_the_reloader_sees_each_new_version(tmp_path, layout, swap):
     out = _layout(tmp_path, layout)
-    reloader = Reloader({"m": out}, lambda _name: verify_module.use_bundle(out, Engine), watched={"m"}, poll_s=0.02)
+    reloader = Reloader(
+        {"m": out}, lambda _name: verify_module.use_bundle(out, Engine), watched={"m"}, poll_s=0.02, min_interval_s=0.0
+    )
     reloader.start()
     try:
         for v in range(1, 6):
