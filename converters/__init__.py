@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -106,7 +106,7 @@ def _finish(
 
     from .calibrate import load_calibration
     from .gate import run_gate
-    from .quantize import MODES, QuantizeConfig
+    from .quantize import MODES, Mode, QuantizeConfig
     from .quantize import quantize as apply_mode
 
     X, y = _array(validation, "validation data"), _array(labels, "labels")
@@ -162,6 +162,7 @@ def _finish(
                 if c.model is not None and not c.chosen:
                     entry["file"] = f"candidates/{c.mode}.onnx"
                     extra_files[entry["file"]] = c.model
+        assert chosen.model is not None  # a candidate is chosen only when it produced a model
         model_bytes = chosen.model
         quant = {
             "mode": chosen.mode,
@@ -177,7 +178,7 @@ def _finish(
             "fp32_size_bytes": base.size_bytes,
         }
     else:
-        result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib))
+        result = apply_mode(model_bytes, QuantizeConfig(cast("Mode", mode), calibration=calib))
         model_bytes = result.model
         quant = {"mode": mode, "notes": result.notes, "measured": False}
         report["candidates"] = [
@@ -195,14 +196,14 @@ def _finish(
         manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
     if reference is not None or X is not None:
         manifest["reference"] = _reference(model_bytes, manifest, X if reference is None else reference)
-    bundle = write_bundle(
+    # Engine: refuse, before it replaces anything, a bundle the runtime could not serve.
+    return write_bundle(
         out_dir,
         model_bytes,
         manifest,
         extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()},
+        check=Engine,
     )
-    Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
-    return bundle
 
 
 def _reference(model_bytes: bytes, manifest: dict[str, Any], source: Any) -> dict[str, Any]:
@@ -230,6 +231,7 @@ def _reference(model_bytes: bytes, manifest: dict[str, Any], source: Any) -> dic
                 raise ConversionError(f"no images (.jpg, .png, .bmp) in {source}")
             return reference_from_images(manifest, run, (p.read_bytes() for p in files))
         rows = _array(source, "reference data")
+        assert rows is not None  # called with a reference set only
         shape = manifest["inputs"][0]["shape"]
         fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
         if rows.ndim != len(shape) or any(f is not None and f != d for f, d in zip(fixed, rows.shape[1:])):

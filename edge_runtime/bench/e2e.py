@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from ..bundle import load_bundle
+from ..children import popen
 from ..config import Config, load_config
 from ..devtools.broker import BrokerProcess, port_open, start_broker
 from ..errors import EdgeRuntimeError
@@ -113,8 +114,7 @@ class _System:
         self.name, self.log, self.marks = name, log, marks
         with open(log, "ab") as err:  # each child keeps its own copy of the descriptor
             self.procs = [
-                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL)
-                for cmd in cmds
+                popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL) for cmd in cmds
             ]
         self._marks_taken = 0
         try:

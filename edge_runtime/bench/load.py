@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..children import popen
 from ..config import BrokerConfig
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
@@ -273,7 +274,7 @@ class _Publisher:
                 }
             )
         )
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             [sys.executable, "-m", "edge_runtime.bench.load", str(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -576,7 +577,9 @@ def _publisher(url: str, *, v5: bool) -> mqtt.Client:
         CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
     )
     client.connect(cfg.host, cfg.port, keepalive=60)
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while not client.is_connected():
         client.loop(0.05)
     return client

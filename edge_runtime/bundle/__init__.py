@@ -5,7 +5,7 @@ half a bundle. Both layers below the serving core: they import nothing of it.
 """
 
 from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorSpec, sign_manifest
-from .verify import load_bundle
+from .verify import is_current, load_bundle, use_bundle
 from .write import write_bundle
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "Manifest",
     "TensorSpec",
     "load_bundle",
+    "use_bundle",
+    "is_current",
     "write_bundle",
     "sign_manifest",
     "MANIFEST",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ class Manifest(BaseModel):
 class Bundle:
     path: Path
     manifest: Manifest
+    # Which directory ``path`` named when it was verified: (device, inode, ctime). A bundle is replaced by
+    # swapping directories, so a reader compares this with the path now to know whether it still reads
+    # what was verified (``verify.is_current``).
+    identity: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def model_path(self) -> Path:

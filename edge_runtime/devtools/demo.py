@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from ..bundle import load_bundle
+from ..children import popen, stop_child
 from ..errors import BundleError, EdgeRuntimeError
 from ..mqtt.client import connect_client
 from .broker import start_broker
@@ -184,7 +185,7 @@ def run_demo(
         config.write_text(text)
         print(f"broker: {broker.kind} on {broker.url}   model: {how} ({workdir / 'bundles' / 'vibration'})", flush=True)
         with open(workdir / "runtime.log", "wb") as log:  # the child keeps its own copy of the descriptor
-            runtime = subprocess.Popen(
+            runtime = popen(
                 [sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -280,7 +281,6 @@ def run_demo(
         for c in clients:
             c.disconnect()
             c.loop_stop()
-        if runtime is not None and runtime.poll() is None:
-            runtime.terminate()
-            runtime.wait(10)
+        if runtime is not None:
+            stop_child(runtime)
         broker.stop()
