@@ -35,7 +35,7 @@ from devices.detect import profile_for
 from devices.profiles import DeviceProfile
 
 from .. import __version__
-from ..bundle import load_bundle
+from ..bundle import use_bundle
 from ..config import Config, RouteConfig
 from ..engines import Engine
 from ..errors import ConfigError, PayloadError
@@ -107,11 +107,9 @@ def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
                 f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
             )
         key = value.encode()
-    engine = Engine(
-        load_bundle(m.bundle, signing_key=key),
-        threads=m.threads or profile.ort.intra_op_threads,
-        spinning=profile.ort.allow_spinning,
-    )
+    threads, spinning = m.threads or profile.ort.intra_op_threads, profile.ort.allow_spinning
+    # use_bundle: if the directory is swapped between verification and the session, both are done again.
+    engine = use_bundle(m.bundle, lambda b: Engine(b, threads=threads, spinning=spinning), signing_key=key)
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
     return engine
@@ -287,7 +285,7 @@ class Runtime:
                 self._metrics_due = now + (self._metrics_every or 0)
             if now >= self._next_tick:
                 self._tick(now)
-            link.poll(self._wait(now), wake=wake)
+            link.poll(self._wait(now), budget=self._read_budget(), wake=wake)
             if self._videos:
                 self._take_frames()
             self._serve_round()
@@ -315,6 +313,13 @@ class Runtime:
                     self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
         if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
             self._announce()
+
+    def _read_budget(self) -> int:
+        """Packets to read in this turn: plenty when idle; none while full batches wait and can be served (the
+        reads between batches keep up with serving, and the backlog stays with the broker, not in memory)."""
+        if self.link.has_room() and any(len(r.batcher) >= r.config.max_batch for r in self.routes):
+            return 0
+        return 512
 
     def _wait(self, now: float) -> float:
         """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
@@ -344,7 +349,9 @@ class Runtime:
                 break  # backpressure: results cannot leave, so none are made
             self._serve_batch(route, *route.batcher.take(now))
             served = True
-            link.poll(0)
+            # Service the socket between batches (keep-alives, acknowledgements), reading about as many inputs
+            # as were just served: a backlog stays with the broker, not in our memory.
+            link.poll(0, budget=route.config.max_batch)
         return served
 
     def shutdown(self) -> None:
