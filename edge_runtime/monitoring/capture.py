@@ -56,7 +56,7 @@ def confidence(result: Mapping[str, Any]) -> float | None:
     """A result's confidence: top score (classifiers), best detection's score (detectors), else None."""
     if "scores" in result and "label" in result:
         scores = result["scores"]
-        return float(max(scores)) if scores else None
+        return float(max(scores)) if len(scores) else None
     if "label" in result and "score" in result:
         return float(result["score"])
     dets = result.get("detections")

@@ -256,7 +256,8 @@ class Link:
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
-        client.on_publish = self._handle_publish
+        # on_publish is set only while QoS 1 messages are in flight (see _pump): for every QoS 0 message paho
+        # writes, it would build a ReasonCode (and Properties) just to call it.
         return client
 
     def connect(self, timeout: float | None = None) -> None:
@@ -556,6 +557,8 @@ class Link:
                 break  # the connection went away under us: it leaves on the next one
             out.popleft()
             if msg.qos:
+                if not inflight:
+                    client.on_publish = self._handle_publish
                 inflight[info.mid] = msg
             elif msg.on_safe is not None:
                 msg.on_safe()
@@ -564,6 +567,8 @@ class Link:
         msg = self._inflight.pop(mid, None)
         if msg is None:
             return  # a QoS 0 message written out: it was safe already
+        if not self._inflight and self.client is not None:
+            self.client.on_publish = None
         if reason is not None and getattr(reason, "is_failure", False):
             # The broker took it and said no (not authorised, quota...): publishing again will not change that.
             self.counters[f"refused_by_broker_{reason.value:#x}"] += 1

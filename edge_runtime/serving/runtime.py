@@ -65,8 +65,9 @@ log = logging.getLogger("edge_runtime")
 SHUTDOWN_SERVE_S = 0.5
 SHUTDOWN_DRAIN_S = 2.0
 
-# Input topics remembered with the routes they match, at most (in bytes of topic).
+# Input topics remembered with the routes they match, and rendered answer topics per route, at most (bytes).
 _ROUTE_CACHE_BYTES = 4 << 20
+_RENDERED_BYTES = 1 << 20
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Route:
     observers: list[BatchObserver] = field(default_factory=list)
     monitors: RouteMonitors | None = None
     stats: RouteStats = field(default_factory=RouteStats)
+    # Rendered answer topics per input topic (rendering costs more than a lookup), bounded in bytes.
+    rendered: dict[tuple[bool, str], str] = field(default_factory=dict)
+    rendered_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -317,8 +321,10 @@ class Runtime:
     def _read_budget(self) -> int:
         """Packets to read in this turn: plenty when idle; none while full batches wait and can be served (the
         reads between batches keep up with serving, and the backlog stays with the broker, not in memory)."""
-        if self.link.has_room() and any(len(r.batcher) >= r.config.max_batch for r in self.routes):
-            return 0
+        link = self.link
+        for r in self.routes:  # the same test _serve_round makes: a full batch that it will serve now
+            if len(r.batcher) >= r.config.max_batch and link.has_room(r.config.max_batch):
+                return 0
         return 512
 
     def _wait(self, now: float) -> float:
@@ -639,8 +645,16 @@ class Runtime:
                 corr = getattr(props_in, "CorrelationData", None)
                 return response, publish_properties(correlation=corr), False
             route.stats.reply_to_refused += 1
-        captures = route.captures(inbound.topic) if template.needs_captures else []
-        return template.render(captures, inbound.topic), None, True
+        key = (template is route.publish, inbound.topic)
+        topic = route.rendered.get(key)
+        if topic is None:
+            captures = route.captures(inbound.topic) if template.needs_captures else []
+            topic = template.render(captures, inbound.topic)
+            size = len(topic) + len(inbound.topic)
+            if route.rendered_bytes + size <= _RENDERED_BYTES:
+                route.rendered[key] = topic
+                route.rendered_bytes += size
+        return topic, None, True
 
     def _answer(self, route: Route, inbound: Inbound, body: dict[str, Any], result: dict[str, Any]) -> None:
         topic, props, own = self._target(route, route.publish, inbound)
