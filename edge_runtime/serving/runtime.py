@@ -289,7 +289,7 @@ class Runtime:
                 self._metrics_due = now + (self._metrics_every or 0)
             if now >= self._next_tick:
                 self._tick(now)
-            link.poll(self._wait(now), budget=self._read_budget(), wake=wake)
+            link.poll(self._wait(now), wake=wake)
             if self._videos:
                 self._take_frames()
             self._serve_round()
@@ -317,15 +317,6 @@ class Runtime:
                     self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
         if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
             self._announce()
-
-    def _read_budget(self) -> int:
-        """Packets to read in this turn: plenty when idle; none while full batches wait and can be served (the
-        reads between batches keep up with serving, and the backlog stays with the broker, not in memory)."""
-        link = self.link
-        for r in self.routes:  # the same test _serve_round makes: a full batch that it will serve now
-            if len(r.batcher) >= r.config.max_batch and link.has_room(r.config.max_batch):
-                return 0
-        return 512
 
     def _wait(self, now: float) -> float:
         """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
@@ -355,9 +346,9 @@ class Runtime:
                 break  # backpressure: results cannot leave, so none are made
             self._serve_batch(route, *route.batcher.take(now))
             served = True
-            # Service the socket between batches (keep-alives, acknowledgements), reading about as many inputs
-            # as were just served: a backlog stays with the broker, not in our memory.
-            link.poll(0, budget=route.config.max_batch)
+            # Service the socket between batches: keep-alives, acknowledgements, and new inputs, read at once
+            # so that the overload policy (drop_oldest, latest_only, deadlines) sees what is really waiting.
+            link.poll(0)
         return served
 
     def shutdown(self) -> None:
