@@ -177,8 +177,10 @@ def bench_e2e(options: E2EOptions, *, progress: Callable[[str], None] | None = N
     config = load_config(options.config)
     route = config.routes[0]
     if route.subscribe is None:
-        raise EdgeRuntimeError("bench e2e sends MQTT load: the config's first route must subscribe to a topic "
-                               "(for a camera source, use `bench camera --source`)")
+        raise EdgeRuntimeError(
+            "bench e2e sends MQTT load: the config's first route must subscribe to a topic "
+            "(for a camera source, use `bench camera --source`)"
+        )
     bundle = load_bundle(next(m.bundle for m in config.models if m.name == route.model))
     flt = TopicFilter(route.subscribe)
     topics = _device_topics(flt, options.devices)

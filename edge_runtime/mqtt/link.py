@@ -74,7 +74,7 @@ Callback = Callable[[], None]
 class Inbound:
     """One input as the runtime sees it: paho's message with its topic decoded once, and its connection."""
 
-    __slots__ = ("topic", "payload", "qos", "mid", "dup", "retain", "properties", "generation", "waiting")
+    __slots__ = ("topic", "payload", "qos", "mid", "dup", "retain", "properties", "generation", "waiting", "ahead")
 
     def __init__(self, msg: mqtt.MQTTMessage, topic: str, generation: int):
         self.topic = topic
@@ -86,6 +86,7 @@ class Inbound:
         self.properties: Properties | None = getattr(msg, "properties", None)
         self.generation = generation
         self.waiting = 0  # answers still to be made safe before the input may be acknowledged (runtime's count)
+        self.ahead: Any = None  # (decoder, future) while the runtime decodes it ahead of its batch
 
 
 class _Outgoing:

@@ -135,6 +135,16 @@ class Batcher(Generic[T]):
                 batch.append(p)
         return batch, expired
 
+    def head(self, n: int) -> list[T]:
+        """The first ``n`` live inputs, oldest first, left in the queue (what the next batch will take)."""
+        out: list[T] = []
+        for p in self._queue:
+            if len(out) >= n:
+                break
+            if p.live:
+                out.append(p.item)
+        return out
+
     def drain(self) -> list[T]:
         """Everything still waiting, removed (at shutdown: counted, never answered, never acknowledged)."""
         out = []

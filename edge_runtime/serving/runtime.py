@@ -51,6 +51,7 @@ from .batcher import Batcher, Pending
 from .control import parse_control
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
+from .prefetch import DecodeAhead
 from .reload import Outcome, Reloader
 from .snapshots import Snapshots
 from .video import FrameInput, TrackingObserver, VideoInput
@@ -85,6 +86,8 @@ class Route:
     observers: list[BatchObserver] = field(default_factory=list)
     monitors: RouteMonitors | None = None
     stats: RouteStats = field(default_factory=RouteStats)
+    prefetch: bool = False  # image routes: frames decoded ahead while the model runs (see prefetch.py)
+    ahead: int = 0  # decodes ahead in progress or done and not yet used
     # Rendered answer topics per input topic (rendering costs more than a lookup), bounded in bytes.
     rendered: dict[tuple[bool, str], str] = field(default_factory=dict)
     rendered_bytes: int = 0
@@ -186,6 +189,7 @@ class Runtime:
                     deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
                 ),
                 video=VideoInput(rc) if rc.source is not None else None,
+                prefetch=hasattr(engine.task, "annotate"),
             )
             route.monitors = RouteMonitors(
                 rc,
@@ -202,6 +206,7 @@ class Runtime:
                 )
             self.routes.append(route)
         self._videos = [r for r in self.routes if r.video is not None]
+        self._decode_ahead = DecodeAhead()
         self._next_tick = 0.0
         self._route_cache: dict[str, list[Route]] = {}
         self._route_cache_bytes = 0
@@ -305,6 +310,8 @@ class Runtime:
                 frame.waiting = 1
                 for given_up, reason in route.batcher.offer(frame, captured, route.video.name, 0):
                     self._give_up(route, given_up, reason)
+                if route.prefetch:
+                    self._ahead(route, frame)
 
     def _tick(self, now: float) -> None:
         """About once a second: observers' timed work (tracks that ended), and sources whose state changed."""
@@ -365,8 +372,12 @@ class Runtime:
             left = route.batcher.drain()
             if left:
                 route.stats.dropped["shutdown"] += len(left)
+            for inbound in left:
+                self._forget_ahead(route, inbound)
             if route.video is not None:
                 route.video.stop()
+        self._decode_ahead.close()
+        for route in self.routes:
             for observer in route.observers:
                 try:
                     observer.close()  # trackers publish their objects' end here
@@ -495,8 +506,11 @@ class Runtime:
                 detail = f"payload is {size} bytes; this route accepts at most {limit}"
                 self._publish_error(route, inbound, PayloadError("too_large", detail))
                 continue
-            for given_up, reason in route.batcher.offer(inbound, now, topic, size):
-                self._give_up(route, given_up, reason)
+            given_up = route.batcher.offer(inbound, now, topic, size)
+            for item, reason in given_up:
+                self._give_up(route, item, reason)
+            if route.prefetch and inbound.waiting == 1 and all(item is not inbound for item, _ in given_up):
+                self._ahead(route, inbound)
 
     def _answered(self, inbound: Inbound) -> None:
         """One route's answer to ``inbound`` is safe; when all are, the input is acknowledged."""
@@ -504,8 +518,32 @@ class Runtime:
         if inbound.waiting <= 0:
             self.link.ack(inbound)
 
+    def _ahead(self, route: Route, inbound: Inbound) -> None:
+        """Start decoding ``inbound`` on the decode thread, if the route has room for one more ahead."""
+        if inbound.ahead is not None or route.ahead >= route.config.max_batch + 1:
+            return
+        decoder = route.decoder
+        if isinstance(inbound, FrameInput):
+            decode_array = getattr(decoder, "decode_array", None)
+            if decode_array is None:
+                return
+            future = self._decode_ahead.submit(
+                decode_array, inbound.image, id=inbound.frame_id, timestamp=inbound.timestamp
+            )
+        else:
+            future = self._decode_ahead.submit(decoder.decode, inbound.payload, inbound.properties)
+        inbound.ahead = (decoder, future)
+        route.ahead += 1
+
+    def _forget_ahead(self, route: Route, inbound: Inbound) -> None:
+        if inbound.ahead is not None:
+            inbound.ahead[1].cancel()
+            inbound.ahead = None
+            route.ahead -= 1
+
     def _give_up(self, route: Route, inbound: Inbound, reason: DropReason) -> None:
         """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
+        self._forget_ahead(route, inbound)
         if reason == "rejected":
             self._publish_error(route, inbound, PayloadError("overloaded", "the route's queue is full; input refused"))
             return
@@ -527,8 +565,14 @@ class Runtime:
         accepted: list[tuple[Pending[Inbound], Any, Any]] = []
         for p in batch:
             inbound = p.item
+            ahead, inbound.ahead = inbound.ahead, None
             try:
-                if decode_array is not None and isinstance(inbound, FrameInput):  # already decoded by the source
+                if ahead is not None:
+                    route.ahead -= 1
+                    self._decode_ahead.used += 1
+                if ahead is not None and ahead[0] is route.decoder:  # decoded while the last batch ran
+                    msg_id, row, meta = ahead[1].result()
+                elif decode_array is not None and isinstance(inbound, FrameInput):  # already decoded by the source
                     msg_id, row, meta = decode_array(inbound.image, id=inbound.frame_id, timestamp=inbound.timestamp)
                 else:
                     msg_id, row, meta = decode(inbound.payload, inbound.properties)
@@ -544,6 +588,9 @@ class Runtime:
         if not rows:
             return
         engine = route.engine
+        if route.prefetch:  # the next batch's frames are decoded while this one is in the model
+            for nxt in route.batcher.head(route.config.max_batch):
+                self._ahead(route, nxt)
         t1 = time.monotonic()
         metas = [meta for _, _, meta in accepted]
         answers, stacked, outputs = self._infer(route, rows, metas)

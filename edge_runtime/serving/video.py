@@ -52,6 +52,7 @@ class FrameInput(Inbound):
         self.properties = None
         self.generation = 0
         self.waiting = 0
+        self.ahead = None
         self.image = frame.image
         self.frame_id = frame.id
         self.timestamp = frame.timestamp
