@@ -20,8 +20,12 @@ from . import pytorch as _pytorch  # noqa: F401
 from . import sklearn as _sklearn  # noqa: F401
 from ._registry import ConversionError, detect_family, get_converter, register_converter
 from .sklearn import convert_estimator
+from .task_options import TaskOptions
 
-__all__ = ["convert", "convert_estimator", "ConversionError", "register_converter", "write_estimator_bundle"]
+__all__ = ["convert", "convert_estimator", "ConversionError", "register_converter", "write_estimator_bundle",
+           "TaskOptions"]
+
+ENGINE_CHOICES = ("auto", "onnxruntime", "openvino")
 
 
 def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str | None = None,
@@ -30,20 +34,37 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
             labels: np.ndarray | str | os.PathLike[str] | None = None,
             calibration: np.ndarray | str | os.PathLike[str] | None = None, max_accuracy_drop: float = 1.0,
             target: str | None = None, input_shape: tuple[int, ...] | None = None, keep_candidates: bool = False,
+            task_options: TaskOptions | None = None, engine: str = "auto", batch_sizes: tuple[int, ...] | None = None,
             progress: Callable[[str], None] | None = None) -> Bundle:
     """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
 
     ``quantize``: ``auto`` (the default when validation data is given) measures every mode and keeps the
     fastest within ``max_accuracy_drop`` points; ``none``/``fp16``/``dynamic``/``static`` force one.
+    ``task_options``: the task, class names and image preprocessing (``convert`` flags), over what the
+    model's own metadata says (Ultralytics exports). ``validation`` and ``calibration`` may be folders of
+    images for image models. ``engine``: ``auto`` measures every installed engine (ONNX Runtime, OpenVINO)
+    and keeps the fastest accurate one. ``batch_sizes``: the batch sizes the route will use (default: 1 and
+    32; for image models the model's fixed batch, or 1 and 4).
     """
     src = Path(source)
     if not src.exists():
         raise ConversionError(f"{src}: no such file")
-    converter = get_converter(family or detect_family(src))
-    model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape)
+    fam = family or detect_family(src)
+    converter = get_converter(fam)
+    model_bytes, manifest = converter.convert(src, name=name or src.stem, input_shape=input_shape,
+                                              task_options=task_options)
+    if fam != "onnx":  # the ONNX converter resolves the task itself, from the file's metadata and the flags
+        from .task_options import resolve_task
+
+        model = None
+        if fam == "pytorch":
+            import onnx
+
+            model = onnx.load_from_string(model_bytes)
+        manifest = resolve_task(model, manifest, task_options, family=fam)
     return _finish(out_dir, model_bytes, manifest, version, quantize=quantize, validation=validation, labels=labels,
                    calibration=calibration, max_accuracy_drop=max_accuracy_drop, target=target, progress=progress,
-                   keep_candidates=keep_candidates)
+                   keep_candidates=keep_candidates, engine=engine, batch_sizes=batch_sizes)
 
 
 def write_estimator_bundle(estimator: Any, out_dir: str | os.PathLike[str], *, name: str, version: str = "1",
@@ -62,77 +83,128 @@ def _array(value: Any, what: str) -> np.ndarray | None:
         raise ConversionError(f"{what} {value}: not a readable .npy array ({err})") from err
 
 
+def _rows(value: Any, manifest: dict[str, Any], what: str, *, limit: int) -> np.ndarray | None:
+    """Model input rows from an array, an .npy file, or a folder of images (decoded with the bundle's preprocessing)."""
+    from .calibrate import load_calibration
+
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray) and Path(value).is_dir():
+        return load_calibration(Path(value), manifest["inputs"][0]["shape"], limit=limit, manifest=manifest)
+    rows = _array(value, what)
+    return load_calibration(rows, manifest["inputs"][0]["shape"], limit=len(rows) if what.startswith("validation") else limit)
+
+
+def _batch_sizes(manifest: dict[str, Any], asked: tuple[int, ...] | None) -> tuple[int, ...]:
+    from edge_runtime.image_spec import IMAGE_TASKS
+
+    first = manifest["inputs"][0]["shape"][0]
+    fixed = first if isinstance(first, int) and first > 0 else None
+    if asked:
+        if fixed and any(b % fixed for b in asked):
+            raise ConversionError(f"--batch-sizes {','.join(map(str, asked))}: the model's batch is fixed at {fixed}; "
+                                  f"give multiples of {fixed}")
+        return tuple(asked)
+    if fixed:
+        return (fixed,)
+    return (1, 4) if manifest.get("task") in IMAGE_TASKS else (1, 32)
+
+
+def _synthetic(manifest: dict[str, Any], n: int = 8) -> np.ndarray:
+    """Frames of noise in the model's input range, to compare engines and threads when no validation is given."""
+    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in manifest["inputs"][0]["shape"][1:])
+    return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+
+
 def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
             quantize: str | None = None, validation: Any = None, labels: Any = None, calibration: Any = None,
             max_accuracy_drop: float = 1.0, target: str | None = None,
-            progress: Callable[[str], None] | None = None, keep_candidates: bool = False) -> Bundle:
-    from edge_runtime.engine import Engine
+            progress: Callable[[str], None] | None = None, keep_candidates: bool = False, engine: str = "auto",
+            batch_sizes: tuple[int, ...] | None = None) -> Bundle:
+    from edge_runtime.engines import get_engine_kind, open_engine
+    from edge_runtime.image_spec import IMAGE_TASKS
 
-    from .calibrate import load_calibration
     from .gate import run_gate
     from .quantize import MODES, QuantizeConfig, quantize as apply_mode
 
-    X, y = _array(validation, "validation data"), _array(labels, "labels")
-    mode = quantize or ("auto" if X is not None else "none")
+    mode = quantize or ("auto" if validation is not None else "none")
     if mode not in ("auto", *MODES):
         raise ConversionError(f"unknown --quantize {mode!r}; choose from auto, {', '.join(MODES)}")
-    if mode == "auto" and X is None:
-        raise ConversionError("--quantize auto measures candidates on validation data: give --validation X.npy")
+    if engine not in ENGINE_CHOICES:
+        raise ConversionError(f"unknown --engine {engine!r}; choose from {', '.join(ENGINE_CHOICES)}")
+    if mode == "auto" and validation is None:
+        raise ConversionError("--quantize auto measures candidates on validation data: give --validation X.npy "
+                              "(or a folder of images for an image model)")
+    image = manifest.get("task") in IMAGE_TASKS
+    X = _rows(validation, manifest, "validation data", limit=500)
+    y = _array(labels, "labels")
     if y is not None and (X is None or len(y) != len(X)):
         raise ConversionError("--labels needs --validation with the same number of rows")
-    input_shape = manifest["inputs"][0]["shape"]
-    if X is not None:
-        X = load_calibration(X, input_shape, limit=len(X))
-    calib = None
-    if calibration is not None:
-        calib = load_calibration(calibration if isinstance(calibration, np.ndarray) else Path(calibration), input_shape)
-    elif mode == "static":
+    calib = _rows(calibration, manifest, "calibration data", limit=256)
+    if calib is None and mode == "static":
         if X is None:
             raise ConversionError("static quantization needs calibration data: --calibration X.npy (or --validation)")
         calib = X[:256]
+    sizes = _batch_sizes(manifest, batch_sizes)
     profile = _target(target)
     extra_files: dict[str, bytes] = {}
     report: dict[str, Any] = {"target": target, "measured_on": _this_machine(),
                               "note": None if target in (None, "this-machine") else
                               f"latencies were measured on this machine, not on {target}"}
+    synthetic = X is None and image
+    if synthetic:  # a CNN's engine and thread count matter as much as its mode: measure them on noise frames
+        X = _synthetic(manifest)
+        report["synthetic_inputs"] = ("no --validation: engines and threads were compared on noise frames; "
+                                      "give --validation DIR to compare accuracy on real images")
+    engines = None if engine == "auto" else (engine,)
+    if engine != "auto" and not get_engine_kind(engine).available():
+        raise ConversionError(f"--engine {engine} is not installed here: {get_engine_kind(engine).install_hint}")
+    chosen = None
     if X is not None:
         modes = MODES if mode == "auto" else ("none", mode)
         candidates = run_gate(model_bytes, manifest, modes=modes, validation=X, labels=y, calibration=calib,
-                              max_accuracy_drop=max_accuracy_drop if mode == "auto" else float("inf"),
-                              progress=progress)
-        if mode != "auto":  # a forced mode is kept whatever it measured; the report still says how it compares
-            for c in candidates:
-                c.chosen = c.mode == mode and c.model is not None
-                c.reason = f"asked for with --quantize {mode}" if c.chosen else c.reason
-            if not any(c.chosen for c in candidates):
-                raise ConversionError(f"{mode}: {candidates[-1].reason}")
+                              max_accuracy_drop=max_accuracy_drop, only_mode=None if mode == "auto" else mode,
+                              engines=engines, batch_sizes=sizes, progress=progress)
         chosen = next(c for c in candidates if c.chosen)
         base = candidates[0]
         report["candidates"] = [c.report() for c in candidates]
         if keep_candidates:  # for `bench model`: the same table for every candidate, on the device itself
             for c, entry in zip(candidates, report["candidates"]):
-                if c.model is not None and not c.chosen:
+                if c.model is not None and not c.chosen and c.engine == "onnxruntime":
                     entry["file"] = f"candidates/{c.mode}.onnx"
                     extra_files[entry["file"]] = c.model
         model_bytes = chosen.model
+        metric = "accuracy" if y is not None and manifest.get("task") in ("classifier", "image_classifier") else \
+            "F1 of detections against fp32 (IoU >= 0.5, same class)" if manifest.get("task") == "detector" else \
+            "agreement with fp32"
         quant = {"mode": chosen.mode, "notes": chosen.notes, "accuracy": chosen.accuracy,
-                 "fp32_accuracy": base.accuracy, "accuracy_metric": "accuracy" if y is not None and
-                 manifest.get("task") == "classifier" else "agreement with fp32",
+                 "fp32_accuracy": base.accuracy, "accuracy_metric": metric,
                  "latency_p50_ms": chosen.latency_p50_ms, "fp32_latency_p50_ms": base.latency_p50_ms,
                  "size_bytes": chosen.size_bytes, "fp32_size_bytes": base.size_bytes}
+        if chosen.detection:
+            quant["detection"] = chosen.detection
+        if synthetic:
+            quant["measured"] = "speed only (noise frames)"
+        report["engine"] = {"kind": chosen.engine, "threads": chosen.threads, "streams": chosen.streams,
+                            "precision": chosen.precision, "why": chosen.reason, "threads_why": chosen.threads_reason}
     else:
-        result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib))
+        result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib, float_tail_of=(
+            manifest["outputs"][0]["name"] if manifest.get("task") == "detector" else None)))
         model_bytes = result.model
         quant = {"mode": mode, "notes": result.notes, "measured": False}
         report["candidates"] = [{"mode": mode, "size_bytes": len(model_bytes), "chosen": True,
                                  "reason": "asked for; not measured (no --validation)", "notes": result.notes}]
     quant.update(target=target, measured_on=report["measured_on"])
     manifest = {**manifest, "version": version, "quantization": quant}
+    if chosen is not None:
+        manifest["engine"] = {"kind": chosen.engine, "threads": chosen.threads, "streams": chosen.streams,
+                              "precision": chosen.precision, "measured_on": report["measured_on"]}
     if profile is not None:
-        manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
+        manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off,
+                              "openvino": profile.openvino}
     bundle = write_bundle(out_dir, model_bytes, manifest,
                           extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()})
-    Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
+    open_engine(bundle)  # refuse to hand over a bundle the runtime could not serve
     return bundle
 
 

@@ -1,8 +1,10 @@
 """Calibration data for static quantization, as an iterator (ONNX Runtime's CalibrationDataReader).
 
-From an ``.npy`` array of inputs, or a folder of images for image models (resized to the model's input
-and scaled to [0, 1], NCHW or NHWC as the input's shape says). Only the first ``limit`` rows are used:
-a few hundred representative inputs calibrate as well as thousands.
+From an ``.npy`` array of inputs, or a folder of images (JPEG/PNG). An image bundle's images are
+decoded with its own preprocessing (``load_images``: letterbox or crop, colour order, scale, mean/std,
+exactly what the runtime will feed the model); for other models they are resized to the input and
+scaled to [0, 1]. Only the first ``limit`` rows are used: a few hundred representative inputs calibrate
+as well as thousands.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ import numpy as np
 
 from ._registry import ConversionError
 
-__all__ = ["load_calibration", "CalibrationReader"]
+__all__ = ["load_calibration", "load_images", "CalibrationReader"]
 
 _IMAGES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def load_calibration(source: Path | np.ndarray, input_shape: list, *, limit: int = 256) -> np.ndarray:
+def load_calibration(source: Path | np.ndarray, input_shape: list, *, limit: int = 256,
+                     manifest: dict | None = None) -> np.ndarray:
     if isinstance(source, np.ndarray):
         data = source
     elif source.is_dir():
-        data = _images(source, input_shape, limit)
+        from edge_runtime.image_spec import IMAGE_TASKS
+
+        if manifest is not None and manifest.get("task") in IMAGE_TASKS:
+            data = load_images(source, manifest, limit=limit)
+        else:
+            data = _images(source, input_shape, limit)
     else:
         try:
             data = np.load(source, allow_pickle=False)
@@ -55,6 +63,28 @@ def _images(folder: Path, input_shape: list, limit: int) -> np.ndarray:
             raise ConversionError(f"{f}: not a readable image")
         img = cv2.cvtColor(cv2.resize(img, (w, h)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
         rows.append(img.transpose(2, 0, 1) if nchw else img)
+    return np.stack(rows)
+
+
+def load_images(folder: Path, manifest: dict, *, limit: int = 256) -> np.ndarray:
+    """The first ``limit`` images of ``folder`` (by name) as model rows, decoded as the runtime decodes frames."""
+    try:
+        from edge_runtime.vision import ImageDecoder
+    except ImportError:
+        raise ConversionError("reading a folder of images needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    from edge_runtime.bundle import Manifest
+    from edge_runtime.errors import PayloadError
+
+    decoder = ImageDecoder(Manifest.model_validate({**manifest, "sha256": "0" * 64}), max_bytes=64 << 20)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGES)[:limit]
+    if not files:
+        raise ConversionError(f"no images (.jpg, .png, .bmp) in {folder}")
+    rows = []
+    for f in files:
+        try:
+            rows.append(decoder.decode(f.read_bytes())[1])
+        except (OSError, PayloadError) as err:
+            raise ConversionError(f"{f}: {err}") from None
     return np.stack(rows)
 
 

@@ -35,6 +35,8 @@ class QuantizeConfig:
     mode: Mode
     calibration: np.ndarray | None = None  # rows of model input; static needs it
     per_channel: bool = True
+    # static: a detector's output name; the decoding tail before it stays float (see detector_head.py)
+    float_tail_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -124,6 +126,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         src, prep, out = Path(tmp, "in.onnx"), Path(tmp, "prep.onnx"), Path(tmp, "out.onnx")
         src.write_bytes(model_bytes)
         notes += _preprocess(src, prep)
+        exclude = _float_tail(prep, config.float_tail_of, notes) if config.float_tail_of else []
         input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
         # ONNX Runtime's int32-bias scale adjustment fails on per-channel Gemm weights in some versions:
         # retry without it, then per tensor, and say which one worked.
@@ -136,7 +139,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
                 quantize_static(prep, out, CalibrationReader(input_name, config.calibration),
                                 quant_format=QuantFormat.QDQ, per_channel=channel, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                                extra_options=extra)
+                                nodes_to_exclude=exclude, extra_options=extra)
             except Exception as err:  # noqa: BLE001
                 failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
                 if (extra, channel, note) == ladder[-1]:
@@ -149,6 +152,21 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         notes.append(f"QDQ, uint8 activations, int8 weights{', per channel' if per_channel else ''}; "
                      f"calibrated on {len(config.calibration)} rows")
         return QuantizeResult("static", out.read_bytes(), notes)
+
+
+def _float_tail(prep: Path, output: str, notes: list[str]) -> list[str]:
+    """Name the detector's decoding tail in the model about to be quantized, so it stays float."""
+    from .detector_head import float_tail
+
+    model = _model(prep.read_bytes())
+    names = float_tail(model, output)
+    if names:
+        prep.write_bytes(model.SerializeToString())  # float_tail named any unnamed nodes
+        notes.append(f"detection head kept in float: {len(names)} decoding nodes before {output} are not quantized "
+                     "(int8 collapses their mixed pixel/score ranges: onnxruntime #14233)")
+    else:
+        notes.append(f"no detection head found before {output}: the whole model is quantized")
+    return names
 
 
 def _upgrade_opset(model, notes: list[str]) -> bytes | None:

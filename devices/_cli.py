@@ -168,6 +168,11 @@ def _devices_detect(args: argparse.Namespace) -> int:
     for reason in reasons:
         print(f"  because {reason}")
     print(f"  int8 pays off: {'yes' if profile.int8_pays_off else 'no'}; ONNX Runtime threads: {profile.ort.intra_op_threads}")
+    if profile.openvino:
+        from .profiles import _openvino_installed
+
+        print(f"  OpenVINO: wheels exist for this board; {'installed' if _openvino_installed() else 'not installed'} "
+              "(pip install 'edge-runtime[openvino]')")
     return 0
 
 

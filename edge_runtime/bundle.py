@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._onnx_check import OnnxFormatError, external_data_problem, inspect_model
 from .errors import BundleError
+from .image_spec import DetectorSpec, EngineSpec, PreprocessSpec, image_manifest_problem
 
 __all__ = ["Bundle", "Manifest", "TensorSpec", "load_bundle", "write_bundle", "sign_manifest", "MANIFEST", "MODEL"]
 
@@ -57,6 +58,11 @@ class Manifest(BaseModel):
     )
     source: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
+    preprocess: PreprocessSpec | None = Field(None, description="Image models: how a frame becomes the input.")
+    detector: DetectorSpec | None = Field(None, description="Detectors: how the output is read.")
+    top_k: int | None = Field(None, ge=1, description="Image classifiers: classes per result (default 5).")
+    softmax: bool = Field(False, description="Image classifiers: the model outputs logits; apply softmax.")
+    engine: EngineSpec | None = Field(None, description="The engine and settings measured as fastest.")
     signature: str | None = None
 
     def row_shape(self) -> tuple[int | None, ...]:
@@ -142,6 +148,9 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         if not hmac.compare_digest(_sha256_file(path), expected):
             raise BundleError(f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where)
     _check_model(data, manifest, model.parent, root, where)
+    problem = image_manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{MANIFEST}: {problem}", bundle=where)
     if manifest.task == "classifier" and not manifest.scores_output:
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
     if manifest.task == "regressor" and not manifest.value_output:

@@ -36,6 +36,9 @@ class DeviceProfile:
     ort: OrtSettings = field(default_factory=OrtSettings)
     max_queue: int = 10_000  # inputs a route may hold: the queue's share of the memory budget
     notes: str = ""
+    # OpenVINO publishes CPU wheels for 64-bit x86 and ARM (manylinux): where this is true,
+    # `pip install 'edge-runtime[openvino]'` gives the converter and the runtime a second engine to measure.
+    openvino: bool = False
 
     @property
     def int8_pays_off(self) -> bool:
@@ -54,8 +57,15 @@ class DeviceProfile:
         d["cpu_features"] = sorted(self.cpu_features)
         d["ort"]["providers"] = list(self.ort.providers)
         d["int8_pays_off"] = self.int8_pays_off
+        d["openvino_installed"] = _openvino_installed()
         d["quantization"] = self.quantization
         return d
+
+
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 _PROFILES: dict[str, DeviceProfile] = {}

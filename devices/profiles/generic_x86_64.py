@@ -4,4 +4,5 @@ PROFILE = register_profile(DeviceProfile(
     name="generic-x86-64", title="x86-64 PC or server", arch="x86_64", cores=2, memory_mb=4096,
     cpu="x86-64", cpu_features=frozenset({"avx2"}), ort=OrtSettings(intra_op_threads=1), max_queue=50_000,
     notes="int8 pays off with VNNI (avx512_vnni / avx_vnni); `devices detect` reads the real flags.",
+    openvino=True,
 ))

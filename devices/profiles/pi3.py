@@ -5,4 +5,5 @@ PROFILE = register_profile(DeviceProfile(
     cpu="Cortex-A53 @ 1.2-1.4 GHz", cpu_features=frozenset({"asimd"}),
     ort=OrtSettings(intra_op_threads=3), max_queue=5_000,
     notes="No dot-product: keep fp32. Use a 64-bit OS: onnxruntime publishes aarch64 wheels only.",
+    openvino=True,
 ))

@@ -5,4 +5,5 @@ PROFILE = register_profile(DeviceProfile(
     cpu="Cortex-A72 @ 1.5-1.8 GHz", cpu_features=frozenset({"asimd", "crc32"}),
     ort=OrtSettings(intra_op_threads=3), max_queue=20_000,
     notes="The A72 has no dot-product instructions: int8 is usually slower than fp32 here; measure before using it.",
+    openvino=True,
 ))

@@ -5,4 +5,5 @@ PROFILE = register_profile(DeviceProfile(
     cpu="Cortex-A76 @ 2.4 GHz", cpu_features=frozenset({"asimd", "asimddp", "asimdhp", "crc32", "atomics"}),
     ort=OrtSettings(intra_op_threads=3), max_queue=50_000,
     notes="The A76 has dot-product (SDOT/UDOT): static int8 QDQ models can beat fp32 here.",
+    openvino=True,
 ))

@@ -6,4 +6,5 @@ PROFILE = register_profile(DeviceProfile(
     # 512 MB shared with the OS and Mosquitto: small queues; leave a core for MQTT.
     ort=OrtSettings(intra_op_threads=2), max_queue=1_000,
     notes="No dot-product: keep fp32. Tiny models (trees, small MLPs) only; cameras at low resolution.",
+    openvino=True,
 ))

@@ -1,0 +1,181 @@
+"""Engines: what runs a bundle's ONNX file. ONNX Runtime is the default; OpenVINO is an optional second.
+
+An engine is anything with the small ``Engine`` protocol below. Engine kinds live in one registry (as
+tasks and device profiles do): ``register_engine`` refuses duplicates and a failed lookup lists what is
+known. ``open_engine`` is the one way the runtime, ``bench`` and the converter get an engine:
+
+- the kind is the one the bundle was measured fastest with (``manifest.engine.kind``) unless the caller
+  names one; a kind that is not installed here (or cannot load this model) falls back to ONNX Runtime
+  with a warning, since every bundle holds an ONNX file ONNX Runtime can run;
+- the threads are the caller's (a model's ``threads`` in the config) if given, else the measured ones
+  (``manifest.engine.threads``, at most this machine's cores), else ``default_threads`` (the device profile's).
+
+Models exported with a fixed batch (Ultralytics exports use 1) are served with any ``max_batch``: an
+engine runs a batch in slices of the model's batch size and pads the last slice (``run_in_slices``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..bundle import Bundle, Manifest
+from ..errors import BundleError, EdgeRuntimeError
+
+__all__ = ["Engine", "EngineKind", "register_engine", "get_engine_kind", "known_engines", "available_engines",
+           "open_engine", "resolve_threads", "fixed_batch", "run_in_slices", "DEFAULT_ENGINE"]
+
+log = logging.getLogger("edge_runtime.engines")
+
+DEFAULT_ENGINE = "onnxruntime"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Runs one bundle's model on batches; what the outputs mean is the task's business."""
+
+    name: str  # the engine kind: "onnxruntime", "openvino"
+    threads: int
+    bundle: Bundle
+    manifest: Manifest
+    task: Any  # edge_runtime.tasks.Task
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for a batch of any size (sliced for fixed-batch models)."""
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run each batch size the model will see once, so the first real request is not slow."""
+
+    def example_row_shape(self) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    name: str
+    # "module:Class": imported only when this kind is opened (OpenVINO is an optional extra)
+    factory: str
+    # the Python package that must be importable for this kind to be available
+    requires: str
+    install_hint: str = ""
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.requires) is not None
+
+    def load(self) -> Callable[..., Engine]:
+        module, _, cls = self.factory.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+_KINDS: dict[str, EngineKind] = {}
+
+
+def register_engine(kind: EngineKind) -> None:
+    if kind.name in _KINDS:
+        raise ValueError(f"an engine named {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+
+
+def get_engine_kind(name: str) -> EngineKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise LookupError(f"unknown engine {name!r}; known: {', '.join(known_engines())}") from None
+
+
+def known_engines() -> list[str]:
+    return list(_KINDS)
+
+
+def available_engines() -> list[str]:
+    """The registered engines whose packages are installed here, ONNX Runtime first."""
+    return [name for name, kind in _KINDS.items() if kind.available()]
+
+
+def resolve_threads(manifest: Manifest, threads: int | None, default_threads: int) -> tuple[int, str]:
+    """(threads, where the number came from): the caller's, else the measured ones, else the default."""
+    if threads is not None:
+        return threads, "config"
+    measured = manifest.engine.threads if manifest.engine else None
+    if measured:
+        cores = os.cpu_count() or 1
+        return min(measured, cores), "measured" if measured <= cores else f"measured {measured}, capped to {cores} cores"
+    return default_threads, "device profile"
+
+
+def open_engine(bundle: Bundle, *, engine: str | None = None, threads: int | None = None, default_threads: int = 1,
+                streams: int | None = None, spinning: bool = False) -> Engine:
+    """An engine for ``bundle``: see the module docstring for how the kind and the threads are chosen.
+
+    ``engine`` names a kind outright (``bench``, the converter's gate): then a kind that is not available
+    is an error rather than a fallback, since the caller asked for that one.
+    """
+    m = bundle.manifest
+    n_threads, origin = resolve_threads(m, threads, default_threads)
+    recorded = m.engine.streams if m.engine else None
+    n_streams = streams or recorded or 1
+    if engine is not None:
+        kind = get_engine_kind(engine)
+        if not kind.available():
+            raise EdgeRuntimeError(f"engine {engine} is not installed: {kind.install_hint}")
+        return kind.load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+    wanted = m.engine.kind if m.engine else DEFAULT_ENGINE
+    if wanted != DEFAULT_ENGINE:
+        kind = _KINDS.get(wanted)
+        if kind is None:
+            log.warning("bundle %s was measured fastest with engine %r, which this runtime does not know: "
+                        "serving it with %s", bundle.path, wanted, DEFAULT_ENGINE)
+        elif not kind.available():
+            log.warning("bundle %s was measured fastest with %s, which is not installed here (%s): serving it "
+                        "with %s", bundle.path, wanted, kind.install_hint, DEFAULT_ENGINE)
+        else:
+            try:
+                chosen = kind.load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+            except BundleError as err:
+                log.warning("%s cannot load bundle %s (%s): serving it with %s", wanted, bundle.path, err.args[0],
+                            DEFAULT_ENGINE)
+            else:
+                log.info("model %s: %s, %d thread(s) (%s), %d stream(s)", m.name, wanted, n_threads, origin, n_streams)
+                return chosen
+    log.info("model %s: %s, %d thread(s) (%s)", m.name, DEFAULT_ENGINE, n_threads, origin)
+    return _KINDS[DEFAULT_ENGINE].load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+
+
+def fixed_batch(dim: Any) -> int | None:
+    """The batch size a model insists on (its input's first dimension), or None when the axis is dynamic."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_in_slices(run: Callable[[np.ndarray], dict[str, np.ndarray]], batch: np.ndarray,
+                  size: int) -> dict[str, np.ndarray]:
+    """Run ``batch`` through a model that takes exactly ``size`` rows, ``size`` rows at a time.
+
+    A last partial slice is padded with zero rows and their outputs cut off again, so callers see
+    outputs for exactly the rows they gave.
+    """
+    n = len(batch)
+    if n == size:
+        return run(batch)
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, n, size):
+        chunk = batch[start:start + size]
+        k = len(chunk)
+        if k < size:
+            chunk = np.concatenate([chunk, np.zeros((size - k, *batch.shape[1:]), batch.dtype)])
+        out = run(chunk)
+        parts.append({name: v[:k] if v.ndim and v.shape[0] == size else v for name, v in out.items()})
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+register_engine(EngineKind(DEFAULT_ENGINE, "edge_runtime.engine:Engine", "onnxruntime",
+                           "pip install onnxruntime"))
+register_engine(EngineKind("openvino", "edge_runtime.engines.openvino_engine:OpenVinoEngine", "openvino",
+                           "pip install 'edge-runtime[openvino]'"))
