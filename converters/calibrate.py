@@ -91,9 +91,13 @@ def load_images(folder: Path, manifest: dict, *, limit: int = 256) -> np.ndarray
 class CalibrationReader:
     """Feeds rows one batch at a time: ONNX Runtime's calibrator pulls with ``get_next()`` until None."""
 
-    def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16):
+    def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16, exact: bool = False):
+        # exact: the model's batch is fixed, so a short last batch would be refused: leave those rows out.
+        stop = len(data) - len(data) % batch if exact else len(data)
+        if stop == 0:
+            raise ConversionError(f"calibration needs at least {batch} rows: the model's batch is fixed at {batch}")
         self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: data[i:i + batch].astype(np.float32)} for i in range(0, len(data), batch))
+            {input_name: data[i:i + batch].astype(np.float32)} for i in range(0, stop, batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)

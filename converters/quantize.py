@@ -127,7 +127,11 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         src.write_bytes(model_bytes)
         notes += _preprocess(src, prep)
         exclude = _float_tail(prep, config.float_tail_of, notes) if config.float_tail_of else []
-        input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        graph_input = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        input_name = graph_input.name
+        # A model exported with a fixed batch (Ultralytics: 1) is calibrated with batches of exactly that size.
+        first = graph_input.type.tensor_type.shape.dim[0] if graph_input.type.tensor_type.shape.dim else None
+        fixed = first.dim_value if first is not None and first.HasField("dim_value") and first.dim_value > 0 else None
         # ONNX Runtime's int32-bias scale adjustment fails on per-channel Gemm weights in some versions:
         # retry without it, then per tensor, and say which one worked.
         ladder = [({}, per_channel, None)]
@@ -136,7 +140,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
                        ({}, False, "per-channel quantization failed; per tensor instead")]
         for extra, channel, note in ladder:
             try:
-                quantize_static(prep, out, CalibrationReader(input_name, config.calibration),
+                quantize_static(prep, out, CalibrationReader(input_name, config.calibration, batch=fixed or 16, exact=bool(fixed)),
                                 quant_format=QuantFormat.QDQ, per_channel=channel, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                                 nodes_to_exclude=exclude, extra_options=extra)

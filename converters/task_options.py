@@ -290,7 +290,7 @@ def _check_as_the_runtime_will(out: dict[str, Any]) -> None:
     if problem:
         hint = ""
         if "labels for a model with" in problem:
-            hint = " (check --class-names)"
+            hint = " (check --class-names and --detector-format)" if out["task"] == "detector" else " (check --class-names)"
         elif "detector format" in problem or "first output" in problem:
             hint = " (check --detector-format)"
         raise ConversionError(problem + hint)
