@@ -24,6 +24,7 @@ import orjson
 
 from ..bundle import load_bundle, write_bundle
 from ..codecs import encode
+from ..errors import BundleError
 from ..engines import available_engines, fixed_batch, open_engine, resolve_threads, run_in_slices
 
 __all__ = ["bench_model", "format_model_report", "bare_session"]
@@ -141,8 +142,15 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
     first = open_engine(bundle, engine="onnxruntime", threads=1)
     inputs = {n: _inputs(first, n, rng) for n in batch_sizes}
     decoder = first.task.decoder(m, max_bytes=1 << 30)
+    skipped: dict[str, str] = {}
     for kind, t in combos:
-        engine = open_engine(bundle, engine=kind, threads=t)
+        if kind in skipped:
+            continue
+        try:
+            engine = open_engine(bundle, engine=kind, threads=t)
+        except BundleError as err:  # e.g. OpenVINO has no tree-ensemble operators: say so, measure the rest
+            skipped[kind] = str(err).split(": ", 1)[-1]
+            continue
         bare = bare_session(bundle.model_path, t) if (t, batch_sizes[0]) not in bare_ms else None
         rows_out = []
         for n in batch_sizes:
@@ -177,7 +185,7 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
     fastest = min(results, key=lambda r: float(np.exp(np.mean([np.log(b["core"]["p50_ms"]) for b in r["batches"]]))))
     return {"bundle": str(bundle.path), "model": m.name, "task": m.task, "threads": recorded_threads,
             "threads_from": origin, "engine": recorded_kind, "quantization": m.quantization.get("mode", "none"),
-            "batches": served["batches"], "engines": results,
+            "batches": served["batches"], "engines": results, "skipped_engines": skipped,
             "fastest": {"engine": fastest["engine"], "threads": fastest["threads"], "precision": fastest["precision"]}}
 
 
@@ -200,6 +208,8 @@ def _format_one(report: dict) -> str:
             lines.append(f"{name:>18} {r['threads']:>3} {b['batch']:>5}  {bare['p50_ms']:>7.3f}ms {bare['p99_ms']:>6.3f}ms"
                          f"  {core['p50_ms']:>7.3f}ms {core['p90_ms']:>6.3f}ms {core['p99_ms']:>6.3f}ms {core['max_ms']:>6.3f}ms"
                          f"  {core['rows_per_s']:>9.0f}  {b['overhead_ratio']:>8.2f}x  {b['decode_us_per_row']:>8.1f}us")
+    for kind, why in (report.get("skipped_engines") or {}).items():
+        lines.append(f"{kind}: not measured: {why}")
     f = report.get("fastest")
     if f and (f["engine"], f["threads"]) != (report["engine"], report["threads"]):
         lines.append(f"fastest here: {f['engine']} with {f['threads']} thread(s); to serve with that thread count "

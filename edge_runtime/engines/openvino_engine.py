@@ -36,6 +36,13 @@ def _precision(value: object) -> str:
     return "bf16" if "bf" in text else "f16" if "16" in text else "f32"
 
 
+def _reason(err: BaseException) -> str:
+    """The informative line of an OpenVINO error (the first ones name C++ source files)."""
+    lines = [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check ", "FrontEnd API failed"))]
+    return ("; ".join(useful[-2:]) if useful else (lines[0] if lines else type(err).__name__))[:200]
+
+
 class OpenVinoEngine:
     name = "openvino"
 
@@ -68,8 +75,7 @@ class OpenVinoEngine:
             self.compiled = core.compile_model(model, "CPU", config)
             self.precision = _precision(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            raise BundleError(f"OpenVINO cannot load the model: {str(err).strip().splitlines()[0][:200]}",
-                              bundle=str(bundle.path)) from err
+            raise BundleError(f"OpenVINO cannot load the model: {_reason(err)}", bundle=str(bundle.path)) from err
         self.request = self.compiled.create_infer_request()
         names = [o.name for o in m.outputs]
         self._outputs = []
