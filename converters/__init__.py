@@ -111,9 +111,16 @@ def _batch_sizes(manifest: dict[str, Any], asked: tuple[int, ...] | None) -> tup
 
 
 def _synthetic(manifest: dict[str, Any], n: int = 8) -> np.ndarray:
-    """Frames of noise in the model's input range, to compare engines and threads when no validation is given."""
-    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in manifest["inputs"][0]["shape"][1:])
-    return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+    """Drawn scenes (coloured shapes on a noisy background, as the camera simulator makes), decoded with the
+    bundle's own preprocessing: to compare engines and threads when no validation images are given."""
+    from devices.cameras import encode_frame
+    from devices.scenes import draw_scene
+    from edge_runtime.bundle import Manifest
+    from edge_runtime.vision import ImageDecoder
+
+    decoder = ImageDecoder(Manifest.model_validate({**manifest, "sha256": "0" * 64}), max_bytes=1 << 26)
+    rng = np.random.default_rng(0)
+    return np.stack([decoder.decode(encode_frame(draw_scene(rng, 640, 480)[0]))[1] for _ in range(n)])
 
 
 def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[str, Any], version: str, *,
@@ -152,9 +159,9 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
                               "note": None if target in (None, "this-machine") else
                               f"latencies were measured on this machine, not on {target}"}
     synthetic = X is None and image
-    if synthetic:  # a CNN's engine and thread count matter as much as its mode: measure them on noise frames
+    if synthetic:  # a CNN's engine and thread count matter as much as its mode: measure them on drawn frames
         X = _synthetic(manifest)
-        report["synthetic_inputs"] = ("no --validation: engines and threads were compared on noise frames; "
+        report["synthetic_inputs"] = ("no --validation: engines and threads were compared on drawn scenes; "
                                       "give --validation DIR to compare accuracy on real images")
     engines = None if engine == "auto" else (engine,)
     if engine != "auto" and not get_engine_kind(engine).available():
@@ -184,7 +191,7 @@ def _finish(out_dir: str | os.PathLike[str], model_bytes: bytes, manifest: dict[
         if chosen.detection:
             quant["detection"] = chosen.detection
         if synthetic:
-            quant["measured"] = "speed only (noise frames)"
+            quant["measured"] = "engines and threads on drawn scenes (no --validation)"
         report["engine"] = {"kind": chosen.engine, "threads": chosen.threads, "streams": chosen.streams,
                             "precision": chosen.precision, "why": chosen.reason, "threads_why": chosen.threads_reason}
     else:

@@ -200,8 +200,10 @@ def _detections(outputs: dict[str, np.ndarray], manifest: dict[str, Any]) -> lis
 
     spec = DetectorSpec.model_validate(manifest.get("detector") or {})
     pred = np.asarray(outputs[manifest["outputs"][0]["name"]], np.float32)
+    # Uncapped: with more boxes than max_detections, which ones make the cut is decided by score ties a
+    # rounding difference flips; the gate compares the objects found, the cap is a serving limit.
     return [decode_detections(p, layout=spec.format, conf=spec.conf_threshold, iou=spec.iou_threshold,
-                              max_det=spec.max_detections) for p in pred]
+                              max_det=1_000_000) for p in pred]
 
 
 def _score(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: np.ndarray | None,
@@ -234,16 +236,32 @@ def _score(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], lab
     return round(float(np.mean(np.all(np.abs(out - ref) <= tol, axis=1))) * 100, 3)
 
 
-def _bundle(model: bytes, manifest: dict[str, Any], directory: Path):
+def _bundle(model: bytes, manifest: dict[str, Any], directory: Path, candidate: Candidate):
     """A bundle of one candidate for the engines to open: written here, not verified (it is ours)."""
     import hashlib
 
     from edge_runtime.bundle import Bundle, Manifest
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.onnx").write_bytes(model)
+    path = directory / "model.onnx"
+    if not path.exists():
+        path.write_bytes(model)
     fields = {k: v for k, v in manifest.items() if k not in ("engine", "sha256", "files", "model_file")}
+    fields["engine"] = {"kind": candidate.engine, "precision": candidate.precision}
     return Bundle(directory, Manifest.model_validate({**fields, "sha256": hashlib.sha256(model).hexdigest()}))
+
+
+def _variants(kind: str, mode: str) -> list[str | None]:
+    """The precisions an engine is measured in for ``mode``: OpenVINO in f32 and in its CPU default (bf16 or
+    f16 where the CPU computes them natively: faster, but a different model, so the gate checks it)."""
+    if kind != "openvino":
+        return [None]
+    from edge_runtime.engines.openvino_engine import default_precision
+
+    native = default_precision()
+    if mode == "static":  # int8 does the work; the few float operations left run in the CPU's default
+        return [native]
+    return ["f32"] + ([native] if native != "f32" else [])
 
 
 def _run_all(engine: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -276,7 +294,7 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
     validation = validation.astype(np.float32) if dtype.kind == "f" else validation.astype(dtype)
     calib = calibration if calibration is not None else validation
     counts = (threads,) if isinstance(threads, int) else tuple(threads or thread_counts())
-    kinds = tuple(engines or available_engines())
+    kinds = tuple(k for k in (engines or available_engines()) if k in available_engines())
     if "onnxruntime" not in kinds:
         kinds = ("onnxruntime", *kinds)  # the reference every other candidate is compared with
     tail = manifest["outputs"][0]["name"] if manifest.get("task") == "detector" else None
@@ -287,7 +305,8 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
     with tempfile.TemporaryDirectory(prefix="edge-gate-") as tmp:
         for i, mode in enumerate(ordered):
             step = f"[{i + 1}/{len(ordered)}] {mode}"
-            mine = [Candidate(mode, engine=k) for k in kinds if mode in ENGINE_MODES.get(k, ("none",))]
+            mine = [Candidate(mode, engine=k, precision=p) for k in kinds if mode in ENGINE_MODES.get(k, ("none",))
+                    for p in _variants(k, mode)]
             candidates += mine
             reason = unsupported_reason(model, mode)
             if reason:
@@ -302,8 +321,8 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
                 for c in mine:
                     c.reason = str(err) if isinstance(err, ConversionError) else f"could not be built: {_first_line(err)}"
                 continue
-            bundle = _bundle(result.model, manifest, Path(tmp) / mode)
             for c in mine:
+                bundle = _bundle(result.model, manifest, Path(tmp) / mode, c)
                 c.notes, c.size_bytes = list(result.notes), len(result.model)
                 say(f"{step} on {c.engine}: checking its outputs")
                 try:

@@ -278,7 +278,9 @@ def decode_detections(pred: np.ndarray, *, layout: str, conf: float, iou: float,
     if not len(score):
         return []
     xywh = np.column_stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2, boxes[:, 2], boxes[:, 3]])
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), best.tolist(), conf, iou, top_k=max_det)
+    # No top_k here: OpenCV's top_k caps the candidates *before* NMS, which would drop boxes that survive it
+    # (Ultralytics keeps up to 30,000 candidates and caps the output at max_det); the output is capped below.
+    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), best.tolist(), conf, iou)
     out = []
     for i in np.asarray(idx).reshape(-1)[:max_det]:
         x, y, w, h = xywh[i]

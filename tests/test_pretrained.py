@@ -78,7 +78,7 @@ def test_ultralytics_detect_export_converts_with_no_flags(yolov8_bundle):
     assert m.source["exporter"] == "ultralytics" and m.source["imgsz"] == [64, 64] and m.source["batch"] == 1
     report = json.loads((yolov8_bundle.path / "report.json").read_text())
     assert report["engine"]["kind"] == m.engine.kind and m.engine.threads >= 1  # measured, even with no flags
-    assert "noise frames" in report["synthetic_inputs"]
+    assert "drawn scenes" in report["synthetic_inputs"]
 
 
 def test_converted_export_finds_the_drawn_objects_in_original_pixels(yolov8_bundle):
@@ -485,3 +485,13 @@ def test_camera_bench_reports_served_beside_bare_and_stages(yolov8_bundle):
     assert model["onnxruntime_all_cores_fps"] > 0 and model["engine_fps"] > 0
     text = format_camera_report(report)
     assert "bare session.run on the same frames" in text and "per frame p50: decode" in text
+
+
+def test_max_detections_caps_the_output_not_the_candidates():
+    from edge_runtime.vision import decode_detections
+
+    # 10 high-scoring copies of one box, then 10 distinct boxes scoring lower (YOLOv8 layout: 4 + 1 class)
+    dup = [[50, 50, 20, 20, 0.9 - i * 0.001] for i in range(10)]
+    distinct = [[100 + 30 * i, 300, 20, 20, 0.5] for i in range(10)]
+    dets = decode_detections(np.array(dup + distinct, np.float32).T, layout="yolov8", conf=0.25, iou=0.5, max_det=10)
+    assert len(dets) == 10 and dets[0][2] == pytest.approx(0.9)  # NMS first, then the cap: 1 + 9 distinct

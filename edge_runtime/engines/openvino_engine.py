@@ -26,7 +26,7 @@ from ..errors import BundleError
 from ..tasks import get_task
 from . import fixed_batch, run_in_slices
 
-__all__ = ["OpenVinoEngine"]
+__all__ = ["OpenVinoEngine", "default_precision"]
 
 log = logging.getLogger("edge_runtime.engines")
 
@@ -34,6 +34,13 @@ log = logging.getLogger("edge_runtime.engines")
 def _precision(value: object) -> str:
     text = str(value).lower()
     return "bf16" if "bf" in text else "f16" if "16" in text else "f32"
+
+
+def default_precision() -> str:
+    """The precision OpenVINO's CPU plugin computes in by default on this machine: f32, bf16 or f16."""
+    import openvino as ov
+
+    return _precision(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
 def _reason(err: BaseException) -> str:
