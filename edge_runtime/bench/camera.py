@@ -135,6 +135,8 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
         import cv2  # noqa: F401
     except ImportError:
         raise EdgeRuntimeError("bench camera needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    # The config is written in a temporary directory and relative paths in a config are relative to it.
+    options = replace(options, bundle=Path(options.bundle).resolve())
     workdir = Path(tempfile.mkdtemp(prefix="edge-bench-camera-"))
     report: dict = {"bundle": str(options.bundle), "cameras": options.cameras, "fps": options.fps,
                     "size": f"{options.width}x{options.height}", "duration_s": options.duration,
