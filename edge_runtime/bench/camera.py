@@ -219,22 +219,27 @@ def measure_stages(bundle_path: Path, *, width: int, height: int, threads: int |
             rows.append(row[None])
         i += 1
 
-    def fps(run) -> float:
-        for x in rows[:2]:
-            run(x)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < duration / 2 or n < 5:
-            run(rows[n % len(rows)])
+    def fps(*runs) -> list[float]:
+        """Frames/s of each runner, measured in alternation so that each sees the same load on a shared machine."""
+        for run in runs:
+            for x in rows[:2]:
+                run(x)
+        spent, n = [0.0] * len(runs), 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration or n < 5:
+            for k, run in enumerate(runs):
+                t = time.perf_counter()
+                run(rows[n % len(rows)])
+                spent[k] += time.perf_counter() - t
             n += 1
-        return round(n / (time.perf_counter() - start), 2)
+        return [round(n / s, 2) for s in spent]
 
     cores = os.cpu_count() or 1
     out = {"engine": engine.name, "threads": engine.threads, "precision": getattr(engine, "precision", None),
            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
            "frames_measured": i, "cores": cores}
     out["pipeline_fps"] = round(1000 / sum(out["stages_p50_ms"].values()), 2)
-    out["onnxruntime_all_cores_fps"] = fps(bare_session(bundle.model_path, cores))
-    out["engine_fps"] = fps(engine.run)
+    out["onnxruntime_all_cores_fps"], out["engine_fps"] = fps(bare_session(bundle.model_path, cores), engine.run)
     return out
 
 
