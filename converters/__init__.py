@@ -92,7 +92,9 @@ def _rows(value: Any, manifest: dict[str, Any], what: str, *, limit: int) -> np.
     if not isinstance(value, np.ndarray) and Path(value).is_dir():
         return load_calibration(Path(value), manifest["inputs"][0]["shape"], limit=limit, manifest=manifest)
     rows = _array(value, what)
-    return load_calibration(rows, manifest["inputs"][0]["shape"], limit=len(rows) if what.startswith("validation") else limit)
+    # Every validation row counts; calibration keeps its first ``limit`` rows.
+    return load_calibration(rows, manifest["inputs"][0]["shape"],
+                            limit=len(rows) if what.startswith("validation") else limit)
 
 
 def _batch_sizes(manifest: dict[str, Any], asked: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--quantize", choices=["auto", "none", "fp16", "dynamic", "static"],
                       help="auto (default with --validation): measure every mode, keep the fastest accurate one")
     conv.add_argument("--validation", type=Path,
-                      help="validation inputs to measure candidates on: .npy, or a folder of JPEG/PNG images for an image model")
+                      help="validation inputs to measure candidates on: .npy, or a folder of JPEG/PNG images "
+                           "for an image model")
     conv.add_argument("--labels", type=Path, help="labels for --validation (.npy); else agreement with fp32 is measured")
     conv.add_argument("--calibration", type=Path, help="static: calibration inputs (.npy) or a folder of images")
     conv.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points of accuracy a candidate may lose")
@@ -38,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     task = conv.add_argument_group("task and preprocessing (override the model's metadata)")
     task.add_argument("--task", metavar="{auto,generic,classifier,regressor,anomaly,image_classifier,detector}",
                       help="what the model does (default auto: from the model's metadata, else generic)")
-    task.add_argument("--class-names", metavar="FILE|a,b,c", help="class names: a file with one per line, or a comma list")
+    task.add_argument("--class-names", metavar="FILE|a,b,c",
+                      help="class names: a file with one per line, or a comma list")
     task.add_argument("--image-size", metavar="N|WxH", help="model input size (default: the model's fixed input)")
     task.add_argument("--resize", metavar="{letterbox,stretch,center_crop}", help="how a frame is fitted to the input")
-    task.add_argument("--resize-short", metavar="N", help="center_crop: resize the short side to N, then crop the centre")
+    task.add_argument("--resize-short", metavar="N",
+                      help="center_crop: resize the short side to N, then crop the centre")
     task.add_argument("--color", metavar="{rgb,bgr}", help="channel order the model expects")
     task.add_argument("--scale", metavar="F", help="pixel values (0..255) are multiplied by F (default 1/255)")
     task.add_argument("--mean", metavar="a,b,c", help="subtracted per channel after --scale")
@@ -85,7 +88,9 @@ def format_report(report: dict) -> str:
         lat = c.get("latency_p50_ms") or {}
         acc = c.get("accuracy")
         det = c.get("detection")
-        acc_text = "-" if acc is None else f"{acc:g}" + (f" (P {det['precision']:g} R {det['recall']:g})" if det else "")
+        acc_text = "-" if acc is None else f"{acc:g}"
+        if det:
+            acc_text += f" (P {det['precision']:g} R {det['recall']:g})"
         engine = c.get("engine", "onnxruntime") + (f" {c['precision']}" if c.get("precision") else "")
         rows.append(("*" if c.get("chosen") else "", c["mode"], engine,
                      str(c.get("threads") or "-") if lat else "-",

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_runtime.engines import thread_counts
+
 from ._registry import ConversionError
 from .quantize import MODES, QuantizeConfig, quantize, unsupported_reason
 
@@ -82,7 +84,9 @@ def choose(candidates: list[Candidate], *, max_accuracy_drop: float, only_mode: 
     base = candidates[0]
     assert base.mode == "none" and base.engine == "onnxruntime"
     forced = [c for c in candidates if c.mode == only_mode and c.model is not None] if only_mode else []
-    floor = max([max_accuracy_drop] + [(base.accuracy or 0) - (c.accuracy or 0) for c in forced if c.engine == "onnxruntime"])
+    # With a forced mode, another engine's version of it may lose as much as ONNX Runtime's did, no more.
+    floor = max([max_accuracy_drop] + [(base.accuracy or 0) - (c.accuracy or 0) for c in forced
+                                       if c.engine == "onnxruntime"])
     eligible = [] if only_mode and only_mode != "none" else [base]
     for c in candidates[1:]:
         if c.model is None:
@@ -102,7 +106,8 @@ def choose(candidates: list[Candidate], *, max_accuracy_drop: float, only_mode: 
         else:
             eligible.append(c)
     if not eligible:
-        raise ConversionError(f"--quantize {only_mode}: {next((c.reason for c in candidates if c.mode == only_mode), 'not built')}")
+        why = next((c.reason for c in candidates if c.mode == only_mode), "not built")
+        raise ConversionError(f"--quantize {only_mode}: {why}")
     best = min(eligible, key=lambda c: _speed(c, base))
     best.chosen = True
     if only_mode and only_mode != "none" and best.engine == "onnxruntime":
@@ -115,13 +120,6 @@ def choose(candidates: list[Candidate], *, max_accuracy_drop: float, only_mode: 
         if c is not best:
             c.reason = f"within accuracy but slower than {best.label} ({1 / _speed(c, base):.2f}x fp32)"
     return best
-
-
-def thread_counts(cores: int | None = None) -> tuple[int, ...]:
-    """Thread counts worth measuring: every count up to 4 cores, then powers of two and all the cores."""
-    n = cores or os.cpu_count() or 1
-    counts = {t for t in range(1, min(n, 4) + 1)} | {t for t in (8, 16, 32, 64) if t < n} | {n}
-    return tuple(sorted(counts))
 
 
 def pick_threads(latency: dict[int, dict[str, float]]) -> tuple[int, str]:
@@ -319,7 +317,8 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
                                                         float_tail_of=tail))
             except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
                 for c in mine:
-                    c.reason = str(err) if isinstance(err, ConversionError) else f"could not be built: {_first_line(err)}"
+                    c.reason = str(err) if isinstance(err, ConversionError) else \
+                        f"could not be built: {_first_line(err)}"
                 continue
             for c in mine:
                 bundle = _bundle(result.model, manifest, Path(tmp) / mode, c)
@@ -337,7 +336,8 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
                     continue
                 measured.append((c, engines, result.model))
         configs = [(c, t, b) for c, engines, _ in measured for t in counts for b in batch_sizes]
-        say(f"measuring {len(measured)} candidate(s) x {len(counts)} thread count(s) x batch {', '.join(map(str, batch_sizes))}")
+        say(f"measuring {len(measured)} candidate(s) x {len(counts)} thread count(s) x batch "
+            f"{', '.join(map(str, batch_sizes))}")
         try:
             p50 = _time_interleaved([(engines[t], validation, b) for (c, t, b), (_, engines, _) in
                                      zip(configs, (m for m in measured for _ in counts for _ in batch_sizes))],

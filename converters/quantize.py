@@ -140,7 +140,8 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
                        ({}, False, "per-channel quantization failed; per tensor instead")]
         for extra, channel, note in ladder:
             try:
-                quantize_static(prep, out, CalibrationReader(input_name, config.calibration, batch=fixed or 16, exact=bool(fixed)),
+                reader = CalibrationReader(input_name, config.calibration, batch=fixed or 16, exact=bool(fixed))
+                quantize_static(prep, out, reader,
                                 quant_format=QuantFormat.QDQ, per_channel=channel, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                                 nodes_to_exclude=exclude, extra_options=extra)

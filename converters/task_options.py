@@ -18,7 +18,8 @@ from edge_runtime.image_spec import IMAGE_TASKS, DetectorSpec, PreprocessSpec, i
 
 from ._registry import ConversionError
 
-__all__ = ["TaskOptions", "TASKS", "CHOICES", "task_options_from_text", "resolve_task", "parse_class_names", "parse_image_size", "parse_triple"]
+__all__ = ["TaskOptions", "TASKS", "CHOICES", "task_options_from_text", "resolve_task", "parse_class_names",
+           "parse_image_size", "parse_triple"]
 
 TASKS = ("auto", "generic", "classifier", "regressor", "anomaly", "image_classifier", "detector")
 CHOICES = {"--task": TASKS, "--resize": ("letterbox", "stretch", "center_crop"), "--color": ("rgb", "bgr"),
@@ -191,12 +192,14 @@ def resolve_task(model: Any, manifest: dict[str, Any], options: TaskOptions | No
     image_flags = [f for f, name in _IMAGE_FLAGS.items() if getattr(options, name) is not None]
     detector_flags = [f for f, name in _DETECTOR_FLAGS.items() if getattr(options, name) is not None]
     if task not in IMAGE_TASKS and image_flags:
-        raise ConversionError(f"{image_flags[0]} applies to image models: add --task image_classifier or --task detector")
+        raise ConversionError(f"{image_flags[0]} applies to image models: add --task image_classifier or "
+                              "--task detector")
     if task != "detector" and detector_flags:
         raise ConversionError(f"{detector_flags[0]} applies to detectors: add --task detector")
     if options.class_names is not None and task in ("generic", "regressor", "anomaly"):
         raise ConversionError(f"--class-names applies to classifiers and detectors, not --task {task}")
-    if options.resize_short is not None and (options.resize or (info.preprocess.get("resize") if info else None)) != "center_crop":
+    resize = options.resize or (info.preprocess.get("resize") if info else None)
+    if options.resize_short is not None and resize != "center_crop":
         raise ConversionError("--resize-short applies to --resize center_crop (the short side is resized, then the "
                               "centre cut out): add --resize center_crop")
     out = dict(manifest)
@@ -251,8 +254,9 @@ def _image_sections(out: dict[str, Any], model: Any, options: TaskOptions, info:
         raise ConversionError(f"the model's input {shape} has no fixed height and width: give --image-size N or WxH")
     else:
         pre["size"] = fixed
-    if pre.get("resize") == "center_crop" and pre.get("resize_short") is not None and pre["resize_short"] < max(pre["size"]):
-        raise ConversionError(f"--resize-short {pre['resize_short']} is smaller than the {pre['size'][0]}x{pre['size'][1]} "
+    short = pre.get("resize_short") if pre.get("resize") == "center_crop" else None
+    if short is not None and short < max(pre["size"]):
+        raise ConversionError(f"--resize-short {short} is smaller than the {pre['size'][0]}x{pre['size'][1]} "
                               f"crop: give at least {max(pre['size'])}")
     try:
         out["preprocess"] = PreprocessSpec.model_validate(pre).model_dump(mode="json", exclude_none=True)
@@ -290,7 +294,7 @@ def _check_as_the_runtime_will(out: dict[str, Any]) -> None:
     if problem:
         hint = ""
         if "labels for a model with" in problem:
-            hint = " (check --class-names and --detector-format)" if out["task"] == "detector" else " (check --class-names)"
+            hint = " (check --class-names" + (" and --detector-format)" if out["task"] == "detector" else ")")
         elif "detector format" in problem or "first output" in problem:
             hint = " (check --detector-format)"
         raise ConversionError(problem + hint)

@@ -63,7 +63,8 @@ def _names(meta: dict[str, str]) -> list[str] | None:
             return None
         # Class ids are the positions in the output; an id left out still has a column.
         return [str(value.get(i, i)) for i in range(max(value) + 1)]
-    raise ConversionError(f"the model's metadata 'names' is neither a list nor a dict of class ids: {meta['names'][:60]!r}")
+    raise ConversionError(f"the model's metadata 'names' is neither a list nor a dict of class ids: "
+                          f"{meta['names'][:60]!r}")
 
 
 def _imgsz(meta: dict[str, str]) -> tuple[int, int] | None:

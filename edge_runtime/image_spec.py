@@ -27,7 +27,10 @@ Resize = Literal["letterbox", "stretch", "center_crop"]
 
 
 class PreprocessSpec(BaseModel):
-    """How the model wants its images. Steps, in order: resize, colour order, ``* scale``, ``- mean``, ``/ std``, layout."""
+    """How the model wants its images.
+
+    Steps, in order: resize, colour order, ``* scale``, ``- mean``, ``/ std``, layout.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,8 +40,9 @@ class PreprocessSpec(BaseModel):
         "letterbox", description="letterbox: keep the aspect ratio and pad; stretch: resize to size; "
                                  "center_crop: resize the short side to resize_short, then cut out the centre.")
     resize_short: int | None = Field(
-        None, ge=1, le=16384, description="center_crop only: the short side is resized to this first "
-                                          "(default: the larger side of size, so nothing is lost but the long side's edges).")
+        None, ge=1, le=16384,
+        description="center_crop only: the short side is resized to this first (default: the larger side of "
+                    "size, so only the long side's edges are cut).")
     color: Literal["rgb", "bgr"] = Field("rgb", description="Channel order the model was trained on.")
     scale: float = Field(1 / 255, gt=0, description="Pixel values (0..255) are multiplied by this first.")
     mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="Subtracted after scale, per channel.")
@@ -134,7 +138,8 @@ def image_manifest_problem(m: "Manifest") -> str | None:
     if m.task == "detector":
         fmt = (m.detector or DetectorSpec()).format
         if len(out) != 3:
-            return f"a detector's first output must be 3-D ({'N, 4 + classes, boxes' if fmt == 'yolov8' else 'N, boxes, 5 + classes'}); this one is {out}"
+            axes = "N, 4 + classes, boxes" if fmt == "yolov8" else "N, boxes, 5 + classes"
+            return f"a detector's first output must be 3-D ({axes}); this one is {out}"
         classes = detector_classes(out, fmt)
         if classes is not None and classes < 1:
             return f"output {out} has no class columns for detector format {fmt} (is detector.format right?)"

@@ -91,7 +91,8 @@ class Preprocess:
         if spec.size is not None:
             w, h = spec.size
         if w is None or h is None:  # load_bundle refuses these; a hand-built Manifest may not have been checked
-            raise ValueError(f"input {manifest.inputs[0].shape} has no fixed height and width: preprocess.size is needed")
+            raise ValueError(f"input {manifest.inputs[0].shape} has no fixed height and width: "
+                             "preprocess.size is needed")
         fields = spec.model_dump(exclude={"size"})
         if spec.resize == "center_crop" and spec.resize_short is None:
             fields["resize_short"] = max(w, h)

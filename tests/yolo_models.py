@@ -71,7 +71,8 @@ def yolo_model(fmt: str = "yolov8", *, size: int = 64, batch: int | None = 1, cl
         nodes.append(helper.make_node("Concat", ["box", "cls"], ["output0"], axis=1, name="head/concat"))
         out_shape = [dim0, 4 + classes, n]
     else:
-        inits += [nh.from_array(np.zeros((1, 8, 4, 4), np.float32), "wo"), nh.from_array(np.full(1, 5.0, np.float32), "bo"),
+        inits += [nh.from_array(np.zeros((1, 8, 4, 4), np.float32), "wo"),
+                  nh.from_array(np.full(1, 5.0, np.float32), "bo"),
                   nh.from_array(np.array([0, 1, -1], np.int64), "shape_obj")]
         nodes += [helper.make_node("Conv", ["feat", "wo", "bo"], ["obj_map"], strides=[4, 4], name="head/obj/conv"),
                   helper.make_node("Reshape", ["obj_map", "shape_obj"], ["obj_logits"], name="head/obj/reshape"),
@@ -96,7 +97,8 @@ def colour_classifier(*, size: int = 32, batch: int | str = "N", softmax: bool =
              helper.make_node("Flatten", ["pooled"], ["logits" if not softmax else "flat"])]
     if softmax:
         nodes.append(helper.make_node("Softmax", ["flat"], ["logits"], axis=1))
-    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("input", T.FLOAT, [batch, 3, size, size])],
+    graph = helper.make_graph(nodes, "colours",
+                              [helper.make_tensor_value_info("input", T.FLOAT, [batch, 3, size, size])],
                               [helper.make_tensor_value_info("logits", T.FLOAT, [batch, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="test")
     model.ir_version = 8

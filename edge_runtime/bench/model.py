@@ -25,7 +25,7 @@ import orjson
 from ..bundle import load_bundle, write_bundle
 from ..codecs import encode
 from ..errors import BundleError
-from ..engines import available_engines, fixed_batch, open_engine, resolve_threads, run_in_slices
+from ..engines import available_engines, fixed_batch, open_engine, resolve_threads, run_in_slices, thread_counts
 
 __all__ = ["bench_model", "format_model_report", "bare_session"]
 
@@ -77,8 +77,6 @@ def bench_model(bundle_path: str | Path, *, batch_sizes: tuple[int, ...] = (1, 8
     A bundle converted with ``--keep-candidates`` also holds the quantization candidates the converter
     did not choose: each gets the same table, under ``candidates``.
     """
-    from converters.gate import thread_counts  # noqa: PLC0415 - the same counts the converter measures
-
     bundle = load_bundle(bundle_path)
     counts = (threads,) if isinstance(threads, int) else tuple(threads or thread_counts())
     kinds = tuple(engines or available_engines())
@@ -135,7 +133,8 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
     recorded_kind = m.engine.kind if m.engine else "onnxruntime"
     if recorded_kind not in engines:
         recorded_kind = "onnxruntime"
-    combos = [(k, t) for k in engines for t in sorted(set(threads) | ({recorded_threads} if k == recorded_kind else set()))]
+    combos = [(k, t) for k in engines
+              for t in sorted(set(threads) | ({recorded_threads} if k == recorded_kind else set()))]
     per_batch = duration / max(1, 3 * len(combos))
     bare_ms: dict[tuple[int, int], np.ndarray] = {}
     results = []
@@ -199,20 +198,24 @@ def format_model_report(report: dict) -> str:
 def _format_one(report: dict) -> str:
     lines = [f"{report['model']} ({report['task']}, {report['quantization']}); served with {report['engine']}, "
              f"{report['threads']} thread(s) ({report.get('threads_from', 'default')})",
-             f"{'engine':>18} {'thr':>3} {'batch':>5}  {'bare p50':>9} {'p99':>8}  {'core p50':>9} {'p90':>8} {'p99':>8}"
+             f"{'engine':>18} {'thr':>3} {'batch':>5}  {'bare p50':>9} {'p99':>8}  {'core p50':>9} {'p90':>8} "
+             f"{'p99':>8}"
              f" {'max':>8}  {'rows/s':>9}  {'core/bare':>9}  {'decode/row':>10}"]
-    for r in report.get("engines") or [{"engine": report["engine"], "threads": report["threads"], "batches": report["batches"]}]:
+    served = {"engine": report["engine"], "threads": report["threads"], "batches": report["batches"]}
+    for r in report.get("engines") or [served]:
         name = r["engine"] + (f" {r['precision']}" if r.get("precision") else "")
         for b in r["batches"]:
             bare, core = b["bare"], b["core"]
-            lines.append(f"{name:>18} {r['threads']:>3} {b['batch']:>5}  {bare['p50_ms']:>7.3f}ms {bare['p99_ms']:>6.3f}ms"
-                         f"  {core['p50_ms']:>7.3f}ms {core['p90_ms']:>6.3f}ms {core['p99_ms']:>6.3f}ms {core['max_ms']:>6.3f}ms"
-                         f"  {core['rows_per_s']:>9.0f}  {b['overhead_ratio']:>8.2f}x  {b['decode_us_per_row']:>8.1f}us")
+            lines.append(f"{name:>18} {r['threads']:>3} {b['batch']:>5}  {bare['p50_ms']:>7.3f}ms "
+                         f"{bare['p99_ms']:>6.3f}ms  {core['p50_ms']:>7.3f}ms {core['p90_ms']:>6.3f}ms "
+                         f"{core['p99_ms']:>6.3f}ms {core['max_ms']:>6.3f}ms  {core['rows_per_s']:>9.0f}  "
+                         f"{b['overhead_ratio']:>8.2f}x  {b['decode_us_per_row']:>8.1f}us")
     for kind, why in (report.get("skipped_engines") or {}).items():
         lines.append(f"{kind}: not measured: {why}")
     f = report.get("fastest")
     if f and (f["engine"], f["threads"]) != (report["engine"], report["threads"]):
         lines.append(f"fastest here: {f['engine']} with {f['threads']} thread(s); to serve with that thread count "
                      f"set `threads = {f['threads']}` on the model in the config"
-                     + (f" (the engine is chosen at convert time: --engine {f['engine']})" if f["engine"] != report["engine"] else ""))
+                     + (f" (the engine is chosen at convert time: --engine {f['engine']})"
+                        if f["engine"] != report["engine"] else ""))
     return "\n".join(lines)

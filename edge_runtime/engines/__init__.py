@@ -30,7 +30,7 @@ from ..bundle import Bundle, Manifest
 from ..errors import BundleError, EdgeRuntimeError
 
 __all__ = ["Engine", "EngineKind", "register_engine", "get_engine_kind", "known_engines", "available_engines",
-           "open_engine", "resolve_threads", "fixed_batch", "run_in_slices", "DEFAULT_ENGINE"]
+           "open_engine", "resolve_threads", "thread_counts", "fixed_batch", "run_in_slices", "DEFAULT_ENGINE"]
 
 log = logging.getLogger("edge_runtime.engines")
 
@@ -105,7 +105,7 @@ def resolve_threads(manifest: Manifest, threads: int | None, default_threads: in
     measured = manifest.engine.threads if manifest.engine else None
     if measured:
         cores = os.cpu_count() or 1
-        return min(measured, cores), "measured" if measured <= cores else f"measured {measured}, capped to {cores} cores"
+        return min(measured, cores), "measured" if measured <= cores else f"measured {measured}, capped to {cores}"
     return default_threads, "device profile"
 
 
@@ -145,6 +145,13 @@ def open_engine(bundle: Bundle, *, engine: str | None = None, threads: int | Non
                 return chosen
     log.info("model %s: %s, %d thread(s) (%s)", m.name, DEFAULT_ENGINE, n_threads, origin)
     return _KINDS[DEFAULT_ENGINE].load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+
+
+def thread_counts(cores: int | None = None) -> tuple[int, ...]:
+    """Intra-op thread counts worth measuring: every count up to 4, then powers of two, and all the cores."""
+    n = cores or os.cpu_count() or 1
+    counts = set(range(1, min(n, 4) + 1)) | {t for t in (8, 16, 32, 64) if t < n} | {n}
+    return tuple(sorted(counts))
 
 
 def fixed_batch(dim: Any) -> int | None:
