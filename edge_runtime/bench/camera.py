@@ -158,7 +158,7 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
         report["model"] = measure_stages(options.bundle, width=options.width, height=options.height,
                                          threads=options.threads, duration=min(options.duration, 6.0))
         served = max((r["served_fps"] for r in report["policies"].values()), default=0.0)
-        for key in ("onnxruntime_all_cores_fps", "engine_fps"):
+        for key in ("onnxruntime_all_cores_fps", "onnxruntime_all_cores_no_spin_fps", "engine_fps"):
             bare = report["model"].get(key)
             if bare:
                 report[f"served_vs_{key.removesuffix('_fps')}"] = round(served / bare, 3)
@@ -239,7 +239,9 @@ def measure_stages(bundle_path: Path, *, width: int, height: int, threads: int |
            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
            "frames_measured": i, "cores": cores}
     out["pipeline_fps"] = round(1000 / sum(out["stages_p50_ms"].values()), 2)
-    out["onnxruntime_all_cores_fps"], out["engine_fps"] = fps(bare_session(bundle.model_path, cores), engine.run)
+    (out["onnxruntime_all_cores_fps"], out["onnxruntime_all_cores_no_spin_fps"],
+     out["engine_fps"]) = fps(bare_session(bundle.model_path, cores), bare_session(bundle.model_path, cores, spinning=False),
+                              engine.run)
     return out
 
 
@@ -260,7 +262,8 @@ def format_camera_report(report: dict) -> str:
         lines.append("served frames/s: " + ", ".join(f"{k} {v:g}" for k, v in served.items())
                      + f" (runtime config threads = {report.get('threads') or 'device profile default'})")
         lines.append(f"bare session.run on the same frames: onnxruntime, {model['cores']} threads "
-                     f"{model['onnxruntime_all_cores_fps']:g} frames/s; the bundle's engine ({model['engine']}"
+                     f"{model['onnxruntime_all_cores_fps']:g} frames/s (spinning off: "
+                     f"{model['onnxruntime_all_cores_no_spin_fps']:g}); the bundle's engine ({model['engine']}"
                      f"{' ' + model['precision'] if model.get('precision') else ''}, {model['threads']} thread(s)) "
                      f"{model['engine_fps']:g} frames/s")
         lines.append(f"per frame p50: decode {st['decode']:.2f} ms, preprocess {st['preprocess']:.2f} ms, infer "
@@ -270,6 +273,7 @@ def format_camera_report(report: dict) -> str:
             lines.append("note: the cameras did not outrun the model; served frames/s is the cameras' rate, not the "
                          "model's (raise --fps or --cameras)")
         if "served_vs_onnxruntime_all_cores" in report:
-            lines.append(f"served / bare onnxruntime (all cores) = {report['served_vs_onnxruntime_all_cores']:g}x; "
+            lines.append(f"served / bare onnxruntime (all cores) = {report['served_vs_onnxruntime_all_cores']:g}x "
+                         f"(spinning off: {report.get('served_vs_onnxruntime_all_cores_no_spin', 0):g}x); "
                          f"served / bare bundle engine = {report.get('served_vs_engine', 0):g}x")
     return "\n".join(lines)

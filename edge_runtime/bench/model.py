@@ -48,11 +48,17 @@ def _stats(ms: np.ndarray, rows: int) -> dict:
             "max_ms": round(float(ms.max()), 4), "rows_per_s": round(rows / (float(np.median(ms)) / 1000), 1)}
 
 
-def bare_session(model_path: Path, threads: int) -> Callable[[np.ndarray], list]:
+def bare_session(model_path: Path, threads: int, *, spinning: bool = True) -> Callable[[np.ndarray], list]:
     """What a user would write: one ``InferenceSession`` with ``threads`` intra-op threads, ``run`` on the batch
-    (in slices of the model's batch size when it is fixed, since ``run`` refuses anything else)."""
+    (in slices of the model's batch size when it is fixed, since ``run`` refuses anything else).
+
+    ``spinning=False`` turns ONNX Runtime's default busy-waiting threads off, as the runtime's engine does:
+    on a machine whose cores are busy with other work, spinning threads slow everything down.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
