@@ -239,9 +239,9 @@ def measure_stages(bundle_path: Path, *, width: int, height: int, threads: int |
            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
            "frames_measured": i, "cores": cores}
     out["pipeline_fps"] = round(1000 / sum(out["stages_p50_ms"].values()), 2)
-    (out["onnxruntime_all_cores_fps"], out["onnxruntime_all_cores_no_spin_fps"],
-     out["engine_fps"]) = fps(bare_session(bundle.model_path, cores), bare_session(bundle.model_path, cores, spinning=False),
-                              engine.run)
+    bare, bare_no_spin = bare_session(bundle.model_path, cores), bare_session(bundle.model_path, cores, spinning=False)
+    out["onnxruntime_all_cores_fps"], out["onnxruntime_all_cores_no_spin_fps"], out["engine_fps"] = fps(
+        bare, bare_no_spin, engine.run)
     return out
 
 
