@@ -7,7 +7,8 @@ int8 is often slower than fp32 on CPUs without dot-product or VNNI instructions 
 from 1 to this machine's cores; its file size; and its accuracy on validation data (against labels, or
 its agreement with ONNX Runtime's fp32 outputs when there are none: top-1 for classifiers, matched boxes
 for detectors). The fastest candidate whose accuracy drop is within ``max_accuracy_drop`` points wins; a
-candidate slower than ONNX Runtime fp32 at any batch size never does.
+candidate slower than ONNX Runtime fp32 at any batch size, or not at least ``MIN_GAIN`` faster overall,
+never does.
 
 Threads: a candidate keeps the fewest threads unless more are at least ``THREAD_GAIN`` faster, so a
 5 us model keeps one thread and leaves the other cores to MQTT, and a 65 ms CNN takes the cores.
@@ -31,13 +32,16 @@ from ._registry import ConversionError
 from .quantize import MODES, QuantizeConfig, quantize, unsupported_reason
 
 __all__ = ["Candidate", "choose", "pick_threads", "run_gate", "thread_counts", "BATCH_SIZES", "ENGINE_MODES",
-           "THREAD_GAIN", "match_detections"]
+           "THREAD_GAIN", "MIN_GAIN", "match_detections"]
 
 BATCH_SIZES = (1, 32)
 # Which modes each engine is measured with: OpenVINO runs fp32 and QDQ int8 models natively; it computes
 # fp16 weights in f32 (no gain) and has no fast path for ONNX Runtime's dynamic-quantization operators.
 ENGINE_MODES: dict[str, tuple[str, ...]] = {"onnxruntime": MODES, "openvino": ("none", "static")}
 THREAD_GAIN = 0.15  # an extra thread must make a candidate at least this much faster to be kept
+# A candidate must beat fp32 by this much to replace it: on a shared machine, a few percent either way is noise
+# (measured here: the same session timed in alternation with itself differed by up to 25% under load).
+MIN_GAIN = 0.05
 DETECTION_IOU = 0.5  # a candidate's box matches fp32's when of the same class and overlapping this much
 
 
@@ -103,6 +107,8 @@ def choose(candidates: list[Candidate], *, max_accuracy_drop: float, only_mode: 
             c.reason = f"accuracy drop {drop:.2f} points > {max_accuracy_drop:g} allowed"
         elif slower:
             c.reason = f"slower than fp32 at batch {', '.join(slower)}"
+        elif _speed(c, base) > 1 / (1 + MIN_GAIN):
+            c.reason = f"not measurably faster than fp32 ({1 / _speed(c, base):.2f}x; {1 + MIN_GAIN:.2f}x needed)"
         else:
             eligible.append(c)
     if not eligible:

@@ -503,3 +503,13 @@ def test_max_detections_caps_the_output_not_the_candidates():
     distinct = [[100 + 30 * i, 300, 20, 20, 0.5] for i in range(10)]
     dets = decode_detections(np.array(dup + distinct, np.float32).T, layout="yolov8", conf=0.25, iou=0.5, max_det=10)
     assert len(dets) == 10 and dets[0][2] == pytest.approx(0.9)  # NMS first, then the cap: 1 + 9 distinct
+
+
+def test_a_candidate_within_noise_of_fp32_does_not_replace_it():
+    from converters.gate import Candidate, choose
+
+    base = Candidate("none", latency_p50_ms={"1": 100.0}, accuracy=100.0, model=b"x")
+    same = Candidate("none", engine="openvino", precision="f32", latency_p50_ms={"1": 97.0}, accuracy=100.0, model=b"x")
+    fast = Candidate("none", engine="openvino", precision="bf16", latency_p50_ms={"1": 55.0}, accuracy=99.5, model=b"x")
+    assert choose([base, same], max_accuracy_drop=1.0) is base and "not measurably faster" in same.reason
+    assert choose([base, same, fast], max_accuracy_drop=1.0) is fast and "1.82x fp32" in fast.reason
