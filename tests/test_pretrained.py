@@ -513,3 +513,22 @@ def test_a_candidate_within_noise_of_fp32_does_not_replace_it():
     fast = Candidate("none", engine="openvino", precision="bf16", latency_p50_ms={"1": 55.0}, accuracy=99.5, model=b"x")
     assert choose([base, same], max_accuracy_drop=1.0) is base and "not measurably faster" in same.reason
     assert choose([base, same, fast], max_accuracy_drop=1.0) is fast and "1.82x fp32" in fast.reason
+
+
+def test_conf_threshold_and_detector_format_change_what_is_found(yolov8_export, tmp_path):
+    img, _ = colour_scene()
+    strict = convert(yolov8_export, tmp_path / "strict", progress=_quiet,
+                     task_options=task_options_from_text(conf_threshold="0.999"))
+    assert _detect(strict, img) == []  # the squares score 0.9975: below the bar
+    # read as YOLOv5 rows (boxes x (5 + classes)) the same output makes no sense: refused, not misread
+    with pytest.raises(ConversionError, match="labels for a model with"):
+        convert(yolov8_export, tmp_path / "v5", progress=_quiet, task_options=TaskOptions(detector_format="yolov5"))
+
+
+def test_imagenet_mean_and_std_change_the_answer(classifier_src, tmp_path):
+    grey = np.full((40, 40, 3), 128, np.uint8)
+    plain = convert(classifier_src, tmp_path / "plain", progress=_quiet, task_options=_flags(class_names="r,g,b"))
+    imagenet = convert(classifier_src, tmp_path / "imagenet", progress=_quiet, task_options=_flags(
+        class_names="r,g,b", mean="0.485,0.456,0.406", std="0.229,0.224,0.225"))
+    # a grey frame: equal channels without normalisation; blue is furthest above its ImageNet mean
+    assert _classify(plain, grey) == "r" and _classify(imagenet, grey) == "b"
