@@ -487,12 +487,13 @@ def test_camera_bench_reports_served_beside_bare_and_stages(yolov8_bundle):
     r = report["policies"]["latest_only"]
     assert r["received"] == r["sent"] == r["served"] + r["errors"] + sum(r["skipped"].values())
     assert r["served_fps"] > 0 and report["threads"] == yolov8_bundle.manifest.engine.threads
-    model = report["model"]
+    model, t = report["model"], report["throughput"]
     assert set(model["stages_p50_ms"]) == {"decode", "preprocess", "infer", "postprocess"}
     assert all(v > 0 for v in model["stages_p50_ms"].values())
-    assert model["onnxruntime_all_cores_fps"] > 0 and model["engine_fps"] > 0
+    assert t["served_fps"] > 0 and t["onnxruntime_all_cores_fps"] > 0 and t["engine_fps"] > 0
+    assert report["served_vs_engine"] == pytest.approx(t["served_fps"] / t["engine_fps"], rel=0.01)
     text = format_camera_report(report)
-    assert "bare session.run on the same frames" in text and "per frame p50: decode" in text
+    assert "served vs bare, in" in text and "per frame p50: decode" in text
 
 
 def test_max_detections_caps_the_output_not_the_candidates():

@@ -15,6 +15,8 @@ measured in-process on the same frames.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import orjson
@@ -61,41 +63,58 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Path, progress) -> dict:
-    from devices.cameras import CameraFleet
-
-    config = workdir / f"{policy}.toml"
-    client_id = f"bench-camera-{policy}"
+@contextlib.contextmanager
+def _runtime(url: str, policy: str, options: CameraBenchOptions, workdir: Path,
+             on_result: Callable[[dict], None], *, name: str | None = None) -> Iterator[subprocess.Popen]:
+    """A runtime process serving ``cameras/+/frames`` with ``options.bundle`` under ``policy``, online."""
+    name = name or policy
+    config = workdir / f"{name}.toml"
+    client_id = f"bench-camera-{name}"
     threads = f"threads = {options.threads}\n" if options.threads else ""
     config.write_text(
         f'[broker]\nurl = "{url}"\nclient_id = "{client_id}"\n[metrics]\ninterval_s = 0\n'
         f'[[models]]\nname = "m"\nbundle = "{options.bundle}"\n{threads}'
-        f'[[routes]]\nsubscribe = "cameras/+/frames"\nmodel = "m"\npublish = "bench/{policy}/{{1}}"\n'
+        f'[[routes]]\nsubscribe = "cameras/+/frames"\nmodel = "m"\npublish = "bench/{name}/{{1}}"\n'
         f'max_batch = 4\nmax_delay_ms = 0\nqos = 0\nmax_queue = {options.max_queue}\noverflow = "{policy}"\n'
         f'max_payload_bytes = 16000000\n')
-    stats_path = workdir / f"{policy}-stats.json"
     online = threading.Event()
-    ages: list[float] = []
-    arrivals: list[float] = []
 
     def on_message(_c, _u, msg):
         if msg.topic.endswith("/status"):
             if orjson.loads(msg.payload).get("state") == "online":
                 online.set()
             return
-        body = orjson.loads(msg.payload)
+        on_result(orjson.loads(msg.payload))
+
+    watcher = connect_client(url, on_message=on_message,
+                             subscriptions=[(f"bench/{name}/#", 0), (f"edge-runtime/{client_id}/status", 1)])
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config),
+                             "--stats-json", str(workdir / f"{name}-stats.json")],
+                            stderr=open(workdir / f"{name}.log", "wb"))
+    try:
+        if not online.wait(60):
+            raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{name}.log'}")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        watcher.disconnect()
+        watcher.loop_stop()
+
+
+def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Path, progress) -> dict:
+    from devices.cameras import CameraFleet
+
+    ages: list[float] = []
+    arrivals: list[float] = []
+
+    def on_result(body: dict) -> None:
         arrivals.append(time.monotonic())
         ts = body.get("frame", {}).get("timestamp")
         if ts is not None:
             ages.append((time.time() - float(ts)) * 1000)
 
-    watcher = connect_client(url, on_message=on_message,
-                             subscriptions=[(f"bench/{policy}/#", 0), (f"edge-runtime/{client_id}/status", 1)])
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config),
-                             "--stats-json", str(stats_path)], stderr=open(workdir / f"{policy}.log", "wb"))
-    try:
-        if not online.wait(60):
-            raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{policy}.log'}")
+    with _runtime(url, policy, options, workdir, on_result) as proc:
         rss_start = _rss_mb(proc.pid)
         publisher = connect_client(url)
         fleet = CameraFleet(publisher, cameras=options.cameras, fps=options.fps, width=options.width,
@@ -112,12 +131,7 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
         time.sleep(1.0)  # let what is queued be served or skipped
         publisher.disconnect()
         publisher.loop_stop()
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        watcher.disconnect()
-        watcher.loop_stop()
-    route = json.loads(stats_path.read_text())["routes"]["cameras/+/frames"]
+    route = json.loads((workdir / f"{policy}-stats.json").read_text())["routes"]["cameras/+/frames"]
     a = np.asarray(ages) if ages else np.zeros(1)
     # Results per second while frames kept coming: from the first result to the last one sent in time.
     window = [t for t in arrivals if t <= end]
@@ -128,6 +142,53 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
             "age_ms": {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1),
                        "max": round(float(a.max()), 1)},
             "rss_mb": {"start": round(rss_start, 1), "peak": round(rss_peak, 1)}}
+
+
+def _served_vs_bare(url: str, options: CameraBenchOptions, workdir: Path, bare: dict[str, Callable[[], None]], *,
+                    phases: int, phase_s: float, progress) -> dict:
+    """Served frames/s and each bare runner's frames/s, measured in alternating phases of ``phase_s`` seconds.
+
+    On a machine shared with other work the load changes from one second to the next: measured one after
+    the other, served and bare frames/s are not comparable. Here the runtime serves the cameras for a
+    phase (``latest_only``, cameras faster than the model), then rests while the bare runners take their
+    turn on the same frames, and so on: every figure sees the same mix of quiet and busy seconds.
+    """
+    from devices.cameras import CameraFleet
+
+    arrivals: list[float] = []
+    windows: list[tuple[float, float]] = []
+    bare_frames = dict.fromkeys(bare, 0)
+    bare_time = dict.fromkeys(bare, 0.0)
+    with _runtime(url, "latest_only", replace(options, max_queue=min(options.max_queue, 50)), workdir,
+                  lambda _body: arrivals.append(time.monotonic()), name="throughput"):
+        publisher = connect_client(url)
+        fleet = CameraFleet(publisher, cameras=options.cameras, fps=options.fps, width=options.width,
+                            height=options.height)
+        try:
+            for phase in range(phases):
+                if progress:
+                    progress(f"served vs bare: phase {phase + 1}/{phases}")
+                start = time.monotonic()
+                fleet.run(phase_s)
+                # the first result of a phase may be a frame waiting since the last one: count from there on
+                windows.append((start + 0.5, time.monotonic()))
+                time.sleep(1.0)  # let the runtime finish what it holds before the bare runners start
+                end = time.perf_counter() + phase_s
+                while time.perf_counter() < end:
+                    for name, run in bare.items():  # in alternation within the phase, too
+                        t = time.perf_counter()
+                        run()
+                        bare_time[name] += time.perf_counter() - t
+                        bare_frames[name] += 1
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+    served = sum(sum(1 for t in arrivals if a <= t <= b) for a, b in windows)
+    out = {"phases": phases, "phase_s": phase_s,
+           "served_fps": round(served / sum(b - a for a, b in windows), 2)}
+    for name in bare:
+        out[f"{name}_fps"] = round(bare_frames[name] / bare_time[name], 2) if bare_time[name] else 0.0
+    return out
 
 
 def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None] | None = None) -> dict:
@@ -152,16 +213,18 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
     with start_broker(workdir=workdir / "broker") as broker:
         for policy in options.policies:
             report["policies"][policy] = _run_policy(broker.url, policy, options, workdir, progress)
-    if options.stages:
-        if progress:
-            progress("bare engine and stages on the same frames")
-        report["model"] = measure_stages(options.bundle, width=options.width, height=options.height,
-                                         threads=options.threads, duration=min(options.duration, 6.0))
-        served = max((r["served_fps"] for r in report["policies"].values()), default=0.0)
-        for key in ("onnxruntime_all_cores_fps", "onnxruntime_all_cores_no_spin_fps", "engine_fps"):
-            bare = report["model"].get(key)
-            if bare:
-                report[f"served_vs_{key.removesuffix('_fps')}"] = round(served / bare, 3)
+        if options.stages:
+            if progress:
+                progress("stages on the same frames")
+            report["model"], bare = measure_stages(options.bundle, width=options.width, height=options.height,
+                                                   threads=options.threads, duration=min(options.duration, 6.0))
+            phases = max(2, min(6, round(options.duration / 4)))
+            t = _served_vs_bare(broker.url, options, workdir, bare, phases=phases,
+                                phase_s=max(1.0, options.duration / phases), progress=progress)
+            report["throughput"] = t
+            for key in ("onnxruntime_all_cores", "onnxruntime_all_cores_no_spin", "engine"):
+                if t.get(f"{key}_fps"):
+                    report[f"served_vs_{key}"] = round(t["served_fps"] / t[f"{key}_fps"], 3)
     p = report["policies"]
     if {"drop_oldest", "latest_only"} <= set(p) and p["latest_only"]["age_ms"]["p99"] > 0:
         report["age_p99_ratio"] = round(p["drop_oldest"]["age_ms"]["p99"] / p["latest_only"]["age_ms"]["p99"], 2)
@@ -169,13 +232,14 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
 
 
 def measure_stages(bundle_path: Path, *, width: int, height: int, threads: int | None, duration: float = 4.0,
-                   frames: int = 16) -> dict:
-    """Per-frame p50 of each stage the runtime goes through, and the bare engines' frames/s, on the same frames.
+                   frames: int = 16) -> tuple[dict, dict[str, Callable[[], None]]]:
+    """Per-frame p50 of each stage the runtime goes through on the same frames, and the bare runners.
 
     Stages: decode (header check and JPEG decode), preprocess (resize, colour, scale, layout), infer (the
     engine on a batch of one, as a camera route at ``latest_only`` serves), postprocess (results and JSON).
-    Bare: ``session.run`` alone on the preprocessed frames, ONNX Runtime with all of this machine's cores,
-    and the bundle's own engine (recorded at convert time) with ``threads``.
+    Bare runners (each call runs the next preprocessed frame): ``session.run`` alone, ONNX Runtime with all
+    of this machine's cores (default options, and with spinning off), and the bundle's own engine (recorded
+    at convert time) with ``threads``.
     """
     import os
 
@@ -219,61 +283,52 @@ def measure_stages(bundle_path: Path, *, width: int, height: int, threads: int |
             rows.append(row[None])
         i += 1
 
-    def fps(*runs) -> list[float]:
-        """Frames/s of each runner, measured in alternation so that each sees the same load on a shared machine."""
-        for run in runs:
-            for x in rows[:2]:
-                run(x)
-        spent, n = [0.0] * len(runs), 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < duration or n < 5:
-            for k, run in enumerate(runs):
-                t = time.perf_counter()
-                run(rows[n % len(rows)])
-                spent[k] += time.perf_counter() - t
-            n += 1
-        return [round(n / s, 2) for s in spent]
-
     cores = os.cpu_count() or 1
     out = {"engine": engine.name, "threads": engine.threads, "precision": getattr(engine, "precision", None),
            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
            "frames_measured": i, "cores": cores}
     out["pipeline_fps"] = round(1000 / sum(out["stages_p50_ms"].values()), 2)
-    bare, bare_no_spin = bare_session(bundle.model_path, cores), bare_session(bundle.model_path, cores, spinning=False)
-    out["onnxruntime_all_cores_fps"], out["onnxruntime_all_cores_no_spin_fps"], out["engine_fps"] = fps(
-        bare, bare_no_spin, engine.run)
-    return out
+
+    def cycling(run: Callable[[np.ndarray], object]) -> Callable[[], None]:
+        it = itertools.cycle(rows)
+        return lambda: run(next(it)) and None
+
+    bare = {"onnxruntime_all_cores": cycling(bare_session(bundle.model_path, cores)),
+            "onnxruntime_all_cores_no_spin": cycling(bare_session(bundle.model_path, cores, spinning=False)),
+            "engine": cycling(engine.run)}
+    for run in bare.values():  # first runs allocate and pick kernels
+        run()
+    return out, bare
 
 
 def format_camera_report(report: dict) -> str:
-    lines = [f"{report['cameras']} camera(s) x {report['fps']:g} fps, {report['size']} JPEG, {report['duration_s']:g}s, "
-             f"max_queue {report['max_queue']}",
-             f"{'policy':12} {'sent':>6} {'served':>6} {'skipped':>24} {'age p50':>8} {'p99':>8} {'max':>8} {'RSS MB':>14}"]
+    lines = [f"{report['cameras']} camera(s) x {report['fps']:g} fps, {report['size']} JPEG, "
+             f"{report['duration_s']:g}s, max_queue {report['max_queue']}",
+             f"{'policy':12} {'sent':>6} {'served':>6} {'skipped':>24} {'age p50':>8} {'p99':>8} {'max':>8} "
+             f"{'RSS MB':>14}"]
     for name, r in report["policies"].items():
         skipped = ", ".join(f"{k} {v}" for k, v in r["skipped"].items()) or "0"
         lines.append(f"{name:12} {r['sent']:6} {r['served']:6} {skipped:>24} {r['age_ms']['p50']:8.1f} "
-                     f"{r['age_ms']['p99']:8.1f} {r['age_ms']['max']:8.1f} {r['rss_mb']['start']:6.1f}->{r['rss_mb']['peak']:<6.1f}")
+                     f"{r['age_ms']['p99']:8.1f} {r['age_ms']['max']:8.1f} "
+                     f"{r['rss_mb']['start']:6.1f}->{r['rss_mb']['peak']:<6.1f}")
     if "age_p99_ratio" in report:
         lines.append(f"served frames' p99 age: drop_oldest / latest_only = {report['age_p99_ratio']:g}x")
-    model = report.get("model")
-    if model:
-        served = {name: r.get("served_fps", 0.0) for name, r in report["policies"].items()}
+    model, t = report.get("model"), report.get("throughput")
+    if model and t:
         st = model["stages_p50_ms"]
-        lines.append("served frames/s: " + ", ".join(f"{k} {v:g}" for k, v in served.items())
-                     + f" (runtime config threads = {report.get('threads') or 'device profile default'})")
-        lines.append(f"bare session.run on the same frames: onnxruntime, {model['cores']} threads "
-                     f"{model['onnxruntime_all_cores_fps']:g} frames/s (spinning off: "
-                     f"{model['onnxruntime_all_cores_no_spin_fps']:g}); the bundle's engine ({model['engine']}"
-                     f"{' ' + model['precision'] if model.get('precision') else ''}, {model['threads']} thread(s)) "
-                     f"{model['engine_fps']:g} frames/s")
+        lines.append(f"served vs bare, in {t['phases']} alternating phases of {t['phase_s']:g}s on the same frames "
+                     f"(runtime config threads = {report.get('threads') or 'device profile default'}):")
+        lines.append(f"  served {t['served_fps']:g} frames/s; bare onnxruntime {model['cores']} threads "
+                     f"{t['onnxruntime_all_cores_fps']:g} (spinning off {t['onnxruntime_all_cores_no_spin_fps']:g}); "
+                     f"the bundle's engine ({model['engine']} {model.get('precision') or ''}, "
+                     f"{model['threads']} thread(s)) {t['engine_fps']:g}")
+        lines.append(f"  served / bare onnxruntime = {report.get('served_vs_onnxruntime_all_cores', 0):g}x "
+                     f"(spinning off: {report.get('served_vs_onnxruntime_all_cores_no_spin', 0):g}x); "
+                     f"served / bare bundle engine = {report.get('served_vs_engine', 0):g}x")
         lines.append(f"per frame p50: decode {st['decode']:.2f} ms, preprocess {st['preprocess']:.2f} ms, infer "
                      f"{st['infer']:.2f} ms, postprocess {st['postprocess']:.2f} ms (one after another: "
                      f"{model['pipeline_fps']:g} frames/s)")
-        if max(served.values(), default=0) >= 0.9 * report["cameras"] * report["fps"]:
+        if t["served_fps"] >= 0.9 * report["cameras"] * report["fps"]:
             lines.append("note: the cameras did not outrun the model; served frames/s is the cameras' rate, not the "
                          "model's (raise --fps or --cameras)")
-        if "served_vs_onnxruntime_all_cores" in report:
-            lines.append(f"served / bare onnxruntime (all cores) = {report['served_vs_onnxruntime_all_cores']:g}x "
-                         f"(spinning off: {report.get('served_vs_onnxruntime_all_cores_no_spin', 0):g}x); "
-                         f"served / bare bundle engine = {report.get('served_vs_engine', 0):g}x")
     return "\n".join(lines)
