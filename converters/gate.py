@@ -255,19 +255,6 @@ def _bundle(model: bytes, manifest: dict[str, Any], directory: Path, candidate: 
     return Bundle(directory, Manifest.model_validate({**fields, "sha256": hashlib.sha256(model).hexdigest()}))
 
 
-def _variants(kind: str, mode: str) -> list[str | None]:
-    """The precisions an engine is measured in for ``mode``: OpenVINO in f32 and in its CPU default (bf16 or
-    f16 where the CPU computes them natively: faster, but a different model, so the gate checks it)."""
-    if kind != "openvino":
-        return [None]
-    from edge_runtime.engines.openvino_engine import default_precision
-
-    native = default_precision()
-    if mode == "static":  # int8 does the work; the few float operations left run in the CPU's default
-        return [native]
-    return ["f32"] + ([native] if native != "f32" else [])
-
-
 def _run_all(engine: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
     step = getattr(engine, "fixed_batch", None) or 32
     parts = [engine.run(rows[i:i + step]) for i in range(0, len(rows), step)]
@@ -289,7 +276,7 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
 
     The first candidate is always ONNX Runtime fp32, the reference for agreement and speed.
     """
-    from edge_runtime.engines import available_engines, open_engine
+    from edge_runtime.engines import available_engines, open_engine, precisions
 
     if validation is None:
         raise ConversionError("measuring candidates needs validation data: --validation X.npy")
@@ -310,7 +297,7 @@ def run_gate(model: bytes, manifest: dict[str, Any], *, modes: tuple[str, ...] =
         for i, mode in enumerate(ordered):
             step = f"[{i + 1}/{len(ordered)}] {mode}"
             mine = [Candidate(mode, engine=k, precision=p) for k in kinds if mode in ENGINE_MODES.get(k, ("none",))
-                    for p in _variants(k, mode)]
+                    for p in precisions(k, mode)]
             candidates += mine
             reason = unsupported_reason(model, mode)
             if reason:

@@ -25,7 +25,8 @@ import orjson
 from ..bundle import load_bundle, write_bundle
 from ..codecs import encode
 from ..errors import BundleError
-from ..engines import available_engines, fixed_batch, open_engine, resolve_threads, run_in_slices, thread_counts
+from ..engines import (available_engines, fixed_batch, open_engine, precisions, resolve_threads, run_in_slices,
+                       thread_counts, with_engine)
 
 __all__ = ["bench_model", "format_model_report", "bare_session"]
 
@@ -139,7 +140,9 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
     recorded_kind = m.engine.kind if m.engine else "onnxruntime"
     if recorded_kind not in engines:
         recorded_kind = "onnxruntime"
-    combos = [(k, t) for k in engines
+    recorded_precision = m.engine.precision if m.engine and m.engine.kind == recorded_kind else None
+    mode = m.quantization.get("mode", "none")
+    combos = [(k, p, t) for k in engines for p in precisions(k, mode)
               for t in sorted(set(threads) | ({recorded_threads} if k == recorded_kind else set()))]
     per_batch = duration / max(1, 3 * len(combos))
     bare_ms: dict[tuple[int, int], np.ndarray] = {}
@@ -148,11 +151,11 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
     inputs = {n: _inputs(first, n, rng) for n in batch_sizes}
     decoder = first.task.decoder(m, max_bytes=1 << 30)
     skipped: dict[str, str] = {}
-    for kind, t in combos:
+    for kind, precision, t in combos:
         if kind in skipped:
             continue
         try:
-            engine = open_engine(bundle, engine=kind, threads=t)
+            engine = open_engine(with_engine(bundle, kind, precision) if precision else bundle, engine=kind, threads=t)
         except BundleError as err:  # e.g. OpenVINO has no tree-ensemble operators: say so, measure the rest
             skipped[kind] = str(err).split(": ", 1)[-1]
             continue
@@ -186,7 +189,9 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
             })
         results.append({"engine": kind, "threads": t, "precision": getattr(engine, "precision", None),
                         "batches": rows_out})
-    served = next(r for r in results if r["engine"] == recorded_kind and r["threads"] == recorded_threads)
+    # The configuration the runtime serves this bundle with (the first one measured if that one could not run).
+    same = [r for r in results if r["engine"] == recorded_kind and r["threads"] == recorded_threads]
+    served = next((r for r in same if recorded_precision in (None, r["precision"])), same[0] if same else results[0])
     fastest = min(results, key=lambda r: float(np.exp(np.mean([np.log(b["core"]["p50_ms"]) for b in r["batches"]]))))
     return {"bundle": str(bundle.path), "model": m.name, "task": m.task, "threads": recorded_threads,
             "threads_from": origin, "engine": recorded_kind, "quantization": m.quantization.get("mode", "none"),
@@ -220,7 +225,8 @@ def _format_one(report: dict) -> str:
         lines.append(f"{kind}: not measured: {why}")
     f = report.get("fastest")
     if f and (f["engine"], f["threads"]) != (report["engine"], report["threads"]):
-        lines.append(f"fastest here: {f['engine']} with {f['threads']} thread(s); to serve with that thread count "
+        lines.append(f"fastest here: {f['engine']} {f.get('precision') or ''} with {f['threads']} thread(s); "
+                     f"to serve with that thread count "
                      f"set `threads = {f['threads']}` on the model in the config"
                      + (f" (the engine is chosen at convert time: --engine {f['engine']})"
                         if f["engine"] != report["engine"] else ""))

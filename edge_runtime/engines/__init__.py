@@ -30,7 +30,8 @@ from ..bundle import Bundle, Manifest
 from ..errors import BundleError, EdgeRuntimeError
 
 __all__ = ["Engine", "EngineKind", "register_engine", "get_engine_kind", "known_engines", "available_engines",
-           "open_engine", "resolve_threads", "thread_counts", "fixed_batch", "run_in_slices", "DEFAULT_ENGINE"]
+           "open_engine", "resolve_threads", "thread_counts", "precisions", "with_engine", "fixed_batch",
+           "run_in_slices", "DEFAULT_ENGINE"]
 
 log = logging.getLogger("edge_runtime.engines")
 
@@ -152,6 +153,31 @@ def thread_counts(cores: int | None = None) -> tuple[int, ...]:
     n = cores or os.cpu_count() or 1
     counts = set(range(1, min(n, 4) + 1)) | {t for t in (8, 16, 32, 64) if t < n} | {n}
     return tuple(sorted(counts))
+
+
+def precisions(kind: str, mode: str = "none") -> list[str | None]:
+    """The precisions worth measuring ``kind`` in for a model quantized as ``mode`` (None: the engine has no choice).
+
+    OpenVINO: f32, and its CPU default where that differs (bf16 on recent x86, f16 on ARM cores with
+    half-precision arithmetic: faster, but a different model, so it is measured against fp32). For an int8
+    model the few float operations left run in the default.
+    """
+    if kind != "openvino" or not get_engine_kind(kind).available():
+        return [None]
+    from .openvino_engine import default_precision
+
+    native = default_precision()
+    if mode == "static":
+        return [native]
+    return ["f32"] + ([native] if native != "f32" else [])
+
+
+def with_engine(bundle: Bundle, kind: str, precision: str | None) -> Bundle:
+    """``bundle`` as if it had been measured with ``kind`` in ``precision`` (to open that variant)."""
+    from ..image_spec import EngineSpec
+
+    spec = (bundle.manifest.engine or EngineSpec()).model_copy(update={"kind": kind, "precision": precision})
+    return Bundle(bundle.path, bundle.manifest.model_copy(update={"engine": spec}))
 
 
 def fixed_batch(dim: Any) -> int | None:
