@@ -17,7 +17,7 @@ __all__ = ["Engine"]
 class Engine:
     """Runs a bundle's model on batches (what the outputs mean is the task's business: see tasks.py).
 
-    The ONNX Runtime kind of ``edge_runtime.engines.Engine``; get one with ``engines.open_engine``.
+    The ONNX Runtime kind of ``edge_runtime.engines.InferenceEngine``; get one with ``engines.open_engine``.
     """
 
     name = "onnxruntime"

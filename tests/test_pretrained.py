@@ -533,3 +533,11 @@ def test_imagenet_mean_and_std_change_the_answer(classifier_src, tmp_path):
         class_names="r,g,b", mean="0.485,0.456,0.406", std="0.229,0.224,0.225"))
     # a grey frame: equal channels without normalisation; blue is furthest above its ImageNet mean
     assert _classify(plain, grey) == "r" and _classify(imagenet, grey) == "b"
+
+
+def test_both_engines_satisfy_the_protocol(yolov8_bundle):
+    from edge_runtime.engines import InferenceEngine, available_engines
+
+    for kind in available_engines():
+        engine = open_engine(yolov8_bundle, engine=kind, threads=1)
+        assert isinstance(engine, InferenceEngine) and engine.name == kind and engine.threads == 1

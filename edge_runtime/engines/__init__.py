@@ -1,6 +1,7 @@
 """Engines: what runs a bundle's ONNX file. ONNX Runtime is the default; OpenVINO is an optional second.
 
-An engine is anything with the small ``Engine`` protocol below. Engine kinds live in one registry (as
+An engine is anything with the small ``InferenceEngine`` protocol below (not named ``Engine``: that
+name is ONNX Runtime's engine class, which ``engines`` re-exports on main). Engine kinds live in one registry (as
 tasks and device profiles do): ``register_engine`` refuses duplicates and a failed lookup lists what is
 known. ``open_engine`` is the one way the runtime, ``bench`` and the converter get an engine:
 
@@ -29,7 +30,7 @@ import numpy as np
 from ..bundle import Bundle, Manifest
 from ..errors import BundleError, EdgeRuntimeError
 
-__all__ = ["Engine", "EngineKind", "register_engine", "get_engine_kind", "known_engines", "available_engines",
+__all__ = ["InferenceEngine", "EngineKind", "register_engine", "get_engine_kind", "known_engines", "available_engines",
            "open_engine", "resolve_threads", "thread_counts", "precisions", "with_engine", "fixed_batch",
            "run_in_slices", "DEFAULT_ENGINE"]
 
@@ -39,7 +40,7 @@ DEFAULT_ENGINE = "onnxruntime"
 
 
 @runtime_checkable
-class Engine(Protocol):
+class InferenceEngine(Protocol):
     """Runs one bundle's model on batches; what the outputs mean is the task's business."""
 
     name: str  # the engine kind: "onnxruntime", "openvino"
@@ -69,7 +70,7 @@ class EngineKind:
     def available(self) -> bool:
         return importlib.util.find_spec(self.requires) is not None
 
-    def load(self) -> Callable[..., Engine]:
+    def load(self) -> Callable[..., InferenceEngine]:
         module, _, cls = self.factory.partition(":")
         return getattr(importlib.import_module(module), cls)
 
@@ -111,7 +112,7 @@ def resolve_threads(manifest: Manifest, threads: int | None, default_threads: in
 
 
 def open_engine(bundle: Bundle, *, engine: str | None = None, threads: int | None = None, default_threads: int = 1,
-                streams: int | None = None, spinning: bool = False) -> Engine:
+                streams: int | None = None, spinning: bool = False) -> InferenceEngine:
     """An engine for ``bundle``: see the module docstring for how the kind and the threads are chosen.
 
     ``engine`` names a kind outright (``bench``, the converter's gate): then a kind that is not available
