@@ -1,9 +1,9 @@
 """Engines: what runs a bundle's ONNX file. ONNX Runtime is the default; OpenVINO is an optional second.
 
 An engine is anything with the small ``InferenceEngine`` protocol below (not named ``Engine``: that
-name is ONNX Runtime's engine class, which ``engines`` re-exports on main). Engine kinds live in one registry (as
-tasks and device profiles do): ``register_engine`` refuses duplicates and a failed lookup lists what is
-known. ``open_engine`` is the one way the runtime, ``bench`` and the converter get an engine:
+name is ONNX Runtime's engine class, which ``engines`` re-exports on main). Engine kinds live in one
+registry (as tasks and device profiles do): ``register_engine`` refuses duplicates and a failed lookup
+lists what is known. ``open_engine`` is the one way the runtime, ``bench`` and the converter get an engine:
 
 - the kind is the one the bundle was measured fastest with (``manifest.engine.kind``) unless the caller
   names one; a kind that is not installed here (or cannot load this model) falls back to ONNX Runtime
