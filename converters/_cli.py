@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "none", "fp16", "dynamic", "static"],
         help="auto (default with --validation): measure every mode, keep the fastest accurate one",
     )
-    conv.add_argument("--validation", type=Path, help="validation inputs (.npy) to measure candidates on")
+    conv.add_argument(
+        "--validation",
+        type=Path,
+        help="validation inputs to measure candidates on: .npy, or a folder of JPEG/PNG images for an image model",
+    )
     conv.add_argument(
         "--reference",
         type=Path,
@@ -46,12 +50,73 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument(
         "--input-shape", type=positive_ints("1,3,224,224"), help="PyTorch: example input shape, e.g. 1,3,224,224"
     )
+    conv.add_argument(
+        "--engine",
+        default="auto",
+        metavar="{auto,onnxruntime,openvino}",
+        help="auto (default): measure every installed engine and keep the fastest accurate one",
+    )
+    conv.add_argument(
+        "--batch-sizes",
+        type=positive_ints("1,4"),
+        help="batch sizes the route will use, to measure speed at (default 1,32; image models: "
+        "the model's fixed batch, or 1,4)",
+    )
+    # Task and image flags: parsed and checked together in converters.task_options (one-line errors),
+    # and they override what the model's own metadata says (Ultralytics exports).
+    task = conv.add_argument_group("task and preprocessing (override the model's metadata)")
+    task.add_argument(
+        "--task",
+        metavar="{auto,generic,classifier,regressor,anomaly,image_classifier,detector}",
+        help="what the model does (default auto: from the model's metadata, else generic)",
+    )
+    task.add_argument(
+        "--class-names", metavar="FILE|a,b,c", help="class names: a file with one per line, or a comma list"
+    )
+    task.add_argument("--image-size", metavar="N|WxH", help="model input size (default: the model's fixed input)")
+    task.add_argument("--resize", metavar="{letterbox,stretch,center_crop}", help="how a frame is fitted to the input")
+    task.add_argument(
+        "--resize-short", metavar="N", help="center_crop: resize the short side to N, then crop the centre"
+    )
+    task.add_argument("--color", metavar="{rgb,bgr}", help="channel order the model expects")
+    task.add_argument("--scale", metavar="F", help="pixel values (0..255) are multiplied by F (default 1/255)")
+    task.add_argument("--mean", metavar="a,b,c", help="subtracted per channel after --scale")
+    task.add_argument("--std", metavar="a,b,c", help="divided by per channel after --mean")
+    task.add_argument("--layout", metavar="{NCHW,NHWC}", help="input layout")
+    task.add_argument(
+        "--detector-format",
+        metavar="{yolov5,yolov8}",
+        help="yolov5: (boxes, 5 + classes) with objectness; yolov8: (4 + classes, boxes)",
+    )
+    task.add_argument("--conf-threshold", metavar="F", help="detections scoring below F are dropped (default 0.25)")
+    task.add_argument("--iou-threshold", metavar="F", help="NMS overlap above which boxes of a class merge")
     conv.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from . import convert
+    from .task_options import task_options_from_text
 
+    options = task_options_from_text(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "task",
+                "class_names",
+                "image_size",
+                "resize",
+                "resize_short",
+                "color",
+                "scale",
+                "mean",
+                "std",
+                "layout",
+                "detector_format",
+                "conf_threshold",
+                "iou_threshold",
+            )
+        }
+    )
     bundle = convert(
         args.source,
         args.output,
@@ -65,14 +130,19 @@ def _convert(args: argparse.Namespace) -> int:
         target=args.target,
         input_shape=args.input_shape,
         keep_candidates=args.keep_candidates,
+        task_options=options,
+        engine=args.engine,
+        batch_sizes=args.batch_sizes,
         reference=args.reference,
     )
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
     print(format_report(report))
+    engine = f", {m.engine.kind} with {m.engine.threads} thread(s)" if m.engine else ""
+    labels = f", {len(m.labels)} classes" if m.labels else ""
     print(
-        f"wrote {bundle.path}: {m.name} v{m.version} ({m.task}, input {m.inputs[0].shape}, "
-        f"quantization {m.quantization['mode']}, sha256 {m.sha256[:12]})"
+        f"wrote {bundle.path}: {m.name} v{m.version} ({m.task}{labels}, input {m.inputs[0].shape}, "
+        f"quantization {m.quantization['mode']}{engine}, sha256 {m.sha256[:12]})"
     )
     if "reference" in m.model_extra:
         ref = m.model_extra["reference"]
@@ -86,18 +156,25 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict) -> str:
-    rows = [("", "MODE", "SIZE KB", "P50 b=1 ms", "P50 b=32 ms", "ACCURACY %", "WHY")]
+    batches = sorted({b for c in report["candidates"] for b in (c.get("latency_p50_ms") or {})}, key=int) or ["1"]
+    rows = [("", "MODE", "ENGINE", "THREADS", "SIZE KB", *(f"P50 b={b} ms" for b in batches), "ACCURACY %", "WHY")]
     for c in report["candidates"]:
         lat = c.get("latency_p50_ms") or {}
         acc = c.get("accuracy")
+        det = c.get("detection")
+        acc_text = "-" if acc is None else f"{acc:g}"
+        if det:
+            acc_text += f" (P {det['precision']:g} R {det['recall']:g})"
+        engine = c.get("engine", "onnxruntime") + (f" {c['precision']}" if c.get("precision") else "")
         rows.append(
             (
                 "*" if c.get("chosen") else "",
                 c["mode"],
+                engine,
+                str(c.get("threads") or "-") if lat else "-",
                 f"{c.get('size_bytes', 0) / 1024:.1f}" if c.get("size_bytes") else "-",
-                str(lat.get("1", "-")),
-                str(lat.get("32", "-")),
-                "-" if acc is None else f"{acc:g}",
+                *(str(lat.get(b, "-")) for b in batches),
+                acc_text,
                 c.get("reason", ""),
             )
         )

@@ -1,8 +1,10 @@
 """Calibration data for static quantization, as an iterator (ONNX Runtime's CalibrationDataReader).
 
-From an ``.npy`` array of inputs, or a folder of images for image models (resized to the model's input
-and scaled to [0, 1], NCHW or NHWC as the input's shape says). Only the first ``limit`` rows are used:
-a few hundred representative inputs calibrate as well as thousands.
+From an ``.npy`` array of inputs, or a folder of images (JPEG/PNG). An image bundle's images are
+decoded with its own preprocessing (``load_images``: letterbox or crop, colour order, scale, mean/std,
+exactly what the runtime will feed the model); for other models they are resized to the input and
+scaled to [0, 1]. Only the first ``limit`` rows are used: a few hundred representative inputs calibrate
+as well as thousands.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import numpy as np
 
 from ._registry import ConversionError
 
-__all__ = ["load_calibration", "CalibrationReader"]
+__all__ = ["load_calibration", "load_images", "CalibrationReader"]
 
 _IMAGES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def load_calibration(source: Path | np.ndarray, input_shape: list, *, limit: int = 256) -> np.ndarray:
+def load_calibration(
+    source: Path | np.ndarray, input_shape: list, *, limit: int = 256, manifest: dict | None = None
+) -> np.ndarray:
     if isinstance(source, np.ndarray):
         data = source
     elif source.is_dir():
-        data = _images(source, input_shape, limit)
+        from edge_runtime.bundle.image_spec import IMAGE_TASKS
+
+        if manifest is not None and manifest.get("task") in IMAGE_TASKS:
+            data = load_images(source, manifest, limit=limit)
+        else:
+            data = _images(source, input_shape, limit)
     else:
         try:
             data = np.load(source, allow_pickle=False)
@@ -59,12 +68,38 @@ def _images(folder: Path, input_shape: list, limit: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def load_images(folder: Path, manifest: dict, *, limit: int = 256) -> np.ndarray:
+    """The first ``limit`` images of ``folder`` (by name) as model rows, decoded as the runtime decodes frames."""
+    try:
+        from edge_runtime.tasks.vision import ImageDecoder
+    except ImportError:
+        raise ConversionError("reading a folder of images needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    from edge_runtime.bundle import Manifest
+    from edge_runtime.errors import PayloadError
+
+    decoder = ImageDecoder(Manifest.model_validate({**manifest, "sha256": "0" * 64}), max_bytes=64 << 20)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGES)[:limit]
+    if not files:
+        raise ConversionError(f"no images (.jpg, .png, .bmp) in {folder}")
+    rows = []
+    for f in files:
+        try:
+            rows.append(decoder.decode(f.read_bytes())[1])
+        except (OSError, PayloadError) as err:
+            raise ConversionError(f"{f}: {err}") from None
+    return np.stack(rows)
+
+
 class CalibrationReader:
     """Feeds rows one batch at a time: ONNX Runtime's calibrator pulls with ``get_next()`` until None."""
 
-    def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16):
+    def __init__(self, input_name: str, data: np.ndarray, *, batch: int = 16, exact: bool = False):
+        # exact: the model's batch is fixed, so a short last batch would be refused: leave those rows out.
+        stop = len(data) - len(data) % batch if exact else len(data)
+        if stop == 0:
+            raise ConversionError(f"calibration needs at least {batch} rows: the model's batch is fixed at {batch}")
         self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: data[i : i + batch].astype(np.float32)} for i in range(0, len(data), batch)
+            {input_name: data[i : i + batch].astype(np.float32)} for i in range(0, stop, batch)
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:

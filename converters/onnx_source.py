@@ -1,8 +1,9 @@
 """Plain ONNX files from any exporter (PyTorch, TensorFlow, PaddlePaddle, ...).
 
 The model is checked with ``onnx.checker``; its single input and its outputs, with dynamic axes as
-None, become the manifest. What the outputs mean is not in an ONNX file, so the task is ``generic``
-unless the caller says otherwise (``task``, ``labels``).
+None, become the manifest. What the outputs mean is in the file only when its exporter wrote it down
+(Ultralytics and YOLOv5 exports: task, class names, image size; see ``ultralytics.py``); otherwise the
+task is ``generic`` unless the ``convert`` flags say more (``task_options.py``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def describe_onnx(model, *, name: str) -> dict[str, Any]:
     }
 
 
-def _convert_file(path: Path, *, name: str, **_: Any) -> tuple[bytes, dict[str, Any]]:
+def _convert_file(path: Path, *, name: str, task_options: Any = None, **_: Any) -> tuple[bytes, dict[str, Any]]:
     try:
         import onnx
     except ImportError:
@@ -61,7 +62,10 @@ def _convert_file(path: Path, *, name: str, **_: Any) -> tuple[bytes, dict[str, 
         onnx.checker.check_model(model)
     except Exception as err:
         raise ConversionError(f"{path} is not a valid ONNX model: {str(err).splitlines()[0]}") from err
-    return model.SerializeToString(), describe_onnx(model, name=name)
+    from .task_options import resolve_task
+
+    manifest = resolve_task(model, describe_onnx(model, name=name), task_options, family="onnx")
+    return model.SerializeToString(), manifest
 
 
 register_converter(SourceConverter("onnx", (".onnx",), _convert_file))

@@ -35,6 +35,8 @@ class QuantizeConfig:
     mode: Mode
     calibration: np.ndarray | None = None  # rows of model input; static needs it
     per_channel: bool = True
+    # static: a detector's output name; the decoding tail before it stays float (see detector_head.py)
+    float_tail_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -135,7 +137,12 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         src, prep, out = Path(tmp, "in.onnx"), Path(tmp, "prep.onnx"), Path(tmp, "out.onnx")
         src.write_bytes(model_bytes)
         notes += _preprocess(src, prep)
-        input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        exclude = _float_tail(prep, config.float_tail_of, notes) if config.float_tail_of else []
+        graph_input = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        input_name = graph_input.name
+        # A model exported with a fixed batch (Ultralytics: 1) is calibrated with batches of exactly that size.
+        first = graph_input.type.tensor_type.shape.dim[0] if graph_input.type.tensor_type.shape.dim else None
+        fixed = first.dim_value if first is not None and first.HasField("dim_value") and first.dim_value > 0 else None
         # ONNX Runtime's int32-bias scale adjustment fails on per-channel Gemm weights in some versions:
         # retry without it, then per tensor, and say which one worked.
         ladder = [({}, per_channel, None)]
@@ -150,15 +157,17 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
             ]
         for extra, channel, note in ladder:
             try:
+                reader = CalibrationReader(input_name, config.calibration, batch=fixed or 16, exact=bool(fixed))
                 quantize_static(
                     prep,
                     out,
-                    CalibrationReader(input_name, config.calibration),
+                    reader,
                     quant_format=QuantFormat.QDQ,
                     per_channel=channel,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=exclude,
                     extra_options=extra,
                 )
             except Exception as err:
@@ -175,6 +184,23 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
             f"calibrated on {len(config.calibration)} rows"
         )
         return QuantizeResult("static", out.read_bytes(), notes)
+
+
+def _float_tail(prep: Path, output: str, notes: list[str]) -> list[str]:
+    """Name the detector's decoding tail in the model about to be quantized, so it stays float."""
+    from .detector_head import float_tail
+
+    model = _model(prep.read_bytes())
+    names = float_tail(model, output)
+    if names:
+        prep.write_bytes(model.SerializeToString())  # float_tail named any unnamed nodes
+        notes.append(
+            f"detection head kept in float: {len(names)} decoding nodes before {output} are not quantized "
+            "(int8 collapses their mixed pixel/score ranges: onnxruntime #14233)"
+        )
+    else:
+        notes.append(f"no detection head found before {output}: the whole model is quantized")
+    return names
 
 
 def _upgrade_opset(model, notes: list[str]) -> bytes | None:

@@ -199,6 +199,11 @@ def _devices_detect(args: argparse.Namespace) -> int:
         print(f"  because {reason}")
     int8 = "yes" if profile.int8_pays_off else "no"
     print(f"  int8 pays off: {int8}; ONNX Runtime threads: {profile.ort.intra_op_threads}")
+    if profile.openvino:
+        from .profiles import _openvino_installed
+
+        installed = "installed" if _openvino_installed() else "not installed"
+        print(f"  OpenVINO: wheels exist for this board; {installed} (pip install 'edge-runtime[openvino]')")
     return 0
 
 

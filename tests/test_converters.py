@@ -152,18 +152,25 @@ def test_gate_measures_every_candidate_and_reports(digits_mlp, tmp_path):
         model, tmp_path / "auto", name="d", validation=X, labels=y, target="rpi-4b", progress=lambda _: None
     )
     report = json.loads((bundle.path / "report.json").read_text())
-    modes = {c["mode"]: c for c in report["candidates"]}
+    every = report["candidates"]
+    modes = {c["mode"]: c for c in every if c["engine"] == "onnxruntime"}
     assert set(modes) == {"none", "fp16", "dynamic", "static"}
-    assert sum(c["chosen"] for c in modes.values()) == 1
+    assert sum(c["chosen"] for c in every) == 1
+    for c in every:
+        assert c["reason"] and c["size_bytes"] > 0
+        assert set(c["latency_p50_ms"]) in ({"1", "32"}, set()), c  # empty only for one an engine cannot run
     for c in modes.values():
-        assert c["reason"] and c["size_bytes"] > 0 and set(c["latency_p50_ms"]) == {"1", "32"}
-    chosen = next(c for c in modes.values() if c["chosen"])
+        assert set(c["latency_p50_ms"]) == {"1", "32"} and set(c["latency_by_threads"]) >= {"1"}
+    chosen = next(c for c in every if c["chosen"])
     q = bundle.manifest.quantization
     assert q["mode"] == chosen["mode"] and q["fp32_accuracy"] == modes["none"]["accuracy"]
+    e = bundle.manifest.engine
+    assert (e.kind, e.threads) == (chosen["engine"], chosen["threads"]) and report["engine"]["threads"] == e.threads
     for b, ms in chosen["latency_p50_ms"].items():  # never slower than fp32
         assert ms <= modes["none"]["latency_p50_ms"][b]
     assert modes["none"]["accuracy"] - chosen["accuracy"] <= 1.0
-    assert "not on rpi-4b" in report["note"] and bundle.manifest.target == {"profile": "rpi-4b", "int8_pays_off": False}
+    assert "not on rpi-4b" in report["note"]
+    assert bundle.manifest.target == {"profile": "rpi-4b", "int8_pays_off": False, "openvino": True}
 
 
 def _candidate(mode, accuracy, b1, b32):

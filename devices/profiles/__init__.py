@@ -40,6 +40,9 @@ class DeviceProfile:
     # Payload bytes all routes together may hold waiting (shared among them): what a flood of large inputs
     # may cost in memory, whatever their number.
     queue_budget_mb: int = 128
+    # OpenVINO publishes CPU wheels for 64-bit x86 and ARM (manylinux): where this is true,
+    # `pip install 'edge-runtime[openvino]'` gives the converter and the runtime a second engine to measure.
+    openvino: bool = False
     notes: str = ""
 
     @property
@@ -61,8 +64,15 @@ class DeviceProfile:
         d["cpu_features"] = sorted(self.cpu_features)
         d["ort"]["providers"] = list(self.ort.providers)
         d["int8_pays_off"] = self.int8_pays_off
+        d["openvino_installed"] = _openvino_installed()
         d["quantization"] = self.quantization
         return d
+
+
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 _BOARDS = ("pi_zero2w", "pi3", "pi4", "pi5", "generic_arm64", "generic_x86_64")

@@ -12,6 +12,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=2),
         max_queue=10_000,
         queue_budget_mb=128,
+        openvino=True,
         notes="Conservative defaults; `devices detect` builds a this-machine profile with the real features.",
     )
 )

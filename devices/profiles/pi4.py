@@ -12,6 +12,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=3),
         max_queue=20_000,
         queue_budget_mb=256,
+        openvino=True,
         notes="The A72 has no dot-product instructions: int8 is usually slower than fp32 here; measure it first.",
     )
 )

@@ -89,7 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = kinds.add_parser("model", help="the runtime core alone vs bare onnxruntime session.run")
     m.add_argument("bundle", type=Path)
     m.add_argument("--batch-sizes", type=positive_ints("1,8,32"), default=(1, 8, 32))
-    m.add_argument("--threads", type=positive_int, default=1)
+    m.add_argument(
+        "--threads",
+        type=positive_ints("1,2"),
+        help="intra-op thread counts to measure (default: 1 up to this machine's cores)",
+    )
+    m.add_argument(
+        "--engines", help="comma-separated engines to measure (default: every installed one: onnxruntime, openvino)"
+    )
     m.add_argument("--duration", type=positive_float, default=3.0, help="seconds of measurement per batch size")
     m.add_argument("--json", type=Path, help="also write the report as JSON")
     m.set_defaults(handler=_model)
@@ -169,6 +176,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--size", type=frame_size, default=(1280, 720), help="frame size WxH")
     c.add_argument("--duration", type=positive_float, default=10.0)
     c.add_argument("--max-queue", type=positive_int, default=500)
+    c.add_argument(
+        "--threads",
+        type=positive_int,
+        help="the model's threads in the runtime's config (default: what the bundle measured)",
+    )
+    c.add_argument(
+        "--policies",
+        default="drop_oldest,latest_only",
+        help="overflow policies to run, comma-separated (drop_oldest, latest_only)",
+    )
+    c.add_argument(
+        "--no-stages",
+        dest="stages",
+        action="store_false",
+        help="skip the bare-engine and per-stage measurement on the same frames",
+    )
     c.add_argument("--json", type=Path, help="also write the report as JSON")
     c.set_defaults(handler=_camera)
 
@@ -184,10 +207,24 @@ def _done() -> None:
 
 
 def _model(args: argparse.Namespace) -> int:
+    from ..engines import get_engine_kind
+    from ..errors import EdgeRuntimeError
     from .model import bench_model, format_model_report
 
+    engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else None
+    for name in engines or ():
+        try:
+            if not get_engine_kind(name).available():
+                raise EdgeRuntimeError(f"--engines: {name} is not installed: {get_engine_kind(name).install_hint}")
+        except LookupError as err:
+            raise EdgeRuntimeError(f"--engines: {err}") from None
     report = bench_model(
-        args.bundle, batch_sizes=args.batch_sizes, threads=args.threads, duration=args.duration, progress=_progress
+        args.bundle,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        engines=engines,
+        duration=args.duration,
+        progress=_progress,
     )
     _done()
     print(format_model_report(report))
@@ -282,9 +319,13 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def _camera(args: argparse.Namespace) -> int:
+    from ..errors import EdgeRuntimeError
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
     w, h = args.size
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    if not policies or set(policies) - {"drop_oldest", "latest_only"}:
+        raise EdgeRuntimeError(f"--policies {args.policies!r}: choose from drop_oldest, latest_only")
     options = CameraBenchOptions(
         bundle=args.bundle or DEFAULT_DETECTOR,
         cameras=args.cameras,
@@ -293,6 +334,9 @@ def _camera(args: argparse.Namespace) -> int:
         height=h,
         duration=args.duration,
         max_queue=args.max_queue,
+        threads=args.threads,
+        policies=policies,
+        stages=args.stages,
     )
     report = bench_camera(options, progress=_progress)
     _done()

@@ -5,17 +5,26 @@ every served frame has waited for all the frames ahead of it; with ``latest_only
 newest frame waits, so what is served is fresh. Both runs use the same broker, cameras and model in the
 same session; the report gives the served frames' age (publish to result received), what was skipped,
 and the runtime's resident memory at start and at its peak.
+
+Beside it, the model's own speed on the same frames: served frames/s (results per second while the
+cameras outrun the model) next to the bare engine's frames/s (``session.run`` on the decoded frames,
+one after another, with this machine's cores, and the bundle's recorded engine and threads), and the
+time per frame of each stage the runtime goes through (decode, preprocess, infer, postprocess),
+measured in-process on the same frames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +50,8 @@ class CameraBenchOptions:
     duration: float = 10.0
     max_queue: int = 500
     policies: tuple[str, ...] = ("drop_oldest", "latest_only")
+    threads: int | None = None  # the model's threads in the runtime's config; default: what the bundle measured
+    stages: bool = True  # also measure the bare engine and each stage in-process on the same frames
 
 
 def _rss_mb(pid: int) -> float:
@@ -53,34 +64,39 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Path, progress) -> dict:
-    from devices.cameras import CameraFleet
-
-    config = workdir / f"{policy}.toml"
-    client_id = f"bench-camera-{policy}"
+@contextlib.contextmanager
+def _runtime(
+    url: str,
+    policy: str,
+    options: CameraBenchOptions,
+    workdir: Path,
+    on_result: Callable[[dict], None],
+    *,
+    name: str | None = None,
+) -> Iterator[subprocess.Popen]:
+    """A runtime process serving ``cameras/+/frames`` with ``options.bundle`` under ``policy``, online."""
+    name = name or policy
+    config = workdir / f"{name}.toml"
+    client_id = f"bench-camera-{name}"
+    threads = f"threads = {options.threads}\n" if options.threads else ""
     config.write_text(
         f'[broker]\nurl = "{url}"\nclient_id = "{client_id}"\n[metrics]\ninterval_s = 0\n'
-        f'[[models]]\nname = "m"\nbundle = "{options.bundle}"\n'
-        f'[[routes]]\nsubscribe = "cameras/+/frames"\nmodel = "m"\npublish = "bench/{policy}/{{1}}"\n'
+        f'[[models]]\nname = "m"\nbundle = "{options.bundle}"\n{threads}'
+        f'[[routes]]\nsubscribe = "cameras/+/frames"\nmodel = "m"\npublish = "bench/{name}/{{1}}"\n'
         f'max_batch = 4\nmax_delay_ms = 0\nqos = 0\nmax_queue = {options.max_queue}\noverflow = "{policy}"\n'
         f"max_payload_bytes = 16000000\n"
     )
-    stats_path = workdir / f"{policy}-stats.json"
     online = threading.Event()
-    ages: list[float] = []
 
     def on_message(_c, _u, msg):
         if msg.topic.endswith("/status"):
             if orjson.loads(msg.payload).get("state") == "online":
                 online.set()
             return
-        body = orjson.loads(msg.payload)
-        ts = body.get("frame", {}).get("timestamp")
-        if ts is not None:
-            ages.append((time.time() - float(ts)) * 1000)
+        on_result(orjson.loads(msg.payload))
 
     watcher = connect_client(
-        url, on_message=on_message, subscriptions=[(f"bench/{policy}/#", 0), (f"edge-runtime/{client_id}/status", 1)]
+        url, on_message=on_message, subscriptions=[(f"bench/{name}/#", 0), (f"edge-runtime/{client_id}/status", 1)]
     )
     cmd = [
         sys.executable,
@@ -91,13 +107,33 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
         "run",
         str(config),
         "--stats-json",
-        str(stats_path),
+        str(workdir / f"{name}-stats.json"),
     ]
-    with open(workdir / f"{policy}.log", "wb") as log:  # the child keeps its own copy of the descriptor
+    with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
         proc = popen(cmd, stderr=log)
     try:
         if not online.wait(60):
-            raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{policy}.log'}")
+            raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{name}.log'}")
+        yield proc
+    finally:
+        stop_child(proc, timeout=30)
+        watcher.disconnect()
+        watcher.loop_stop()
+
+
+def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Path, progress) -> dict:
+    from devices.cameras import CameraFleet
+
+    ages: list[float] = []
+    arrivals: list[float] = []
+
+    def on_result(body: dict) -> None:
+        arrivals.append(time.monotonic())
+        ts = body.get("frame", {}).get("timestamp")
+        if ts is not None:
+            ages.append((time.time() - float(ts)) * 1000)
+
+    with _runtime(url, policy, options, workdir, on_result) as proc:
         rss_start = _rss_mb(proc.pid)
         publisher = connect_client(url)
         fleet = CameraFleet(
@@ -117,16 +153,16 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
         time.sleep(1.0)  # let what is queued be served or skipped
         publisher.disconnect()
         publisher.loop_stop()
-    finally:
-        stop_child(proc, timeout=30)
-        watcher.disconnect()
-        watcher.loop_stop()
-    route = json.loads(stats_path.read_text())["routes"]["cameras/+/frames"]
+    route = json.loads((workdir / f"{policy}-stats.json").read_text())["routes"]["cameras/+/frames"]
     a = np.asarray(ages) if ages else np.zeros(1)
+    # Results per second while frames kept coming: from the first result to the last one sent in time.
+    window = [t for t in arrivals if t <= end]
+    served_fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 2 and window[-1] > window[0] else 0.0
     return {
         "sent": fleet.sent,
         "received": route["received"],
         "served": route["results"],
+        "served_fps": round(served_fps, 2),
         "errors": sum(route["errors"].values()),
         "skipped": route["dropped"],
         "age_ms": {
@@ -138,11 +174,74 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
     }
 
 
+def _served_vs_bare(
+    url: str,
+    options: CameraBenchOptions,
+    workdir: Path,
+    bare: dict[str, Callable[[], None]],
+    *,
+    phases: int,
+    phase_s: float,
+    progress,
+) -> dict:
+    """Served frames/s and each bare runner's frames/s, measured in alternating phases of ``phase_s`` seconds.
+
+    On a machine shared with other work the load changes from one second to the next: measured one after
+    the other, served and bare frames/s are not comparable. Here the runtime serves the cameras for a
+    phase (``latest_only``, cameras faster than the model), then rests while the bare runners take their
+    turn on the same frames, and so on: every figure sees the same mix of quiet and busy seconds.
+    """
+    from devices.cameras import CameraFleet
+
+    arrivals: list[float] = []
+    windows: list[tuple[float, float]] = []
+    bare_frames = dict.fromkeys(bare, 0)
+    bare_time = dict.fromkeys(bare, 0.0)
+    with _runtime(
+        url,
+        "latest_only",
+        replace(options, max_queue=min(options.max_queue, 50)),
+        workdir,
+        lambda _body: arrivals.append(time.monotonic()),
+        name="throughput",
+    ):
+        publisher = connect_client(url)
+        fleet = CameraFleet(
+            publisher, cameras=options.cameras, fps=options.fps, width=options.width, height=options.height
+        )
+        try:
+            for phase in range(phases):
+                if progress:
+                    progress(f"served vs bare: phase {phase + 1}/{phases}")
+                start = time.monotonic()
+                fleet.run(phase_s)
+                # the first result of a phase may be a frame waiting since the last one: count from there on
+                windows.append((start + 0.5, time.monotonic()))
+                time.sleep(1.0)  # let the runtime finish what it holds before the bare runners start
+                end = time.perf_counter() + phase_s
+                while time.perf_counter() < end:
+                    for name, run in bare.items():  # in alternation within the phase, too
+                        t = time.perf_counter()
+                        run()
+                        bare_time[name] += time.perf_counter() - t
+                        bare_frames[name] += 1
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+    served = sum(sum(1 for t in arrivals if a <= t <= b) for a, b in windows)
+    out = {"phases": phases, "phase_s": phase_s, "served_fps": round(served / sum(b - a for a, b in windows), 2)}
+    for name in bare:
+        out[f"{name}_fps"] = round(bare_frames[name] / bare_time[name], 2) if bare_time[name] else 0.0
+    return out
+
+
 def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None] | None = None) -> dict:
     try:
         import cv2  # noqa: F401
     except ImportError:
         raise EdgeRuntimeError("bench camera needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    # The config is written in a temporary directory and relative paths in a config are relative to it.
+    options = replace(options, bundle=Path(options.bundle).resolve())
     workdir = Path(tempfile.mkdtemp(prefix="edge-bench-camera-"))
     report: dict = {
         "bundle": str(options.bundle),
@@ -153,19 +252,129 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
         "max_queue": options.max_queue,
         "policies": {},
     }
+    if options.threads is None:
+        from ..bundle import load_bundle
+        from ..engines import resolve_threads
+
+        measured, _origin = resolve_threads(load_bundle(options.bundle).manifest, None, 0)
+        if measured:  # serve with what the converter measured (the runtime's config override, as a user would)
+            options = replace(options, threads=measured)
+    report["threads"] = options.threads
     with start_broker(workdir=workdir / "broker") as broker:
         for policy in options.policies:
             report["policies"][policy] = _run_policy(broker.url, policy, options, workdir, progress)
+        if options.stages:
+            if progress:
+                progress("stages on the same frames")
+            report["model"], bare = measure_stages(
+                options.bundle,
+                width=options.width,
+                height=options.height,
+                threads=options.threads,
+                duration=min(options.duration, 6.0),
+            )
+            phases = max(2, min(6, round(options.duration / 4)))
+            t = _served_vs_bare(
+                broker.url,
+                options,
+                workdir,
+                bare,
+                phases=phases,
+                phase_s=max(1.0, options.duration / phases),
+                progress=progress,
+            )
+            report["throughput"] = t
+            for key in ("onnxruntime_all_cores", "onnxruntime_all_cores_no_spin", "engine"):
+                if t.get(f"{key}_fps"):
+                    report[f"served_vs_{key}"] = round(t["served_fps"] / t[f"{key}_fps"], 3)
     p = report["policies"]
     if {"drop_oldest", "latest_only"} <= set(p) and p["latest_only"]["age_ms"]["p99"] > 0:
         report["age_p99_ratio"] = round(p["drop_oldest"]["age_ms"]["p99"] / p["latest_only"]["age_ms"]["p99"], 2)
     return report
 
 
+def measure_stages(
+    bundle_path: Path, *, width: int, height: int, threads: int | None, duration: float = 4.0, frames: int = 16
+) -> tuple[dict, dict[str, Callable[[], None]]]:
+    """Per-frame p50 of each stage the runtime goes through on the same frames, and the bare runners.
+
+    Stages: decode (header check and JPEG decode), preprocess (resize, colour, scale, layout), infer (the
+    engine on a batch of one, as a camera route at ``latest_only`` serves), postprocess (results and JSON).
+    Bare runners (each call runs the next preprocessed frame): ``session.run`` alone, ONNX Runtime with all
+    of this machine's cores (default options, and with spinning off), and the bundle's own engine (recorded
+    at convert time) with ``threads``.
+    """
+    import os
+
+    import cv2
+
+    from devices.cameras import encode_frame
+    from devices.scenes import draw_scene
+
+    from ..bundle import load_bundle
+    from ..engines import open_engine
+    from ..tasks.codecs import encode
+    from ..tasks.vision import image_size
+    from .model import bare_session
+
+    bundle = load_bundle(bundle_path)
+    m = bundle.manifest
+    engine = open_engine(bundle, threads=threads)  # the bundle's recorded engine, as the runtime will open it
+    decoder = engine.task.decoder(m, max_bytes=1 << 30)
+    rng = np.random.default_rng(1)
+    payloads = [encode_frame(draw_scene(rng, width, height)[0]) for _ in range(frames)]
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": [], "postprocess": []}
+    rows = []
+    end = time.perf_counter() + duration
+    i = 0
+    while time.perf_counter() < end or i < frames:
+        payload = payloads[i % frames]
+        t0 = time.perf_counter()
+        image_size(payload)
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        t1 = time.perf_counter()
+        row, meta = decoder._prepare(img, i, None)
+        t2 = time.perf_counter()
+        outputs = engine.run(row[None])
+        t3 = time.perf_counter()
+        for result in engine.task.results(m, outputs, [meta]):
+            encode({"id": i, "model": m.name, "version": m.version, **result})
+        t4 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[name].append(dt * 1000)
+        if i < frames:
+            rows.append(row[None])
+        i += 1
+
+    cores = os.cpu_count() or 1
+    out = {
+        "engine": engine.name,
+        "threads": engine.threads,
+        "precision": getattr(engine, "precision", None),
+        "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
+        "frames_measured": i,
+        "cores": cores,
+    }
+    out["pipeline_fps"] = round(1000 / sum(out["stages_p50_ms"].values()), 2)
+
+    def cycling(run: Callable[[np.ndarray], object]) -> Callable[[], None]:
+        it = itertools.cycle(rows)
+        return lambda: run(next(it)) and None
+
+    bare = {
+        "onnxruntime_all_cores": cycling(bare_session(bundle.model_path, cores)),
+        "onnxruntime_all_cores_no_spin": cycling(bare_session(bundle.model_path, cores, spinning=False)),
+        "engine": cycling(engine.run),
+    }
+    for run in bare.values():  # first runs allocate and pick kernels
+        run()
+    return out, bare
+
+
 def format_camera_report(report: dict) -> str:
     lines = [
-        f"{report['cameras']} camera(s) x {report['fps']:g} fps, {report['size']} JPEG, {report['duration_s']:g}s, "
-        f"max_queue {report['max_queue']}",
+        f"{report['cameras']} camera(s) x {report['fps']:g} fps, {report['size']} JPEG, "
+        f"{report['duration_s']:g}s, max_queue {report['max_queue']}",
         f"{'policy':12} {'sent':>6} {'served':>6} {'skipped':>24} {'age p50':>8} {'p99':>8} {'max':>8} {'RSS MB':>14}",
     ]
     for name, r in report["policies"].items():
@@ -177,4 +386,32 @@ def format_camera_report(report: dict) -> str:
         )
     if "age_p99_ratio" in report:
         lines.append(f"served frames' p99 age: drop_oldest / latest_only = {report['age_p99_ratio']:g}x")
+    model, t = report.get("model"), report.get("throughput")
+    if model and t:
+        st = model["stages_p50_ms"]
+        lines.append(
+            f"served vs bare, in {t['phases']} alternating phases of {t['phase_s']:g}s on the same frames "
+            f"(runtime config threads = {report.get('threads') or 'device profile default'}):"
+        )
+        lines.append(
+            f"  served {t['served_fps']:g} frames/s; bare onnxruntime {model['cores']} threads "
+            f"{t['onnxruntime_all_cores_fps']:g} (spinning off {t['onnxruntime_all_cores_no_spin_fps']:g}); "
+            f"the bundle's engine ({model['engine']} {model.get('precision') or ''}, "
+            f"{model['threads']} thread(s)) {t['engine_fps']:g}"
+        )
+        lines.append(
+            f"  served / bare onnxruntime = {report.get('served_vs_onnxruntime_all_cores', 0):g}x "
+            f"(spinning off: {report.get('served_vs_onnxruntime_all_cores_no_spin', 0):g}x); "
+            f"served / bare bundle engine = {report.get('served_vs_engine', 0):g}x"
+        )
+        lines.append(
+            f"per frame p50: decode {st['decode']:.2f} ms, preprocess {st['preprocess']:.2f} ms, infer "
+            f"{st['infer']:.2f} ms, postprocess {st['postprocess']:.2f} ms (one after another: "
+            f"{model['pipeline_fps']:g} frames/s)"
+        )
+        if t["served_fps"] >= 0.9 * report["cameras"] * report["fps"]:
+            lines.append(
+                "note: the cameras did not outrun the model; served frames/s is the cameras' rate, not the "
+                "model's (raise --fps or --cameras)"
+            )
     return "\n".join(lines)

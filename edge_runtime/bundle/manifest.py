@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .image_spec import DetectorSpec, EngineSpec, PreprocessSpec
+
 __all__ = ["Bundle", "Manifest", "TensorSpec", "sign_manifest", "MANIFEST", "MODEL", "FORMAT_VERSION"]
 
 MANIFEST = "manifest.json"
@@ -49,6 +51,11 @@ class Manifest(BaseModel):
     )
     source: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] = Field(default_factory=lambda: {"mode": "none"})
+    preprocess: PreprocessSpec | None = Field(None, description="Image models: how a frame becomes the input.")
+    detector: DetectorSpec | None = Field(None, description="Detectors: how the output is read.")
+    top_k: int | None = Field(None, ge=1, description="Image classifiers: classes per result (default 5).")
+    softmax: bool = Field(False, description="Image classifiers: the model outputs logits; apply softmax.")
+    engine: EngineSpec | None = Field(None, description="The engine and settings measured as fastest.")
     signature: str | None = None
 
     def row_shape(self) -> tuple[int | None, ...]:

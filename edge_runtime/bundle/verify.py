@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from ..errors import BundleError
 from ._onnx_walker import OnnxFormatError, external_data_problem, inspect_model
+from .image_spec import image_manifest_problem
 from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, sign_manifest
 
 __all__ = ["load_bundle", "use_bundle", "is_current", "sha256_file"]
@@ -163,6 +164,9 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
             )
     _check_model(data, manifest, model.parent, root, where)
+    problem = image_manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{MANIFEST}: {problem}", bundle=where)
     if manifest.task == "classifier" and not manifest.scores_output:
         raise BundleError("a classifier's manifest needs scores_output", bundle=where)
     if manifest.task == "regressor" and not manifest.value_output:

@@ -10,15 +10,22 @@ import onnxruntime as ort
 from ..bundle import Bundle
 from ..errors import BundleError, UnknownNameError
 from ..tasks import get_task
+from ._slicing import fixed_batch, run_in_slices
 
 __all__ = ["Engine"]
 
 
 class Engine:
-    """Runs a bundle's model on batches (what the outputs mean is the task's business: see tasks.py)."""
+    """Runs a bundle's model on batches (what the outputs mean is the task's business: see tasks/).
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1, spinning: bool = False):
+    The ONNX Runtime kind of ``edge_runtime.engines.InferenceEngine``; get one with ``engines.open_engine``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, *, threads: int = 1, spinning: bool = False, streams: int | None = None):
         self.bundle = bundle
+        self.threads = threads
         m = self.manifest = bundle.manifest
         try:
             self.task = get_task(m.task)
@@ -42,6 +49,8 @@ class Engine:
             ) from err
         self.input_name = m.inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # A model exported with a fixed batch (Ultralytics: 1) runs any batch in slices of that size.
+        self.fixed_batch = fixed_batch(self.session.get_inputs()[0].shape[0])
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the model once per batch size before serving.
@@ -49,11 +58,17 @@ class Engine:
         The first ``run`` of a session allocates its memory arena and picks kernels, which makes it
         many times slower than the rest; doing it here keeps that out of the first real request.
         """
-        for n in sorted(set(batch_sizes)):
+        sizes = {self.fixed_batch} if self.fixed_batch else set(batch_sizes)
+        for n in sorted(sizes):
             self.run(np.zeros((n, *self.example_row_shape()), dtype=self.manifest.inputs[0].dtype))
 
     def example_row_shape(self) -> tuple[int, ...]:
         return tuple(d if d is not None else 1 for d in self.manifest.row_shape())
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.fixed_batch and len(batch) != self.fixed_batch:
+            return run_in_slices(self._run, batch, self.fixed_batch)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))

@@ -470,9 +470,10 @@ def _shares(counts: np.ndarray, total: int) -> list[float]:
 
 
 def _get(manifest: Any, key: str) -> Any:
-    if isinstance(manifest, Mapping):
-        return manifest.get(key)
-    return getattr(manifest, key, None)
+    """A manifest field from a dict or a Manifest; typed sections (``preprocess``) as plain dicts."""
+    value = manifest.get(key) if isinstance(manifest, Mapping) else getattr(manifest, key, None)
+    dump = getattr(value, "model_dump", None)
+    return dump(exclude_none=True) if callable(dump) else value
 
 
 def _output_names(manifest: Any) -> list[str]:

@@ -37,7 +37,8 @@ from devices.profiles import DeviceProfile
 from .. import __version__
 from ..bundle import use_bundle
 from ..config import Config, RouteConfig
-from ..engines import Engine
+from ..engines import InferenceEngine as Engine
+from ..engines import open_engine
 from ..errors import ConfigError, PayloadError
 from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
@@ -114,9 +115,15 @@ def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
                 f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
             )
         key = value.encode()
-    threads, spinning = m.threads or profile.ort.intra_op_threads, profile.ort.allow_spinning
+    default, spinning = profile.ort.intra_op_threads, profile.ort.allow_spinning
+    # Threads: the config's, else what the converter measured, else the profile's. The engine: the one the
+    # bundle was measured fastest with, or ONNX Runtime where that one is not installed (with a warning).
     # use_bundle: if the directory is swapped between verification and the session, both are done again.
-    engine = use_bundle(m.bundle, lambda b: Engine(b, threads=threads, spinning=spinning), signing_key=key)
+    engine = use_bundle(
+        m.bundle,
+        lambda b: open_engine(b, threads=m.threads, default_threads=default, spinning=spinning),
+        signing_key=key,
+    )
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
     return engine

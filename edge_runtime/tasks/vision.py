@@ -1,9 +1,10 @@
 """Image tasks: camera frames in (JPEG, PNG, raw .npy), classes or boxes out.
 
 Imported only when a bundle's task is ``image_classifier`` or ``detector`` (it needs OpenCV, the
-``[camera]`` extra). The bundle's manifest declares how its model wants images (``preprocess``): size,
-``letterbox`` or ``stretch``, colour order, scale, mean/std, layout. Boxes are mapped back to the
-original frame's pixels, undoing the letterbox.
+``[camera]`` extra). The bundle's manifest declares how its model wants images (``preprocess``, see
+``image_spec.PreprocessSpec``): size, ``letterbox``, ``stretch`` or ``center_crop`` (short side resized
+first, the ImageNet way), colour order, scale, mean/std, layout. Boxes are mapped back to the original
+frame's pixels, undoing the letterbox or crop.
 
 Every frame is checked before it is decoded: its format from magic bytes (or the MQTT v5 content
 type), its dimensions from the header (an 8000x8000 frame is refused without allocating 192 MB), and
@@ -25,11 +26,12 @@ except ImportError as _err:  # the registry names this reason when an image task
     raise ImportError("image models need OpenCV: pip install 'edge-runtime[camera]'") from _err
 
 from ..bundle import Manifest
+from ..bundle.image_spec import DetectorSpec, PreprocessSpec, input_hw
 from ..errors import PayloadError
 from . import register_task, user_property
 from .codecs import NPY_MAGIC
 
-__all__ = ["ImageDecoder", "Preprocess", "image_size", "letterbox", "decode_detections", "annotate"]
+__all__ = ["ImageDecoder", "Preprocess", "image_size", "letterbox", "center_crop", "decode_detections", "annotate"]
 
 _JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
@@ -72,43 +74,72 @@ def image_size(payload: bytes) -> tuple[str, int, int]:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How the model wants its images; from the manifest's ``preprocess``."""
+    """How the model wants its images: the manifest's ``preprocess`` with the size filled in from the input."""
 
     width: int
     height: int
-    resize: str = "letterbox"  # or "stretch"
+    resize: str = "letterbox"  # or "stretch", "center_crop"
     color: str = "rgb"  # or "bgr"
     scale: float = 1 / 255
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     layout: str = "NCHW"  # or "NHWC"
     pad_value: int = 114
+    resize_short: int | None = None  # center_crop: the short side is resized to this first
+    interpolation: str = "area"  # or "linear"
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> Preprocess:
-        spec = dict(getattr(manifest, "preprocess", None) or {})
-        shape = manifest.inputs[0].shape
-        layout = spec.get("layout", "NCHW")
-        if "size" in spec:
-            w, h = spec.pop("size")
-        else:
-            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        for key in ("mean", "std"):
-            if key in spec:
-                spec[key] = tuple(spec[key])
-        return cls(width=int(w), height=int(h), **spec)
+        spec = manifest.preprocess or PreprocessSpec()
+        _, h, w = input_hw(manifest.inputs[0].shape, spec.layout)
+        if spec.size is not None:
+            w, h = spec.size
+        if w is None or h is None:  # load_bundle refuses these; a hand-built Manifest may not have been checked
+            raise ValueError(
+                f"input {manifest.inputs[0].shape} has no fixed height and width: preprocess.size is needed"
+            )
+        fields = spec.model_dump(exclude={"size"})
+        if spec.resize == "center_crop" and spec.resize_short is None:
+            fields["resize_short"] = max(w, h)
+        return cls(width=int(w), height=int(h), **fields)
 
 
-def letterbox(img: np.ndarray, width: int, height: int, pad_value: int = 114) -> tuple[np.ndarray, float, int, int]:
+def _interpolation(kind: str, shrinking: bool) -> int:
+    return cv2.INTER_AREA if kind == "area" and shrinking else cv2.INTER_LINEAR
+
+
+def letterbox(
+    img: np.ndarray, width: int, height: int, pad_value: int = 114, *, interpolation: str = "area"
+) -> tuple[np.ndarray, float, int, int]:
     """Resize keeping the aspect ratio and pad to ``width`` x ``height``; return (image, scale, pad_x, pad_y)."""
     h, w = img.shape[:2]
     scale = min(width / w, height / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if (nw, nh) == (width, height) and (w, h) == (width, height):
+        return img, 1.0, 0, 0
+    resized = cv2.resize(img, (nw, nh), interpolation=_interpolation(interpolation, scale < 1))
     px, py = (width - nw) // 2, (height - nh) // 2
     out = np.full((height, width, 3), pad_value, dtype=np.uint8)
     out[py : py + nh, px : px + nw] = resized
     return out, scale, px, py
+
+
+def center_crop(
+    img: np.ndarray, width: int, height: int, short: int, *, interpolation: str = "area"
+) -> tuple[np.ndarray, float, float, int, int]:
+    """Resize the short side to ``short``, cut out the centre ``width`` x ``height`` (the ImageNet way).
+
+    Returns (image, scale_x, scale_y, x0, y0): a point (x, y) of the original is at
+    (x * scale_x - x0, y * scale_y - y0) in the crop. Rounding follows torchvision's Resize and CenterCrop.
+    """
+    h, w = img.shape[:2]
+    s = short / min(w, h)
+    nw, nh = (short, max(height, int(h * s))) if w <= h else (max(width, int(w * s)), short)
+    nw, nh = max(nw, width), max(nh, height)
+    if (nw, nh) != (w, h):
+        img = cv2.resize(img, (nw, nh), interpolation=_interpolation(interpolation, s < 1))
+    x0, y0 = round((nw - width) / 2.0), round((nh - height) / 2.0)
+    return img[y0 : y0 + height, x0 : x0 + width], nw / w, nh / h, x0, y0
 
 
 @dataclass(frozen=True)
@@ -199,10 +230,16 @@ class ImageDecoder:
         p = self.pre
         h, w = img.shape[:2]
         if p.resize == "letterbox":
-            img, scale, px, py = letterbox(img, p.width, p.height, p.pad_value)
+            img, scale, px, py = letterbox(img, p.width, p.height, p.pad_value, interpolation=p.interpolation)
             sx = sy = scale
+        elif p.resize == "center_crop":
+            img, sx, sy, x0, y0 = center_crop(
+                img, p.width, p.height, p.resize_short or max(p.width, p.height), interpolation=p.interpolation
+            )
+            px, py = -x0, -y0  # boxes map back as (x - pad) / scale, like the letterbox's
         else:
-            img = cv2.resize(img, (p.width, p.height), interpolation=cv2.INTER_AREA)
+            if (w, h) != (p.width, p.height):
+                img = cv2.resize(img, (p.width, p.height), interpolation=_interpolation(p.interpolation, True))
             sx, sy, px, py = p.width / w, p.height / h, 0, 0
         if p.color == "rgb":
             img = img[:, :, ::-1]
@@ -243,10 +280,10 @@ class ImageClassifier(_ImageTask):
     def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
         name = manifest.scores_output or manifest.outputs[0].name
         scores = np.asarray(outputs[name], np.float32).reshape(len(metas), -1)
-        if getattr(manifest, "softmax", False):
+        if manifest.softmax:
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = e / e.sum(axis=1, keepdims=True)
-        k = min(int(getattr(manifest, "top_k", 5) or 5), scores.shape[1])
+        k = min(manifest.top_k or 5, scores.shape[1])
         top = np.argsort(-scores, axis=1)[:, :k]
         labels = manifest.labels or list(range(scores.shape[1]))
         return [
@@ -281,7 +318,9 @@ def decode_detections(
     if not len(score):
         return []
     xywh = np.column_stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2, boxes[:, 2], boxes[:, 3]])
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), best.tolist(), conf, iou, top_k=max_det)
+    # No top_k here: OpenCV's top_k caps the candidates *before* NMS, which would drop boxes that survive it
+    # (Ultralytics keeps up to 30,000 candidates and caps the output at max_det); the output is capped below.
+    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), best.tolist(), conf, iou)
     out = []
     for i in np.asarray(idx).reshape(-1)[:max_det]:
         x, y, w, h = xywh[i]
@@ -293,13 +332,8 @@ class Detector(_ImageTask):
     """Boxes, classes and scores per frame, in the original frame's pixels."""
 
     def results(self, manifest: Manifest, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[dict[str, Any]]:
-        spec = dict(getattr(manifest, "detector", None) or {})
-        layout = spec.get("format", "yolov5")
-        conf, iou, max_det = (
-            float(spec.get("conf_threshold", 0.25)),
-            float(spec.get("iou_threshold", 0.45)),
-            int(spec.get("max_detections", 100)),
-        )
+        spec = manifest.detector or DetectorSpec()
+        layout, conf, iou, max_det = spec.format, spec.conf_threshold, spec.iou_threshold, spec.max_detections
         pred = np.asarray(outputs[manifest.outputs[0].name], np.float32)
         labels = manifest.labels
         out = []
