@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ModelInfo", "OnnxFormatError", "ValueInfo", "inspect_model", "external_data_problem"]
+__all__ = ["ExternalTensor", "ModelInfo", "OnnxFormatError", "ValueInfo", "inspect_model", "external_data_problem"]
 
 # onnx.TensorProto.DataType -> numpy dtype name
 _ELEM_TYPES = {
@@ -68,11 +68,26 @@ class ValueInfo:
     shape: list[int | str | None]
 
 
+@dataclass(slots=True)
+class ExternalTensor:
+    """A main-graph initializer whose data lives in another file: what it takes to hand ORT that data ourselves."""
+
+    name: str
+    data_type: int  # onnx.TensorProto.DataType
+    dims: list[int]
+    location: str  # the last "location" entry: the one ONNX Runtime reads
+    offset: int
+    length: int | None  # None: from the dims and the type
+
+
 @dataclass
 class ModelInfo:
     inputs: list[ValueInfo]  # graph inputs that are not initializers: what the caller must feed
     outputs: list[ValueInfo]
     external_data: list[str] = field(default_factory=list)  # distinct locations, as written in the file
+    external_tensors: list[ExternalTensor] = field(default_factory=list)
+    # Tensors elsewhere (subgraphs, sparse, attributes, functions) marked external: how many, and the first's name.
+    nested_external: tuple[int, str] = (0, "")
 
 
 class _Budget:
@@ -217,15 +232,56 @@ def _value_info(parts: Iterable[memoryview], budget: _Budget) -> ValueInfo:
     return ValueInfo(name, dtype, shape)
 
 
+def _external_tensor(parts: Iterable[memoryview], name: str, budget: _Budget) -> ExternalTensor:
+    data_type, dims = 0, list[int]()
+    entries: dict[str, str] = {}
+    for n, w, v in _fields(parts):
+        if n == 1:
+            if w == _BYTES:  # packed
+                view, pos = _view(w, v, "dims"), 0
+                while pos < len(view):
+                    value, pos = _varint(view, pos)
+                    dims.append(_int(_VARINT, value, "a dim", 64))
+                    budget.charge(44)
+            else:
+                dims.append(_int(w, v, "a dim", 64))
+                budget.charge(44)
+        elif n == 2:
+            data_type = _int(w, v, "data_type", 32)
+        elif n == 13:
+            key, text = "", ""
+            for en, ew, ev in _fields([_view(w, v, "external_data")]):
+                if en == 1:
+                    key = _text(_view(ew, ev, "an external_data key"))
+                elif en == 2:
+                    text = _text(_view(ew, ev, "an external_data value"))
+            if key in ("location", "offset", "length"):
+                entries[key] = text  # the last one wins, as in ONNX Runtime
+    budget.charge(200 + len(name))
+    numbers = [entries.get("offset", "0"), entries.get("length", "0")]
+    if not all(t.isascii() and t.isdigit() and len(t) <= 20 for t in numbers):  # what ORT parses, nothing more
+        raise OnnxFormatError(f"tensor {name!r}: external data offset or length is not a plain number")
+    offset, length = int(numbers[0]), int(entries["length"]) if "length" in entries else None
+    if any(d < 0 for d in dims):
+        raise OnnxFormatError(f"tensor {name!r}: a negative dimension")
+    return ExternalTensor(name, data_type, dims, entries.get("location", ""), offset, length)
+
+
 class _Walk:
     """Every TensorProto that may name external data, wherever it sits (subgraphs, functions, training)."""
 
     def __init__(self, budget: _Budget):
         self.budget = budget
         self.locations: dict[str, None] = {}  # an insertion-ordered set
+        self.external: list[ExternalTensor] = []
+        self.nested: tuple[int, str] = (0, "")
 
-    def tensor(self, parts: Iterable[memoryview]) -> str:
-        """Record the external-data locations of one TensorProto; return its name."""
+    def tensor(self, parts: Iterable[memoryview], *, top: bool = False) -> str:
+        """Record the external-data locations of one TensorProto; return its name.
+
+        ``top``: a dense initializer of the main graph, the only kind whose external data the runtime hands
+        to ONNX Runtime itself (so it gets the bytes that were verified).
+        """
         name, data_location, named = "", 0, False
         for n, w, v in _fields(parts):
             if n == 8:
@@ -246,6 +302,12 @@ class _Walk:
                     named = True
         if data_location == _EXTERNAL and not named:
             self._location("")
+        if data_location == _EXTERNAL:
+            if top:
+                self.external.append(_external_tensor(parts, name, self.budget))
+            else:
+                count, first = self.nested
+                self.nested = (count + 1, first or name or "(unnamed)")
         return name
 
     def _location(self, location: str) -> None:
@@ -261,7 +323,7 @@ class _Walk:
         """Walk nodes and initializers; an initializer's name is removed from ``fed`` (top graph only)."""
         for n, w, v in _fields(parts):
             if n == 5:
-                name = self.tensor([_view(w, v, "an initializer")])
+                name = self.tensor([_view(w, v, "an initializer")], top=fed is not None)
                 if fed is not None:
                     fed.discard(name)
             elif n == 15:
@@ -336,7 +398,7 @@ def inspect_model(data: bytes) -> ModelInfo:
             outputs.append(_value_info([_view(w, v, "a graph output")], budget))
     if not inputs or not outputs:
         raise OnnxFormatError("the graph declares no inputs or no outputs")
-    return ModelInfo(inputs, outputs, list(walk.locations))
+    return ModelInfo(inputs, outputs, list(walk.locations), walk.external, walk.nested)
 
 
 def external_data_problem(location: str, model_dir: Path, bundle_root: Path) -> str | None:

@@ -5,13 +5,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Bundle", "Manifest", "TensorSpec", "sign_manifest", "MANIFEST", "MODEL", "FORMAT_VERSION"]
+from ._onnx_walker import ExternalTensor
+
+__all__ = [
+    "Bundle",
+    "Manifest",
+    "TensorSpec",
+    "VerifiedFiles",
+    "sign_manifest",
+    "MANIFEST",
+    "MODEL",
+    "FORMAT_VERSION",
+]
 
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -57,9 +68,21 @@ class Manifest(BaseModel):
 
 
 @dataclass(frozen=True)
+class VerifiedFiles:
+    """The bytes a bundle was verified with: what an engine must build its session from (never the path)."""
+
+    model: bytes
+    external: dict[str, bytes]  # external-data location, as written in the model -> the file's verified contents
+    tensors: list[ExternalTensor]  # the main-graph initializers whose data is in those files
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: Manifest
+    # Held from verification until an engine takes it (see verify.verified_files), then freed: the weights are
+    # not kept twice while serving. A list so that a frozen Bundle can let go of it.
+    _verified: list[VerifiedFiles] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def model_path(self) -> Path:
