@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=positive_int,
         default=1,
-        help="worker processes sharing each route through MQTT v5 shared subscriptions",
+        help="worker processes sharing each route through MQTT v5 shared subscriptions "
+        "(with [metrics] prometheus_port P, worker i serves Prometheus on port P + i - 1)",
     )
     run.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
     run.add_argument("--stats-json", type=Path, help="write the final per-route statistics to this file")
@@ -50,9 +51,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..serving.runtime import Runtime
-    from ..serving.workers import as_worker, run_workers
+    from ..serving.workers import as_worker, check_workers, run_workers
 
     config = load_config(args.config)
+    check_workers(config, args.workers)
     if args.workers > 1 and not args.validate_config and args.worker_index is None:
         Runtime(config)  # verify every bundle once, here, before starting processes that would all fail
         extra = ["--duration", str(args.duration)] if args.duration else []
