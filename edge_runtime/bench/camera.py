@@ -9,6 +9,7 @@ and the runtime's resident memory at start and at its peak.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
+from ..observability.schemas import ResultMessage, StatusMessage, parse
 
 __all__ = ["CameraBenchOptions", "bench_camera", "format_camera_report", "DEFAULT_DETECTOR"]
 
@@ -70,14 +71,17 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
     ages: list[float] = []
 
     def on_message(_c, _u, msg):
+        # Anything that is not a status or a result (anyone can publish there) is skipped.
         if msg.topic.endswith("/status"):
-            if orjson.loads(msg.payload).get("state") == "online":
+            status, _ = parse(StatusMessage, msg.payload)
+            if status is not None and status.state == "online":
                 online.set()
             return
-        body = orjson.loads(msg.payload)
-        ts = body.get("frame", {}).get("timestamp")
+        body, _ = parse(ResultMessage, msg.payload)
+        ts = body.frame.timestamp if body is not None and body.frame is not None else None
         if ts is not None:
-            ages.append((time.time() - float(ts)) * 1000)
+            with contextlib.suppress(ValueError):  # a timestamp that is not a number
+                ages.append((time.time() - float(ts)) * 1000)
 
     watcher = connect_client(
         url, on_message=on_message, subscriptions=[(f"bench/{policy}/#", 0), (f"edge-runtime/{client_id}/status", 1)]

@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from ..config import BrokerConfig
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
+from ..observability.schemas import ResultMessage, parse
 
 __all__ = ["LoadResult", "Workload", "run_load"]
 
@@ -92,6 +93,15 @@ class LoadResult:
         }
 
 
+def _index(value: object) -> int | None:
+    """The load's ids are row numbers: an int in JSON, a string of digits when it came as a user property."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
 class _Collector:
     def __init__(self, count: int):
         self.recv = np.zeros(count)
@@ -102,10 +112,9 @@ class _Collector:
 
     def on_message(self, _c, _u, msg) -> None:
         now = time.monotonic()
-        try:
-            body = orjson.loads(msg.payload)
-            i = int(body["id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        body, _ = parse(ResultMessage, msg.payload)
+        i = _index(body.id) if body is not None else None
+        if body is None or i is None:  # not an answer to one of ours
             self.errors += 1
             self.last = now
             return
@@ -117,7 +126,7 @@ class _Collector:
         self.got[i] = True
         self.recv[i] = now
         self.last = now
-        if "error" in body:
+        if body.error is not None:
             self.errors += 1
         else:
             self.answered += 1
