@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int
+from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
 from edge_runtime.errors import EdgeRuntimeError
 
 
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("simulate", help="simulated devices that publish to a broker")
     simsub = sim.add_subparsers(dest="what", required=True, metavar="KIND")
     sens = simsub.add_parser("sensors", help="vibration/temperature sensors on sensors/<device>/<kind>")
-    sens.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(sens)
     sens.add_argument("--devices", type=positive_int, default=3)
     sens.add_argument("--rate", type=positive_float, default=10.0, help="readings per second per device")
     sens.add_argument("--duration", type=positive_float, default=None, help="seconds (default: until Ctrl-C)")
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sens.set_defaults(handler=_sensors)
 
     cam = simsub.add_parser("camera", help="cameras publishing JPEG/PNG frames on cameras/<camera>/frames")
-    cam.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(cam)
     cam.add_argument("--cameras", type=positive_int, default=1)
     cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
     cam.add_argument("--size", type=frame_size, default=(320, 240), help="WxH, e.g. 640x480")
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cam.set_defaults(handler=_camera)
 
     fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
-    fleet.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(fleet)
     fleet.add_argument("--devices", type=positive_int, default=10)
     fleet.add_argument("--rate", type=positive_float, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
     fleet.add_argument("--duration", type=positive_float, default=10.0)
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.set_defaults(handler=_fleet)
 
     rec = simsub.add_parser("record", help="save what arrives on topics to a file (JSON lines)")
-    rec.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(rec)
     rec.add_argument("--topic", action="append", required=True, help="topic filter; repeat for more")
     rec.add_argument("-o", "--output", type=Path, required=True)
     rec.add_argument("--duration", type=positive_float)
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rep = simsub.add_parser("replay", help="publish a recording again with its original timing")
     rep.add_argument("file", type=Path)
-    rep.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(rep)
     rep.add_argument("--speed", type=positive_float, default=1.0, help="2: twice as fast")
     rep.set_defaults(handler=_replay)
 
@@ -102,7 +103,12 @@ def _sensors(args: argparse.Namespace) -> int:
     from .simulate import simulate_sensors
 
     return simulate_sensors(
-        args.broker, devices=args.devices, rate=args.rate, duration=args.duration, qos=args.qos, seed=args.seed
+        broker_from_args(args),
+        devices=args.devices,
+        rate=args.rate,
+        duration=args.duration,
+        qos=args.qos,
+        seed=args.seed,
     )
 
 
@@ -111,7 +117,13 @@ def _fleet(args: argparse.Namespace) -> int:
 
     from .fleet import run_fleet
 
-    client = connect_client(args.broker)
+    broker = broker_from_args(args)
+    if len(args.faults) > args.devices:
+        raise EdgeRuntimeError(
+            f"--faults lists {len(args.faults)} faulty devices but the fleet has {args.devices}: "
+            f"give at most {args.devices} faults, or more --devices"
+        )
+    client = connect_client(broker)
     try:
         fleet = run_fleet(
             client,
@@ -136,7 +148,7 @@ def _record(args: argparse.Namespace) -> int:
 
     if args.duration is None and args.count is None:
         raise EdgeRuntimeError("say when to stop recording: --duration SECONDS or --count N")
-    n = record(args.broker, args.topic, args.output, duration=args.duration, count=args.count)
+    n = record(broker_from_args(args), args.topic, args.output, duration=args.duration, count=args.count)
     print(f"recorded {n} messages to {args.output}", file=sys.stderr)
     return 0
 
@@ -145,7 +157,7 @@ def _replay(args: argparse.Namespace) -> int:
     from .recording import replay
 
     try:
-        n = replay(args.broker, args.file, speed=args.speed)
+        n = replay(broker_from_args(args), args.file, speed=args.speed)
     except OSError as err:
         raise EdgeRuntimeError(f"cannot read {args.file}: {err.strerror}") from None
     except ValueError as err:
@@ -200,7 +212,7 @@ def _camera(args: argparse.Namespace) -> int:
 
     w, h = args.size
     return simulate_cameras(
-        args.broker,
+        broker_from_args(args),
         cameras=args.cameras,
         fps=args.fps,
         width=w,

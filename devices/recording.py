@@ -13,15 +13,25 @@ import queue
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+if TYPE_CHECKING:
+    from edge_runtime.config import BrokerConfig
 
 __all__ = ["record", "replay", "read_recording"]
 
 
 def record(
-    url: str, filters: Iterable[str], out: Path, *, duration: float | None = None, count: int | None = None, ready=None
+    url: BrokerConfig | str,
+    filters: Iterable[str],
+    out: Path,
+    *,
+    duration: float | None = None,
+    count: int | None = None,
+    ready=None,
 ) -> int:
     """Write messages on ``filters`` to ``out`` until ``duration`` seconds pass or ``count`` arrive."""
     from edge_runtime.mqtt.client import connect_client
@@ -84,7 +94,7 @@ def read_recording(path: Path) -> list[dict]:
     return out
 
 
-def replay(url: str, path: Path, *, speed: float = 1.0) -> int:
+def replay(url: BrokerConfig | str, path: Path, *, speed: float = 1.0) -> int:
     """Publish a recording again, ``speed`` times as fast as it was recorded; returns how many were sent."""
     from edge_runtime.mqtt.client import connect_client
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .argtypes import positive_float, positive_int
+from .broker_options import add_broker_options, broker_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     brk.set_defaults(handler=_broker)
 
     status = sub.add_parser("status", help="live table of the runtimes on a broker (their status and metrics topics)")
-    status.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(status)
     status.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: Ctrl-C)")
     status.set_defaults(handler=_status)
 
@@ -99,7 +100,7 @@ def _broker(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from ..observability.status import watch_status
 
-    return watch_status(args.broker, duration=args.duration)
+    return watch_status(broker_from_args(args), duration=args.duration)
 
 
 def _demo(args: argparse.Namespace) -> int:
