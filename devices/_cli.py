@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int
+from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int, rate
 from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
+from edge_runtime.cli.outputs import check_writable_file, write_output
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.topics import check_filter
 
 
 def _fault_list(text: str) -> list[str]:
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sens = simsub.add_parser("sensors", help="vibration/temperature sensors on sensors/<device>/<kind>")
     add_broker_options(sens)
     sens.add_argument("--devices", type=positive_int, default=3)
-    sens.add_argument("--rate", type=positive_float, default=10.0, help="readings per second per device")
+    sens.add_argument("--rate", type=rate, default=10.0, help="readings per second per device")
     sens.add_argument("--duration", type=positive_float, default=None, help="seconds (default: until Ctrl-C)")
     sens.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
     sens.add_argument("--seed", type=int, default=0)
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cam = simsub.add_parser("camera", help="cameras publishing JPEG/PNG frames on cameras/<camera>/frames")
     add_broker_options(cam)
     cam.add_argument("--cameras", type=positive_int, default=1)
-    cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
+    cam.add_argument("--fps", type=rate, default=5.0, help="frames per second per camera")
     cam.add_argument("--size", type=frame_size, default=(320, 240), help="WxH, e.g. 640x480")
     cam.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     cam.add_argument(
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
     add_broker_options(fleet)
     fleet.add_argument("--devices", type=positive_int, default=10)
-    fleet.add_argument("--rate", type=positive_float, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
+    fleet.add_argument("--rate", type=rate, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
     fleet.add_argument("--duration", type=positive_float, default=10.0)
     fleet.add_argument("--faults", type=_fault_list, default=[], help="comma-separated: silent,garbage,burst")
     fleet.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
@@ -148,7 +150,16 @@ def _record(args: argparse.Namespace) -> int:
 
     if args.duration is None and args.count is None:
         raise EdgeRuntimeError("say when to stop recording: --duration SECONDS or --count N")
-    n = record(broker_from_args(args), args.topic, args.output, duration=args.duration, count=args.count)
+    check_writable_file(args.output, "-o/--output")
+    for text in args.topic:
+        try:
+            check_filter(text)
+        except ValueError as err:
+            raise EdgeRuntimeError(f"--topic {text!r}: {err}") from None
+    try:
+        n = record(broker_from_args(args), args.topic, args.output, duration=args.duration, count=args.count)
+    except OSError as err:  # the checks above passed, and writing failed anyway (a full disk)
+        raise EdgeRuntimeError(f"-o/--output {args.output}: cannot write it: {err.strerror or err}") from None
     print(f"recorded {n} messages to {args.output}", file=sys.stderr)
     return 0
 
@@ -198,9 +209,11 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
     from .deploy import systemd_unit
 
     load_config(args.config)  # a unit for a config that does not load would only fail at boot
+    if args.output:
+        check_writable_file(args.output, "-o/--output")
     text = systemd_unit(args.config, _profile(args.profile), user=args.user)
     if args.output:
-        args.output.write_text(text)
+        write_output(args.output, text, "-o/--output")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints
+from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints, rate, thread_count
+from ..cli.outputs import check_writable_file, write_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = kinds.add_parser("model", help="the runtime core alone vs bare onnxruntime session.run")
     m.add_argument("bundle", type=Path)
     m.add_argument("--batch-sizes", type=positive_ints("1,8,32"), default=(1, 8, 32))
-    m.add_argument("--threads", type=positive_int, default=1)
+    m.add_argument("--threads", type=thread_count, default=1)
     m.add_argument("--duration", type=positive_float, default=3.0, help="seconds of measurement per batch size")
     m.add_argument("--json", type=Path, help="also write the report as JSON")
     m.set_defaults(handler=_model)
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = kinds.add_parser("e2e", help="through a real broker, with an echo control and optionally the naive loop")
     e.add_argument("--config", type=Path, required=True)
     load = e.add_mutually_exclusive_group()
-    load.add_argument("--rate", type=positive_float, help="open-loop messages per second (default 1000)")
+    load.add_argument("--rate", type=rate, help="open-loop messages per second (default 1000)")
     load.add_argument("--burst", type=positive_int, help="send this many messages at full speed")
     load.add_argument("--sweep", action="store_true", help="find the highest rate with p99 under --slo-ms, none lost")
     e.add_argument("--duration", type=positive_float, default=10.0)
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = kinds.add_parser("camera", help="frame freshness under overload: latest_only vs drop_oldest")
     c.add_argument("--bundle", type=Path, help="image model bundle (default: the demo detector)")
     c.add_argument("--cameras", type=positive_int, default=4)
-    c.add_argument("--fps", type=positive_float, default=60.0, help="frames per second per camera")
+    c.add_argument("--fps", type=rate, default=60.0, help="frames per second per camera")
     c.add_argument("--size", type=frame_size, default=(1280, 720), help="frame size WxH")
     c.add_argument("--duration", type=positive_float, default=10.0)
     c.add_argument("--max-queue", type=positive_int, default=500)
@@ -61,22 +62,32 @@ def _done() -> None:
         print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before minutes of measuring: can the report (and the plot) be written where asked?"""
+    if args.json:
+        check_writable_file(args.json, "--json")
+    if getattr(args, "plot", None):
+        check_writable_file(args.plot, "--plot")
+
+
 def _model(args: argparse.Namespace) -> int:
     from .model import bench_model, format_model_report
 
+    _check_outputs(args)
     report = bench_model(
         args.bundle, batch_sizes=args.batch_sizes, threads=args.threads, duration=args.duration, progress=_progress
     )
     _done()
     print(format_model_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0
 
 
 def _e2e(args: argparse.Namespace) -> int:
     from .e2e import E2EOptions, bench_e2e, format_e2e_report, plot_e2e_report
 
+    _check_outputs(args)
     options = E2EOptions(
         config=args.config,
         rate=args.rate,
@@ -99,13 +110,14 @@ def _e2e(args: argparse.Namespace) -> int:
     if args.json:
         for system in report["systems"].values():
             system.pop("_latencies", None)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0
 
 
 def _camera(args: argparse.Namespace) -> int:
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
+    _check_outputs(args)
     w, h = args.size
     options = CameraBenchOptions(
         bundle=args.bundle or DEFAULT_DETECTOR,
@@ -120,5 +132,5 @@ def _camera(args: argparse.Namespace) -> int:
     _done()
     print(format_camera_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0

@@ -7,6 +7,7 @@ shown in their own column, per row, since their cost grows with rows, not with t
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -19,6 +20,7 @@ import orjson
 
 from ..bundle import load_bundle, write_bundle
 from ..engines import Engine
+from ..errors import PayloadError
 from ..tasks.codecs import encode
 
 __all__ = ["bench_model"]
@@ -96,23 +98,19 @@ def _bench_bundle(bundle, *, batch_sizes, threads, duration, progress) -> dict:
     options.intra_op_num_threads = threads
     bare = ort.InferenceSession(str(bundle.model_path), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    shape = engine.example_row_shape()
     decoder = engine.task.decoder(m, max_bytes=1 << 30)
     rows_out = []
     for n in batch_sizes:
         if progress:
             progress(f"batch {n}")
-        rows = [rng.normal(size=shape).astype(m.inputs[0].dtype) for _ in range(n)]
+        payloads, rows, metas = _sample_inputs(engine, decoder, n, rng)
         batch = np.stack(rows)
         feed = {m.inputs[0].name: batch}
-        metas = [None] * n
 
-        def core(rows: list[np.ndarray] = rows, metas: list[None] = metas) -> None:
+        def core(rows: list[np.ndarray] = rows, metas: list = metas) -> None:
             outputs = engine.run(np.stack(rows))
             for result in engine.task.results(m, outputs, metas):
                 encode({"id": 1, "model": m.name, "version": m.version, **result})
-
-        payloads = [orjson.dumps({"id": i, "values": r.tolist()}) for i, r in enumerate(rows)]
 
         def codecs(payloads: list[bytes] = payloads) -> None:
             for p in payloads:
@@ -138,6 +136,28 @@ def _bench_bundle(bundle, *, batch_sizes, threads, duration, progress) -> dict:
         "quantization": m.quantization.get("mode", "none"),
         "batches": rows_out,
     }
+
+
+def _sample_inputs(engine, decoder, n: int, rng) -> tuple[list[bytes], list[np.ndarray], list]:
+    """``n`` payloads as a client sends them, and the rows and metas the decoder makes of them.
+
+    Tensor models take JSON rows; image models refuse those, and get frames (as ``.npy``, which needs no
+    image encoder) of the model's input size.
+    """
+    shape = engine.example_row_shape()
+    dtype = engine.manifest.inputs[0].dtype
+    payloads = [orjson.dumps({"id": i, "values": rng.normal(size=shape).astype(dtype).tolist()}) for i in range(n)]
+    try:
+        decoded = [decoder.decode(p) for p in payloads]
+    except PayloadError:
+        h, w = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3) else shape[:2]
+        payloads = []
+        for _ in range(n):
+            buf = io.BytesIO()
+            np.save(buf, rng.integers(0, 256, (h, w, 3), dtype=np.uint8), allow_pickle=False)
+            payloads.append(buf.getvalue())
+        decoded = [decoder.decode(p) for p in payloads]
+    return payloads, [row for _, row, _ in decoded], [meta for _, _, meta in decoded]
 
 
 def format_model_report(report: dict) -> str:
