@@ -24,7 +24,7 @@ from .link import V5_PROBE_S, set_nodelay
 
 __all__ = ["connect_client", "broker_config"]
 
-OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], object]
 
 # CONNACK reasons that mean "not MQTT v5 here": v3.1.1's 1 and v5's 0x84; try v3.1.1 then.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
