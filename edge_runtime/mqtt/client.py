@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -77,8 +77,8 @@ def connect_client(
             client.username_pw_set(cfg.username, password)
         if tls is not None:
             client.tls_set_context(tls)
-        if on_message is not None:
-            client.on_message = on_message
+        if on_message is not None:  # paho ignores what it returns (a lambda may return anything)
+            client.on_message = cast(Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None], on_message)
         refused = _connect(client, cfg, max(wait, 0.1), subs)
         if refused is None:
             if version == MQTTProtocolVersion.MQTTv311:
