@@ -5,6 +5,7 @@ Before: one `{"routes": {"x": {}}}` on a metrics topic ended `status` with KeyEr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -72,7 +73,7 @@ JUNK_METRICS = [
     _route(model={"name": "m"}),
     b'{"uptime_s": 1, "routes": {"x": ' + b" " * (MAX_MESSAGE_BYTES + 1) + b"}}",
 ]
-JUNK_STATUS = [b'{"state": 5}', b'{"state": "pwned"}', b"[]", b'{"state": "online", "reload": {"ok": "no"}}', b"x"]
+JUNK_STATUS = [b'{"state": 5}', b'{"state": null}', b"[]", b'{"state": "online", "reload": {"ok": "no"}}', b"x"]
 
 
 def test_the_board_skips_junk_and_keeps_what_was_valid():
@@ -136,10 +137,11 @@ def test_fuzz_the_board_never_raises(kind, junk, path, mutate):
     board.update("edge-runtime/r/metrics", orjson.dumps(VALID_METRICS))
     base = VALID_METRICS if kind == "metrics" else VALID_STATUS
     body = _replace_somewhere(base, path, junk) if mutate else junk
-    board.update(f"edge-runtime/r/{kind}", orjson.dumps(body))
+    text = json.dumps(body).encode()  # the stdlib writes integers of any size: huge numbers are junk too
+    board.update(f"edge-runtime/r/{kind}", text)
     board.update("edge-runtime/r/metrics", orjson.dumps(VALID_METRICS))
     board.render()
-    parse(ResultMessage, orjson.dumps(body))  # the demo's and the benches' reader: no exception either
+    parse(ResultMessage, text)  # the demo's and the benches' reader: no exception either
 
 
 def test_status_command_survives_junk_publishers(broker, start_runtime, publisher, vibration_bundle, vibration_data):

@@ -8,7 +8,7 @@ them cannot overflow; nothing is coerced (a string is not a count).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -85,7 +85,7 @@ class ReloadOutcome(_Wire):
 class StatusMessage(_Wire):
     """``edge-runtime/<client_id>/status`` (retained; see serving.announce)."""
 
-    state: Literal["online", "offline"]
+    state: Short  # "online" or "offline" today; a newer runtime may say more
     version: Short | None = None
     device: Short | None = None
     models: Annotated[dict[Short, Short], Field(max_length=256)] = {}
