@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,12 +37,15 @@ def convert(
     target: str | None = None,
     input_shape: tuple[int, ...] | None = None,
     keep_candidates: bool = False,
+    reference: np.ndarray | str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Convert ``source`` into a bundle in ``out_dir``: quantized as asked (or as measured best) and verified.
 
     ``quantize``: ``auto`` (the default when validation data is given) measures every mode and keeps the
     fastest within ``max_accuracy_drop`` points; ``none``/``fp16``/``dynamic``/``static`` force one.
+    The manifest's ``reference`` (what drift is measured against on the device) is computed on
+    ``reference`` (rows as ``.npy``, or a folder of images for image models) or else on ``validation``.
     """
     src = Path(source)
     if not src.exists():
@@ -62,6 +65,7 @@ def convert(
         target=target,
         progress=progress,
         keep_candidates=keep_candidates,
+        reference=reference,
     )
 
 
@@ -96,12 +100,13 @@ def _finish(
     target: str | None = None,
     progress: Callable[[str], None] | None = None,
     keep_candidates: bool = False,
+    reference: Any = None,
 ) -> Bundle:
     from edge_runtime.engines import Engine
 
     from .calibrate import load_calibration
     from .gate import run_gate
-    from .quantize import MODES, QuantizeConfig
+    from .quantize import MODES, Mode, QuantizeConfig
     from .quantize import quantize as apply_mode
 
     X, y = _array(validation, "validation data"), _array(labels, "labels")
@@ -157,6 +162,7 @@ def _finish(
                 if c.model is not None and not c.chosen:
                     entry["file"] = f"candidates/{c.mode}.onnx"
                     extra_files[entry["file"]] = c.model
+        assert chosen.model is not None  # a candidate is chosen only when it produced a model
         model_bytes = chosen.model
         quant = {
             "mode": chosen.mode,
@@ -172,7 +178,7 @@ def _finish(
             "fp32_size_bytes": base.size_bytes,
         }
     else:
-        result = apply_mode(model_bytes, QuantizeConfig(mode, calibration=calib))
+        result = apply_mode(model_bytes, QuantizeConfig(cast("Mode", mode), calibration=calib))
         model_bytes = result.model
         quant = {"mode": mode, "notes": result.notes, "measured": False}
         report["candidates"] = [
@@ -188,14 +194,56 @@ def _finish(
     manifest = {**manifest, "version": version, "quantization": quant}
     if profile is not None:
         manifest["target"] = {"profile": profile.name, "int8_pays_off": profile.int8_pays_off}
-    bundle = write_bundle(
+    if reference is not None or X is not None:
+        manifest["reference"] = _reference(model_bytes, manifest, X if reference is None else reference)
+    # Engine: refuse, before it replaces anything, a bundle the runtime could not serve.
+    return write_bundle(
         out_dir,
         model_bytes,
         manifest,
         extra_files={**extra_files, "report.json": (json.dumps(report, indent=2) + "\n").encode()},
+        check=Engine,
     )
-    Engine(bundle)  # refuse to hand over a bundle the runtime could not serve
-    return bundle
+
+
+def _reference(model_bytes: bytes, manifest: dict[str, Any], source: Any) -> dict[str, Any]:
+    """Reference statistics of the model that will serve, on the reference set (drift is measured against them)."""
+    from edge_runtime.monitoring.reference import IMAGE_TASKS, reference_for_model, reference_from_images
+
+    from .calibrate import _IMAGES
+    from .gate import _session
+
+    session = _session(model_bytes, 1)
+    names = [o.name for o in session.get_outputs()]
+    input_name, dtype = manifest["inputs"][0]["name"], manifest["inputs"][0]["dtype"]
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, {input_name: batch})))
+
+    try:
+        if not isinstance(source, np.ndarray) and Path(source).is_dir():
+            if manifest.get("task") not in IMAGE_TASKS:
+                raise ConversionError(
+                    f"--reference {source} is a folder: images describe image models only; give rows as .npy"
+                )
+            files = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in _IMAGES)
+            if not files:
+                raise ConversionError(f"no images (.jpg, .png, .bmp) in {source}")
+            return reference_from_images(manifest, run, (p.read_bytes() for p in files))
+        rows = _array(source, "reference data")
+        assert rows is not None  # called with a reference set only
+        shape = manifest["inputs"][0]["shape"]
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
+        if rows.ndim != len(shape) or any(f is not None and f != d for f, d in zip(fixed, rows.shape[1:])):
+            raise ConversionError(
+                f"reference data has shape {list(rows.shape)}; the model takes {shape} (rows along the first axis)"
+            )
+        names_in = (manifest.get("source") or {}).get("feature_names")
+        return reference_for_model(manifest, run, rows.astype(dtype, copy=False), feature_names=names_in)
+    except ConversionError:
+        raise
+    except Exception as err:
+        raise ConversionError(f"cannot compute the reference statistics: {err}") from err
 
 
 def _target(name: str | None):

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     conv.add_argument("--validation", type=Path, help="validation inputs (.npy) to measure candidates on")
     conv.add_argument(
+        "--reference",
+        type=Path,
+        help="rows (.npy), or a folder of images for image models, that drift on the device is measured "
+        "against (default: --validation)",
+    )
+    conv.add_argument(
         "--labels", type=Path, help="labels for --validation (.npy); else agreement with fp32 is measured"
     )
     conv.add_argument("--calibration", type=Path, help="static: calibration inputs (.npy) or a folder of images")
@@ -61,6 +67,7 @@ def _convert(args: argparse.Namespace) -> int:
         target=args.target,
         input_shape=args.input_shape,
         keep_candidates=args.keep_candidates,
+        reference=args.reference,
     )
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
@@ -69,6 +76,12 @@ def _convert(args: argparse.Namespace) -> int:
         f"wrote {bundle.path}: {m.name} v{m.version} ({m.task}, input {m.inputs[0].shape}, "
         f"quantization {m.quantization['mode']}, sha256 {m.sha256[:12]})"
     )
+    if "reference" in m.model_extra:
+        ref = m.model_extra["reference"]
+        print(
+            f"reference statistics: {ref['rows']} rows, {len((ref.get('inputs') or {}).get('features') or [])} "
+            f"input channels{', outputs' if ref.get('outputs') else ''} (drift is measured against them)"
+        )
     if report.get("note"):
         print(f"note: {report['note']}", file=sys.stderr)
     return 0

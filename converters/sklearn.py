@@ -74,6 +74,8 @@ def convert_estimator(
         "outputs": [{"name": o.name, "dtype": _elem_dtype(o), "shape": _shape(o)} for o in onx.graph.output],
         "source": {"family": "sklearn", "estimator": type(model).__name__, "sklearn": sklearn.__version__},
     }
+    if getattr(model, "feature_names_in_", None) is not None:  # fitted on a DataFrame: drift reports these names
+        manifest["source"]["feature_names"] = [str(n) for n in model.feature_names_in_]
     from sklearn.base import is_outlier_detector
 
     if is_outlier_detector(final) and len(outputs) == 2:  # IsolationForest, OneClassSVM, ...: label -1/1 and a score

@@ -55,7 +55,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="objects: 1-3 shapes (detector); object: one large shape (classifier)",
     )
     cam.add_argument("--duration", type=positive_float, help="seconds (default: until Ctrl-C)")
+    stream = cam.add_mutually_exclusive_group()
+    stream.add_argument(
+        "--rtsp",
+        type=int,
+        metavar="PORT",
+        help="serve moving shapes as an RTSP stream on 127.0.0.1:PORT/cam instead (needs GStreamer)",
+    )
+    stream.add_argument(
+        "--mjpeg", type=int, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
+    )
+    cam.add_argument("--objects", type=positive_int, default=2, help="with --rtsp/--mjpeg: shapes crossing the scene")
     cam.set_defaults(handler=_camera)
+
+    vid = simsub.add_parser("video", help="write moving shapes to a video file, with their ground truth (.json)")
+    vid.add_argument("-o", "--output", type=Path, required=True, help=".mp4 or .avi")
+    vid.add_argument("--fps", type=positive_float, default=10.0)
+    vid.add_argument("--size", type=frame_size, default=(320, 240), help="WxH")
+    vid.add_argument("--objects", type=positive_int, default=2)
+    vid.add_argument("--seed", type=int, default=0)
+    vid.set_defaults(handler=_video)
 
     fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
     add_broker_options(fleet)
@@ -75,8 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--count", type=positive_int)
     rec.set_defaults(handler=_record)
 
-    rep = simsub.add_parser("replay", help="publish a recording again with its original timing")
-    rep.add_argument("file", type=Path)
+    rep = simsub.add_parser(
+        "replay", help="publish a recording (or a sample capture directory) again with its original timing"
+    )
+    rep.add_argument("file", type=Path, help="a recording (.jsonl) or a capture directory (a route's capture.dir)")
+    rep.add_argument("--topic", help="publish everything to this topic instead of the recorded ones")
     add_broker_options(rep)
     rep.add_argument("--speed", type=positive_float, default=1.0, help="2: twice as fast")
     rep.set_defaults(handler=_replay)
@@ -168,7 +190,7 @@ def _replay(args: argparse.Namespace) -> int:
     from .recording import replay
 
     try:
-        n = replay(broker_from_args(args), args.file, speed=args.speed)
+        n = replay(broker_from_args(args), args.file, speed=args.speed, topic=args.topic)
     except OSError as err:
         raise EdgeRuntimeError(f"cannot read {args.file}: {err.strerror}") from None
     except ValueError as err:
@@ -224,6 +246,18 @@ def _camera(args: argparse.Namespace) -> int:
     from .simulate import simulate_cameras
 
     w, h = args.size
+    if args.rtsp is not None or args.mjpeg is not None:
+        from .simulate_video import serve_camera_stream
+
+        return serve_camera_stream(
+            rtsp=args.rtsp,
+            mjpeg=args.mjpeg,
+            fps=args.fps,
+            width=w,
+            height=h,
+            objects=args.objects,
+            duration=args.duration,
+        )
     return simulate_cameras(
         broker_from_args(args),
         cameras=args.cameras,
@@ -234,3 +268,10 @@ def _camera(args: argparse.Namespace) -> int:
         scene=args.scene,
         duration=args.duration,
     )
+
+
+def _video(args: argparse.Namespace) -> int:
+    from .simulate_video import write_scene_video
+
+    w, h = args.size
+    return write_scene_video(args.output, fps=args.fps, width=w, height=h, objects=args.objects, seed=args.seed)

@@ -130,13 +130,24 @@ def read_recording(path: Path) -> list[dict]:
     return out
 
 
-def replay(url: BrokerConfig | str, path: Path, *, speed: float = 1.0) -> int:
-    """Publish a recording again, ``speed`` times as fast as it was recorded; returns how many were sent."""
+def replay(url: BrokerConfig | str, path: Path, *, speed: float = 1.0, topic: str | None = None) -> int:
+    """Publish a recording (or a capture directory) again, ``speed`` times as fast as it was recorded.
+
+    ``topic`` sends every message there instead of to its recorded topic. Returns how many were sent.
+    """
     from edge_runtime.mqtt.client import connect_client
 
     if speed <= 0:
         raise ValueError("speed must be above 0")
-    entries = read_recording(path)
+    if Path(path).is_dir():  # a sample capture (edge_runtime.monitoring.capture): its rows and frames
+        from edge_runtime.monitoring.capture import read_capture
+
+        entries = read_capture(path, topic=topic)
+    else:
+        entries = read_recording(path)
+        if topic is not None:
+            for e in entries:
+                e["topic"] = topic
     client = connect_client(url)
     start = time.monotonic()
     infos = []

@@ -17,7 +17,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
+from .monitoring.config import MonitoringFields, check_monitoring
+from .sources.config import SourceConfig
 from .topics import TopicFilter, TopicTemplate
+from .tracking.config import TrackingConfig
 from .vocabulary import Overflow
 
 if sys.version_info >= (3, 11):
@@ -216,8 +219,23 @@ class ModelConfig(_Strict):
     )
 
 
-class RouteConfig(_Strict):
-    subscribe: str = Field(description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed).")
+class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
+    subscribe: str | None = Field(
+        None, description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed); or a `source`."
+    )
+    source: str | None = Field(
+        None,
+        description="Read frames from a camera instead of MQTT: rtsp://..., http(s)://... (MJPEG), /dev/videoN "
+        "or a video file (relative to the config file). {1} in the topics is the source's name.",
+    )
+    source_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The source's name; default: from the source."
+    )
+    fps: float | None = Field(5.0, gt=0, le=120, description="Frames per second taken from the source (newest only).")
+    realtime: bool = Field(True, description="Video files: their own speed (true) or as fast as served (false).")
+    loop: bool = Field(False, description="Video files: start again at the end.")
+    username_env: str | None = Field(None, description="Source credentials: environment variable with the user.")
+    password_env: str | None = Field(None, description="Source credentials: environment variable with the password.")
     model: str = Field(description="Name of a [[models]] entry.")
     publish: str = Field(
         description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic."
@@ -274,9 +292,57 @@ class RouteConfig(_Strict):
 
     @field_validator("subscribe")
     @classmethod
-    def _filter(cls, value: str) -> str:
-        TopicFilter(value)
+    def _filter(cls, value: str | None) -> str | None:
+        if value is not None:
+            TopicFilter(value)
         return value
+
+    @model_validator(mode="after")
+    def _input(self) -> RouteConfig:
+        if (self.subscribe is None) == (self.source is None):
+            raise ValueError("a route takes its inputs from `subscribe` (MQTT) or from `source` (a camera): give one")
+        if self.source is not None:
+            self.source_config()  # its checks, as one-line errors
+        else:
+            video_keys = {
+                "source_name",
+                "fps",
+                "realtime",
+                "loop",
+                "username_env",
+                "password_env",
+            } & self.model_fields_set
+            if video_keys:
+                raise ValueError(f"{sorted(video_keys)[0]} applies to a route with a `source`")
+        return self
+
+    def source_config(self) -> SourceConfig | None:
+        """The route's video source settings, or None for an MQTT route."""
+        if self.source is None:
+            return None
+        return SourceConfig(
+            source=self.source,
+            name=self.source_name,
+            fps=self.fps,
+            realtime=self.realtime,
+            loop=self.loop,
+            username_env=self.username_env,
+            password_env=self.password_env,
+        )
+
+    @property
+    def name(self) -> str:
+        """What metrics and logs call the route: its filter, or ``source:<name>``."""
+        if self.subscribe is not None:
+            return self.subscribe
+        source = self.source_config()
+        assert source is not None
+        return f"source:{source.source_name}"
+
+    @property
+    def wildcards(self) -> int:
+        """How many ``{n}`` placeholders the route's topics may use (a source's name is ``{1}``)."""
+        return 1 if self.subscribe is None else TopicFilter(self.subscribe).wildcards
 
     @field_validator("reply_to")
     @classmethod
@@ -316,6 +382,8 @@ class RouteConfig(_Strict):
         subscribe = info.data.get("subscribe")
         if value is not None and subscribe is not None:
             TopicTemplate(value, wildcards=TopicFilter(subscribe).wildcards)
+        elif value is not None and info.data.get("source") is not None:
+            TopicTemplate(value, wildcards=1)
         return value
 
     @property
@@ -450,7 +518,11 @@ def _check_references(config: Config, text: str, path: str) -> None:
                 key=_dotted(loc),
                 line=_find_line(text, loc),
             )
-        if route.subscribe in subscribed:
+        problem = check_monitoring(route, route.model, seen)
+        if problem is not None:
+            loc = ("routes", i, "shadow")
+            raise ConfigError(problem.removeprefix("shadow: "), path=path, key=_dotted(loc), line=_find_line(text, loc))
+        if route.subscribe is not None and route.subscribe in subscribed:
             loc = ("routes", i, "subscribe")
             raise ConfigError(
                 f"routes[{subscribed[route.subscribe]}] already subscribes to {route.subscribe!r}: the broker "
@@ -459,7 +531,8 @@ def _check_references(config: Config, text: str, path: str) -> None:
                 key=_dotted(loc),
                 line=_find_line(text, loc),
             )
-        subscribed[route.subscribe] = i
+        if route.subscribe is not None:
+            subscribed[route.subscribe] = i
     broker = config.broker
     reliable = [(i, r) for i, r in enumerate(config.routes) if r.qos == 1]
     if broker.protocol == "5" and reliable:
@@ -493,7 +566,16 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={k: absolute(getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")}
     )
     models = [m.model_copy(update={"bundle": absolute(m.bundle)}) for m in config.models]
-    return config.model_copy(update={"broker": broker, "models": models})
+    routes = []
+    for r in config.routes:
+        update: dict[str, object] = {}
+        if r.capture is not None:
+            update["capture"] = r.capture.model_copy(update={"dir": absolute(r.capture.dir)})
+        source = r.source_config()
+        if source is not None and source.kind == "file" and not Path(r.source or "").is_absolute():
+            update["source"] = str(base / (r.source or ""))
+        routes.append(r.model_copy(update=update) if update else r)
+    return config.model_copy(update={"broker": broker, "models": models, "routes": routes})
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

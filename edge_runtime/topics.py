@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 
-__all__ = ["TopicFilter", "TopicTemplate", "check_filter"]
+__all__ = ["TopicFilter", "TopicTemplate", "check_filter", "topic_problem", "MAX_TOPIC_BYTES"]
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -106,3 +106,24 @@ class TopicTemplate:
         if not self.needs_captures:
             return self.text
         return self._format.format(c=captures, topic=topic)
+
+
+# The longest topic MQTT can carry: its length is a two-byte prefix.
+MAX_TOPIC_BYTES = 65535
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published on (empty, too long, a wildcard, a NUL), or None when it can.
+
+    Result and error topics are rendered from what an input's topic matched, so a legal input topic can
+    render an illegal one: checked before every publish, never raised.
+    """
+    if not topic:
+        return "empty topic"
+    if len(topic) * 4 > MAX_TOPIC_BYTES and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        return f"topic longer than {MAX_TOPIC_BYTES} bytes"
+    if "+" in topic or "#" in topic:
+        return "topic contains a wildcard (+ or #)"
+    if "\x00" in topic:
+        return "topic contains a NUL character"
+    return None

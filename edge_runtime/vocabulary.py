@@ -24,8 +24,10 @@ __all__ = [
 Overflow = Literal["drop_oldest", "reject", "latest_only"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = get_args(Overflow)
 
-# Why an input was given up without an answer; counted per route under this name.
-DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown"]
+# Why an input was given up without an answer; counted per route under this name. ``bad_topic``: its result
+# or error topic cannot be published on (too long, say); ``shutdown``: it arrived or waited while stopping
+# (never acknowledged, so the broker redelivers a QoS 1 input).
+DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown", "bad_topic"]
 DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 # The ``error`` field of a message on a route's error topic: short, stable, for machines.
@@ -43,6 +45,7 @@ ErrorCode = Literal[
     "not_image",
     "overloaded",
     "inference_failed",
+    "internal",  # the runtime could not handle this input (a bug: logged with its traceback)
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 

@@ -3,20 +3,67 @@
 Markers (``--strict-markers``): ``broker`` for tests that need a broker process (set automatically for
 tests that use a broker fixture), ``slow`` for the fault, load and benchmark tests. ``pytest -m "not broker"``
 runs the unit tests on a machine without Mosquitto.
+
+Nothing a test starts may outlive it. The pytest process is a child subreaper (Linux), so a process
+orphaned by a test (a broker whose wrapper died, a worker whose parent was killed) is re-parented here
+instead of to init; after every test ``nothing_outlives_the_test`` lists this process's live children,
+fails the test naming any that the test left running, and kills them so one leak does not cascade.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import Collector, RunningRuntime
+from helpers import Collector, RunningRuntime, end_processes, live_children, reap_zombies
 
+from edge_runtime.children import PR_SET_CHILD_SUBREAPER, prctl
 from edge_runtime.devtools.broker import find_mosquitto, start_broker
 from edge_runtime.mqtt.client import connect_client
 
+# Linux with /proc: processes can be watched. Elsewhere the hygiene check is skipped, not faked.
+_WATCH = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
+# How long a test's processes may take to finish after it ends (a SIGTERMed runtime answers what it holds).
+_GRACE_S = 5.0
+
 # Fixtures that need a broker process; a test using any of them is marked ``broker`` automatically.
 _BROKER_FIXTURES = {"broker", "own_broker", "secured_broker", "collector", "publisher", "bench_config"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    fn = prctl()
+    if _WATCH and fn is not None:
+        fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def nothing_outlives_the_test():
+    """Fail a test that leaves a process running (set up before, torn down after, the test's own fixtures).
+
+    Processes alive before the test (the session broker, a module's broker) are not the test's.
+    """
+    if not _WATCH:
+        yield
+        return
+    before = set(live_children())
+    yield
+    deadline = time.monotonic() + _GRACE_S
+    while True:
+        reap_zombies(ignore={pid for pid, _ in before})
+        left = {key: cmd for key, cmd in live_children().items() if key not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if left:
+        end_processes([pid for pid, _ in left])
+        pytest.fail(
+            f"{len(left)} process(es) outlived the test that started them: "
+            + "; ".join(f"pid {pid}: {cmd}" for (pid, _), cmd in sorted(left.items())),
+            pytrace=False,
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

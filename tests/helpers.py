@@ -5,7 +5,10 @@ Imported as ``from helpers import ...`` (pytest puts tests/ on sys.path); fixtur
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -19,7 +22,18 @@ from edge_runtime.devtools.broker import find_mosquitto
 from edge_runtime.mqtt.client import connect_client
 from edge_runtime.serving.runtime import Runtime
 
-__all__ = ["needs_mqtt5", "route_config", "RunningRuntime", "Collector", "payload"]
+__all__ = [
+    "needs_mqtt5",
+    "route_config",
+    "RunningRuntime",
+    "Collector",
+    "payload",
+    "live_children",
+    "descendants",
+    "cmdline",
+    "reap_zombies",
+    "end_processes",
+]
 
 needs_mqtt5 = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto (MQTT v5); apt-get install mosquitto")
 
@@ -104,3 +118,84 @@ class Collector:
 
 def payload(values, id=None) -> bytes:
     return orjson.dumps({"id": id, "values": np.asarray(values).tolist()})
+
+
+# -- processes: what a test started, seen from /proc (Linux) -----------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state letter, start time in clock ticks) of ``pid``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return int(fields[1]), fields[0].decode(), int(fields[19])
+
+
+def _table() -> dict[int, tuple[int, str, int]]:
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            table[int(name)] = st
+    return table
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip() or f"[pid {pid}]"
+    except OSError:
+        return f"[pid {pid}, gone]"
+
+
+def live_children(parent: int | None = None) -> dict[tuple[int, int], str]:
+    """The running (not zombie) children of ``parent`` (default: this process) as {(pid, start): cmdline}.
+
+    The start time tells a process from a later one that reuses its pid.
+    """
+    parent = os.getpid() if parent is None else parent
+    return {
+        (pid, start): cmdline(pid)
+        for pid, (ppid, state, start) in _table().items()
+        if ppid == parent and state not in ("Z", "X")
+    }
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, their children, ...), running or not."""
+    table = _table()
+    out, frontier = [], [root]
+    while frontier:
+        frontier = [pid for pid, (ppid, _, _) in table.items() if ppid in frontier]
+        out += frontier
+    return out
+
+
+def reap_zombies(ignore: set[int] = frozenset()) -> None:
+    """Collect this process's exited children (orphans re-parented to a subreaper are nobody else's)."""
+    me = os.getpid()
+    for pid, (ppid, state, _) in _table().items():
+        if ppid == me and state == "Z" and pid not in ignore:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def end_processes(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGKILL ``pids`` and everything below them, and reap whatever of it becomes this process's child.
+
+    Only processes below this one are touched: a pid that has been reused by someone else's is left alone.
+    """
+    ours = set(descendants(os.getpid()))
+    victims = {p for pid in pids for p in (pid, *descendants(pid))} & ours
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {pid for pid in victims if (st := _stat(pid)) is not None and st[1] not in ("Z", "X")}
+        reap_zombies()
+        if not alive:
+            return
+        time.sleep(0.02)

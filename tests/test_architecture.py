@@ -24,6 +24,7 @@ DEVICE_CODE = (
     "edge_runtime.registry",
     "edge_runtime.errors",
     "edge_runtime.vocabulary",
+    "edge_runtime.children",
 )
 WORKSTATION = (
     "edge_runtime.devtools",

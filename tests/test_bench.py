@@ -128,6 +128,10 @@ def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
         "--duration",
         "1",
         "--no-echo",
+        "--warmup-s",
+        "0.5",
+        "--window-s",
+        "0.5",
         "--json",
         str(tmp_path / "r.json"),
         "--payload",
@@ -146,6 +150,8 @@ def test_bench_e2e_rate_and_sweep(bench_config, tmp_path):
         "0.001",
         "--duration",
         "1",
+        "--warmup-s",
+        "0.5",
         "--no-echo",
         "--json",
         str(tmp_path / "s.json"),
@@ -211,3 +217,109 @@ def test_workers_share_a_route(broker, vibration_bundle, vibration_data, tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _adds_up(s):
+    return s["sent"] == s["answered"] + s["errors"] + s["dropped"] and s["dropped"] == sum(
+        s["dropped_by_reason"].values()
+    )
+
+
+@pytest.mark.slow
+def test_bench_e2e_poisson_with_warmup_csv_plot_and_machine_facts(bench_config, tmp_path):
+    out = _run(
+        "bench",
+        "e2e",
+        "--config",
+        str(bench_config),
+        "--rate",
+        "300",
+        "--arrivals",
+        "poisson",
+        "--seed",
+        "4",
+        "--duration",
+        "1",
+        "--warmup-s",
+        "1",
+        "--window-s",
+        "0.5",
+        "--json",
+        str(tmp_path / "p.json"),
+        "--csv",
+        str(tmp_path / "p.csv"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    )
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["load"]["arrivals"] == "poisson" and report["load"]["seed"] == 4
+    m = report["machine"]
+    assert m["cores"] >= 1 and m["device_profile"] and m["versions"]["onnxruntime"] and m["versions"]["paho-mqtt"]
+    assert "machine:" in out and "versions:" in out
+    for s in report["systems"].values():
+        assert _adds_up(s) and s["answered"] > 0 and s["warmup"]["windows"]
+        assert s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"]
+        assert s["cpu_s_per_1000"] > 0 and s["peak_rss_mb"] > 0
+    rt = report["systems"]["runtime"]["runtime"]
+    assert rt["latency"]["count"] > 0 and {"p95_ms", "p999_ms"} <= set(rt["latency"])
+    assert set(rt["stages"]) == {"queue", "decode", "infer", "publish"}
+    assert "end to end (runtime)" in out and "cpu per 1000 vs echo" in out
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    sent = sum(s["sent"] + s["warmup"]["excluded"] for s in report["systems"].values())
+    assert len(rows) == 1 + sent
+    staged = [r for r in rows if r.startswith("runtime,") and not r.endswith(",,,")]
+    assert staged  # the runtime's rows carry its batch stages
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_suite_and_compare_on_its_reports(bench_config, tmp_path):
+    args = [
+        "bench",
+        "suite",
+        "--config",
+        str(bench_config),
+        "--rates",
+        "200",
+        "--burst",
+        "200",
+        "--duration",
+        "0.5",
+        "--warmup-s",
+        "0",
+        "--no-camera",
+    ]
+    out = _run(*args, "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"))
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert set(report["steps"]) == {"sensors-200", "burst-200"} and report["machine"]["cores"] >= 1
+    for step in report["steps"].values():
+        for s in step["systems"].values():
+            assert _adds_up(s)
+    md = (tmp_path / "a.md").read_text()
+    assert "| CPU |" in md and "| burst-200 | runtime |" in md and "suite took" in out
+    cmp = _run("bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"))
+    assert "burst-200/runtime" in cmp and "1.000x" in cmp
+
+
+@pytest.mark.slow
+def test_a_broker_that_goes_away_mid_run_is_one_clear_error(tmp_path):
+    """The load generator must not spin on a dead connection: the run ends with an error saying why."""
+    import threading
+
+    from edge_runtime.bench.arrivals import Arrivals
+    from edge_runtime.bench.load import LoadPlan, Workload, run_load
+    from edge_runtime.devtools.broker import start_broker
+    from edge_runtime.errors import EdgeRuntimeError
+
+    broker = start_broker(workdir=tmp_path / "b")
+    workload = Workload(topics=["sensors/a/vibration"], rows=np.zeros((4, 16), dtype=np.float32))
+    threading.Timer(0.5, broker.stop).start()
+    # on a loaded machine the broker may be gone before the generator connected: either way, one clear error
+    with pytest.raises(EdgeRuntimeError, match=r"lost its connection to the broker|could not connect to the broker"):
+        run_load(
+            broker.url,
+            workload,
+            LoadPlan(arrivals=Arrivals(rate=200), duration=3, warmup_s=0),
+            result_filters=["results/#"],
+            settle=1,
+        )

@@ -208,11 +208,29 @@ def test_external_data_inside_the_bundle_is_served_and_checksummed(tmp_path):
         load_bundle(bundle.path)
 
 
+def _hand_made_bundle(tmp_path, location: str):
+    """A bundle directory put together by hand (not by write_bundle): the model and a manifest, no files listed."""
+    import hashlib
+
+    root = tmp_path / "bundle"
+    root.mkdir(exist_ok=True)
+    model = _model_with_external_weights(tmp_path, location)
+    (root / "model.onnx").write_bytes(model)
+    manifest = {
+        "name": "ext",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 4]}],
+        "sha256": hashlib.sha256(model).hexdigest(),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return load_bundle(root)
+
+
 def test_external_data_without_a_checksum_is_refused(tmp_path):
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "weights.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
     with pytest.raises(BundleError, match="no checksum"):
-        _external_bundle(tmp_path, "weights.bin")
+        _hand_made_bundle(tmp_path, "weights.bin")
 
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "missing"])
@@ -223,8 +241,9 @@ def test_external_data_reaching_outside_is_refused(tmp_path, how):
     location = {"dotdot": "../secret.bin", "absolute": str(outside), "symlink": "weights.bin", "missing": "gone.bin"}[
         how
     ]
-    if how == "symlink":
+    if how == "symlink":  # write_bundle writes no symlinks: a bundle put together by hand
         (tmp_path / "bundle" / "weights.bin").symlink_to(outside)
     with pytest.raises(BundleError, match="external data") as err:
-        _external_bundle(tmp_path, location)
+        (_hand_made_bundle if how == "symlink" else _external_bundle)(tmp_path, location)
     assert "self-contained" in str(err.value)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]  # no temporary left

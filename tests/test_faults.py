@@ -196,3 +196,219 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(20)
+
+
+# -- #13: a backlog served while the runtime is killed, a broker that stops reading, sessions -----------------
+
+
+def _queue_backlog(port: int, rows, count: int, *, client_id: str, config, log) -> None:
+    """Start the runtime once (its session now subscribes), stop it cleanly, then queue ``count`` QoS 1 inputs
+    for its persistent session while it is away."""
+    proc = _start_runtime(config, log)
+    try:
+        _wait_subscribed(port, client_id)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    publish_stream(port, rows, count=count, rate=20_000)
+
+
+def _kill_when(results: Results, proc: subprocess.Popen, answered: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while len(results.ids) < answered and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    return len(results.ids)
+
+
+@pytest.mark.parametrize("answered_before_kill", [1, 300, 1700])
+def test_runtime_killed_while_serving_a_backlog_loses_nothing(
+    own_broker, vibration_bundle, vibration_data, tmp_path, answered_before_kill
+):
+    port, _ = own_broker
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "edge.toml"
+    config.write_text(route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-backlog", qos=1))
+    count = 2000
+    with open(tmp_path / "runtime.log", "wb") as log:
+        _queue_backlog(port, Xt, count, client_id="t-backlog", config=config, log=log)
+        results = Results(port)
+        procs = [_start_runtime(config, log)]
+        try:
+            seen = _kill_when(results, procs[0], answered_before_kill)
+            assert seen < count, "the backlog was served before the kill: the test proves nothing"
+            procs.append(_start_runtime(config, log))
+            results.wait_for(count, timeout=60)
+            missing = set(range(count)) - results.ids
+            assert not missing, (
+                f"{len(missing)} inputs never answered (killed after {seen}), e.g. {sorted(missing)[:10]}"
+            )
+        finally:
+            results.close()
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(20)
+
+
+def test_broker_restarted_while_a_backlog_is_served_loses_nothing(
+    own_broker, vibration_bundle, vibration_data, tmp_path
+):
+    port, restart = own_broker
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "edge.toml"
+    config.write_text(route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-bbacklog", qos=1))
+    count = 2000
+    with open(tmp_path / "runtime.log", "wb") as log:
+        _queue_backlog(port, Xt, count, client_id="t-bbacklog", config=config, log=log)
+        results = Results(port)
+        proc = _start_runtime(config, log)
+        try:
+            deadline = time.monotonic() + 30
+            while len(results.ids) < 200 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            restart()
+            results.wait_for(count, timeout=60)
+            missing = set(range(count)) - results.ids
+            assert not missing, f"{len(missing)} inputs never answered, e.g. {sorted(missing)[:10]}"
+        finally:
+            results.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+
+@pytest.mark.parametrize("then", ["resume", "kill the runtime"])
+def test_a_broker_that_stops_reading_gets_no_early_acks(own_broker, vibration_bundle, vibration_data, tmp_path, then):
+    """SIGSTOP the broker mid-backlog with a small outgoing queue: results pile up and cannot leave. No input
+    may be acknowledged before the broker has its result: after SIGCONT (and, if the runtime was killed in
+    the meantime, a restart) every input is answered."""
+    port, _ = own_broker
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "edge.toml"
+    text = route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-stop", qos=1)
+    config.write_text(text.replace('client_id = "t-stop"\n', 'client_id = "t-stop"\nmax_outgoing = 50\n'))
+    count = 2000
+    broker = None
+    with open(tmp_path / "runtime.log", "wb") as log:
+        _queue_backlog(port, Xt, count, client_id="t-stop", config=config, log=log)
+        results = Results(port)
+        procs = [_start_runtime(config, log)]
+        try:
+            deadline = time.monotonic() + 30
+            while len(results.ids) < 100 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            broker = next(p for p in _broker_processes(port))
+            broker.send_signal(signal.SIGSTOP)
+            time.sleep(2)  # the runtime keeps serving what it had read; nothing can be acknowledged
+            if then == "kill the runtime":
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait(10)
+            broker.send_signal(signal.SIGCONT)
+            broker = None
+            if then == "kill the runtime":
+                procs.append(_start_runtime(config, log))
+            results.wait_for(count, timeout=60)
+            missing = set(range(count)) - results.ids
+            assert not missing, f"{len(missing)} inputs never answered, e.g. {sorted(missing)[:10]}"
+        finally:
+            if broker is not None:
+                broker.send_signal(signal.SIGCONT)
+            results.close()
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(20)
+
+
+def _broker_processes(port: int):
+    """The Mosquitto process listening on ``port`` (found from its config file in /proc)."""
+    import os
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"mosquitto") and len(cmdline) > 2:
+            try:
+                conf = open(cmdline[2], encoding="utf-8").read()
+            except OSError:
+                continue
+            if f"listener {port} " in conf:
+                yield subprocess_like(int(pid))
+
+
+class subprocess_like:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def send_signal(self, sig: int) -> None:
+        import os
+
+        os.kill(self.pid, sig)
+
+
+def test_a_route_added_while_away_is_subscribed(own_broker, vibration_bundle, vibration_data, tmp_path):
+    """The broker resumes the old session with its old subscriptions; the new route must be subscribed anyway."""
+    port, _ = own_broker
+    _, _, Xt, _ = vibration_data
+    config = tmp_path / "edge.toml"
+    url = f"mqtt://127.0.0.1:{port}"
+    config.write_text(route_config(url, vibration_bundle, client_id="t-added", qos=1))
+    with open(tmp_path / "runtime.log", "wb") as log:
+        proc = _start_runtime(config, log)
+        _wait_subscribed(port, "t-added")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        extra = '[[routes]]\nmodel = "m"\nsubscribe = "other/+/vibration"\npublish = "results/other/{1}"\nqos = 1\n'
+        config.write_text(route_config(url, vibration_bundle, client_id="t-added", qos=1, extra_route=extra))
+        proc = _start_runtime(config, log)
+        results = Results(port)
+        try:
+            _wait_subscribed(port, "t-added")
+            client = _persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
+            try:
+                time.sleep(0.5)
+                client.publish("other/x/vibration", payload(Xt[0], id=7), qos=1).wait_for_publish(10)
+            finally:
+                client.disconnect()
+                client.loop_stop()
+            results.wait_for(1, timeout=20)
+            assert results.ids == {7}
+        finally:
+            results.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+
+def test_a_slow_model_with_a_backlog_keeps_the_connection_and_stops_at_once(
+    broker, start_runtime, publisher, vibration_bundle, vibration_data
+):
+    """500 queued inputs on a model that takes 50 ms per batch is 25 s of work: the loop must keep servicing
+    the socket between batches (keep-alive 5 s: the broker drops a silent client after 7.5 s), and stop()
+    must take effect within a second, not after the backlog."""
+    _, _, Xt, _ = vibration_data
+    text = route_config(broker.url, vibration_bundle, client_id="t-slow", qos=1, max_batch=1, max_delay_ms=0)
+    rt = start_runtime(text.replace('client_id = "t-slow"\n', 'client_id = "t-slow"\nkeepalive_s = 5\n'))
+    engine = rt.runtime.engines["m"]
+    fast = engine.run
+
+    def slow(batch):  # fault injection: the model is slow, not wrong
+        time.sleep(0.05)
+        return fast(batch)
+
+    engine.run = slow
+    for i in range(500):
+        publisher.publish("sensors/slow/vibration", payload(Xt[i % len(Xt)], id=i), qos=1)
+    time.sleep(9)
+    link = rt.runtime.link
+    assert link.connected and link.counters["reconnects"] == 0, "the broker dropped us for missed keep-alives"
+    served = rt.runtime.stats()["routes"]["sensors/+/vibration"]["results"]
+    assert 20 < served < 500
+    started = time.monotonic()
+    rt.runtime.stop()
+    rt.thread.join(5)
+    assert not rt.thread.is_alive() and time.monotonic() - started < 1.0

@@ -475,12 +475,22 @@ def test_fuzz_graphs_split_over_occurrences_read_as_protobuf_reads_them(data):
 @pytest.mark.parametrize("location", ["w\x00.bin", "w" * 5000 + ".bin", "loop.bin"])
 def test_unopenable_locations_are_bundle_errors(tmp_path, location):
     """A NUL byte, a name too long for the file system, a symlink loop: refused like any other bad location."""
-    (tmp_path / "bundle").mkdir()
-    (tmp_path / "bundle" / "loop.bin").symlink_to(tmp_path / "bundle" / "loop.bin")
+    import hashlib
+    import json
+
+    from edge_runtime.bundle import load_bundle
+
+    root = tmp_path / "bundle"  # put together by hand: write_bundle writes no symlinks
+    root.mkdir()
+    (root / "loop.bin").symlink_to(root / "loop.bin")
+    model = _matmul_model(location).SerializeToString()
+    (root / "model.onnx").write_bytes(model)
     manifest = {
         "name": "m",
         "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 4]}],
+        "sha256": hashlib.sha256(model).hexdigest(),
     }
+    (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="external data"):
-        write_bundle(tmp_path / "bundle", _matmul_model(location).SerializeToString(), manifest)
+        load_bundle(root)

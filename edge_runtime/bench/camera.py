@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..children import popen, stop_child
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
@@ -98,7 +98,7 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
         str(stats_path),
     ]
     with open(workdir / f"{policy}.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stderr=log)
+        proc = popen(cmd, stderr=log)
     try:
         if not online.wait(60):
             raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{policy}.log'}")
@@ -122,8 +122,7 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
         publisher.disconnect()
         publisher.loop_stop()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_child(proc, timeout=30)
         watcher.disconnect()
         watcher.loop_stop()
     route = json.loads(stats_path.read_text())["routes"]["cameras/+/frames"]

@@ -80,6 +80,10 @@ class VerifiedFiles:
 class Bundle:
     path: Path
     manifest: Manifest
+    # Which directory ``path`` named when it was verified: (device, inode, ctime). A bundle is replaced by
+    # swapping directories, so a reader compares this with the path now to know whether it still reads
+    # what was verified (``verify.is_current``).
+    identity: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
     # Held from verification until an engine takes it (see verify.verified_files), then freed: the weights are
     # not kept twice while serving. A list so that a frozen Bundle can let go of it.
     _verified: list[VerifiedFiles] = field(default_factory=list, repr=False, compare=False)

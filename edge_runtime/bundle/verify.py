@@ -4,7 +4,12 @@ The model file must match the manifest's sha256 (so must every other file the ma
 signing key is configured the manifest must carry a valid HMAC-SHA256 signature (which covers the
 checksums, so it covers the model too). The ONNX file is parsed by our own walker before ONNX Runtime
 sees it, and the session is built from the very bytes that were checked (the model's and its external
-data's), never by opening the files again. No pickle is ever loaded here.
+data's, see ``verified_files``), never by opening the files again. No pickle is ever loaded here.
+
+A bundle may be replaced while it is read (``write_bundle`` swaps a new directory into place): the
+directory's identity is compared before and after, and a read that straddled a swap is done again, so a
+reader gets the old bundle or the new one, never a failure made of half of each. ``use_bundle`` extends
+that to what a caller does afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import hashlib
 import hmac
 import json
 import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -22,7 +31,28 @@ from ..errors import BundleError
 from ._onnx_walker import ExternalTensor, ModelInfo, OnnxFormatError, external_data_problem, inspect_model
 from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, VerifiedFiles, sign_manifest
 
-__all__ = ["load_bundle", "verified_files", "sha256_file", "NUMPY_TYPES"]
+__all__ = ["load_bundle", "use_bundle", "is_current", "verified_files", "sha256_file", "NUMPY_TYPES"]
+
+T = TypeVar("T")
+
+# A read is tried again when the bundle was swapped under it: up to this many times, 1, 2, 4, ... ms apart.
+_ATTEMPTS = 7
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """The directory ``path`` names now (through symlinks); ctime tells a new directory from one that reuses
+    a removed one's inode number."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def is_current(bundle: Bundle) -> bool:
+    """Whether ``bundle.path`` still names the directory that was verified (it has not been swapped since)."""
+    return bundle.identity is not None and _identity(bundle.path) == bundle.identity
+
 
 # onnx.TensorProto.DataType -> the numpy type of its raw bytes (external data is raw, little-endian)
 NUMPY_TYPES = {
@@ -52,10 +82,49 @@ def sha256_file(path: Path) -> str:
 def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> Bundle:
     """Read a bundle and verify it; raise BundleError saying what is wrong and how to fix it.
 
-    The bytes verified (model and external data) stay on the bundle until an engine takes them with
-    ``verified_files``: what is served is what was checked, whatever happens to the files afterwards.
+    A read that a concurrent swap (``write_bundle``) cut in two is done again: what is returned was read
+    from one directory, and ``identity`` says which. The bytes verified (model and external data) stay on
+    the bundle until an engine takes them with ``verified_files``: what is served is what was checked,
+    whatever happens to the files afterwards.
     """
     root = Path(path)
+    for attempt in range(_ATTEMPTS):
+        before = _identity(root)
+        try:
+            bundle = _load(root, signing_key)
+        except (BundleError, OSError):
+            # Missing (mid-swap, in the two-rename fallback) or changed while read: look again; else it is real.
+            if attempt == _ATTEMPTS - 1 or (before is not None and _identity(root) == before):
+                raise
+        else:
+            if before is not None and _identity(root) == before:
+                return replace(bundle, identity=before)
+        time.sleep(0.001 * 2**attempt)
+    raise BundleError(f"replaced {_ATTEMPTS} times while it was being read; try again", bundle=str(root))
+
+
+def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, signing_key: bytes | None = None) -> T:
+    """``use(load_bundle(path))``, done again if the bundle was swapped before ``use`` returned.
+
+    For callers that read the bundle's files after verification (``Engine`` itself does not: it builds its
+    session from the verified bytes): what ``use`` read is then the verified bundle, not part of a newer
+    one. ``use`` may raise BundleError or OSError for a file that a swap took away; that is tried again too.
+    """
+    for attempt in range(_ATTEMPTS):
+        bundle = load_bundle(path, signing_key=signing_key)
+        try:
+            result = use(bundle)
+        except (BundleError, OSError):
+            if attempt == _ATTEMPTS - 1 or is_current(bundle):
+                raise
+        else:
+            if is_current(bundle):
+                return result
+        time.sleep(0.001 * 2**attempt)
+    raise BundleError(f"replaced {_ATTEMPTS} times while it was being loaded; try again", bundle=str(path))
+
+
+def _load(root: Path, signing_key: bytes | None) -> Bundle:
     where = str(root)
     if not root.is_dir():
         raise BundleError("no such directory (build one with `edge-runtime convert MODEL -o DIR`)", bundle=where)
@@ -93,7 +162,11 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         path = (root / name).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
-        if not hmac.compare_digest(sha256_file(path), expected):
+        try:
+            actual_file = sha256_file(path)
+        except OSError as err:
+            raise BundleError(f"cannot read {name}: {err.strerror}", bundle=where) from err
+        if not hmac.compare_digest(actual_file, expected):
             raise BundleError(
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
             )
@@ -104,7 +177,7 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
         raise BundleError("a regressor's manifest needs value_output", bundle=where)
     if manifest.task == "anomaly" and not (manifest.value_output and manifest.scores_output):
         raise BundleError("an anomaly detector's manifest needs value_output (labels) and scores_output", bundle=where)
-    return Bundle(root, manifest, [files])
+    return Bundle(root, manifest, _verified=[files])
 
 
 def verified_files(bundle: Bundle) -> VerifiedFiles:

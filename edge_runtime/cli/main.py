@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..errors import EdgeRuntimeError
@@ -69,9 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    # SIGTERM (systemd, a supervisor, a test) is Ctrl-C for every command that does not handle it itself
+    # (run, broker and the simulators do): their ``finally`` blocks then stop the brokers and runtimes they
+    # started, instead of the process dying and leaving those to init.
+    previous = None
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.handler(args)
     except EdgeRuntimeError as err:
@@ -79,3 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

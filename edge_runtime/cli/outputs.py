@@ -41,7 +41,7 @@ def check_writable_dir(path: Path, option: str) -> None:
     if not base.is_dir():
         raise EdgeRuntimeError(f"{option} {path}: {base} is not a directory; choose another place")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise EdgeRuntimeError(f"{option} {path}: {base} is not writable by this user; choose another place")
+        raise EdgeRuntimeError(f"{option} {path}: {base} must be writable by this user; choose another place")
 
 
 def write_output(path: Path, text: str, option: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import load_bundle
+from ..children import popen, stop_child
 from ..errors import BundleError, EdgeRuntimeError
 from ..mqtt.client import connect_client
 from ..observability.schemas import ResultMessage, StatusMessage, parse
@@ -30,6 +31,7 @@ CONFIG = """\
 [broker]
 url = "{url}"
 client_id = "edge-demo"
+protocol = "{protocol}"
 
 [[models]]
 name = "vibration"
@@ -178,7 +180,8 @@ def run_demo(
     clients = []
     try:
         config = workdir / "demo.toml"
-        text = CONFIG.format(url=broker.url)
+        # amqtt has no MQTT v5 (and does not refuse it, it stays silent): the config says so.
+        text = CONFIG.format(url=broker.url, protocol="3.1.1" if broker.kind == "amqtt" else "5")
         if cameras:
             from ..bench.camera import DEFAULT_DETECTOR
 
@@ -186,7 +189,7 @@ def run_demo(
         config.write_text(text)
         print(f"broker: {broker.kind} on {broker.url}   model: {how} ({workdir / 'bundles' / 'vibration'})", flush=True)
         with open(workdir / "runtime.log", "wb") as log:  # the child keeps its own copy of the descriptor
-            runtime = subprocess.Popen(
+            runtime = popen(
                 [sys.executable, "-m", "edge_runtime", "--log-level", "WARNING", "run", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -286,7 +289,6 @@ def run_demo(
         for c in clients:
             c.disconnect()
             c.loop_stop()
-        if runtime is not None and runtime.poll() is None:
-            runtime.terminate()
-            runtime.wait(10)
+        if runtime is not None:
+            stop_child(runtime)
         broker.stop()

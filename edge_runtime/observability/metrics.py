@@ -55,7 +55,9 @@ class Histogram:
             "count": self.total,
             "p50_ms": round(self.percentile(50), 4),
             "p90_ms": round(self.percentile(90), 4),
+            "p95_ms": round(self.percentile(95), 4),
             "p99_ms": round(self.percentile(99), 4),
+            "p999_ms": round(self.percentile(99.9), 4),
             "max_ms": round(self.max, 3),
         }
 
@@ -67,6 +69,7 @@ class RouteStats:
     errors: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    reply_to_refused: int = 0  # response topics outside the route's reply_to: answered on the route's own topic
     batch_sizes: Counter[int] = field(default_factory=Counter)  # rows per batch -> how many batches had that many
     latency: Histogram = field(default_factory=Histogram)  # arrival to result handed to the broker
     # Where the time goes, per input: waiting in the queue, then per batch: decode, inference, encode+publish.
@@ -79,6 +82,7 @@ class RouteStats:
             "errors": dict(self.errors),
             "dropped": dict(self.dropped),
             "batches": self.batches,
+            "reply_to_refused": self.reply_to_refused,
             "mean_batch": round(self.results / self.batches, 2) if self.batches else 0.0,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "latency": self.latency.summary(),
@@ -96,6 +100,9 @@ class RouteSnapshot:
     queue_depth: int
     queue_high_water: int
     queue_max: int
+    queue_bytes: int = 0
+    queue_max_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # what the route's observers add: drift, shadow, ...
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,14 @@ class RuntimeSnapshot:
             r.name: {
                 "model": r.model,
                 **r.stats.as_dict(),
-                "queue": {"depth": r.queue_depth, "high_water": r.queue_high_water, "max": r.queue_max},
+                "queue": {
+                    "depth": r.queue_depth,
+                    "high_water": r.queue_high_water,
+                    "max": r.queue_max,
+                    "bytes": r.queue_bytes,
+                    "max_bytes": r.queue_max_bytes,
+                },
+                **r.extra,
             }
             for r in self.routes
         }

@@ -56,8 +56,35 @@ class RuntimeCollector:
             "Time per stage: queue wait per input; decode, inference and encode+publish per batch.",
             labels=["route", "stage"],
         )
+        drift = GaugeMetricFamily(
+            "edge_runtime_drift_score",
+            "Drift score (the largest PSI) of the route's last window against the bundle's reference.",
+            labels=["route"],
+        )
+        drift_alert = GaugeMetricFamily(
+            "edge_runtime_drift_alert", "1 while the route's drift alert is active.", labels=["route"]
+        )
+        drift_psi = GaugeMetricFamily(
+            "edge_runtime_drift_psi", "PSI per input feature ('outputs': of the outputs).", labels=["route", "feature"]
+        )
+        agreement = GaugeMetricFamily(
+            "edge_runtime_shadow_agreement",
+            "Share of rows where the shadow model agrees with the live one.",
+            labels=["route", "shadow"],
+        )
         for r in snap.routes:
             s, name = r.stats, r.name
+            d = r.extra.get("drift")
+            if isinstance(d, dict) and d.get("score") is not None:
+                drift.add_metric([name], float(d["score"]))
+                drift_alert.add_metric([name], 1.0 if d.get("alert") else 0.0)
+                for feature, psi in (d.get("features") or {}).items():
+                    drift_psi.add_metric([name, str(feature)], float(psi))
+                if d.get("outputs") is not None:
+                    drift_psi.add_metric([name, "outputs"], float(d["outputs"]))
+            sh = r.extra.get("shadow")
+            if isinstance(sh, dict) and sh.get("agreement") is not None:
+                agreement.add_metric([name, str(sh.get("model"))], float(sh["agreement"]))
             received.add_metric([name], s.received)
             results.add_metric([name], s.results)
             batches.add_metric([name], s.batches)
@@ -90,6 +117,10 @@ class RuntimeCollector:
             "edge_runtime_connected", "1 while connected to the broker.", value=1 if snap.connected else 0
         )
         yield from (
+            drift,
+            drift_alert,
+            drift_psi,
+            agreement,
             received,
             results,
             batches,

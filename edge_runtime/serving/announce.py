@@ -18,8 +18,8 @@ __all__ = ["Announcer", "OFFLINE"]
 
 OFFLINE = encode({"state": "offline"})
 
-# Result topics remembered as announced, at most: a bound on memory whatever topics inputs arrive on.
-_MAX_ANNOUNCED = 10_000
+# Result topics remembered as announced, at most (in bytes): a bound on memory whatever topics inputs arrive on.
+_MAX_ANNOUNCED_BYTES = 1 << 20
 
 Publish = Callable[[str, bytes, int, bool], object]  # (topic, payload, qos, retain)
 
@@ -33,10 +33,13 @@ class Announcer:
         self._publish = publish
         self._prefix = discovery_prefix
         self._announced: set[str] = set()
+        self._announced_bytes = 0
         self.last_reload: dict[str, Any] | None = None
 
-    def online(self, models: dict[str, str]) -> None:
+    def online(self, models: dict[str, str], *, sources: dict[str, Any] | None = None) -> None:
         status: dict[str, Any] = {"state": "online", "version": self.version, "device": self.device, "models": models}
+        if sources:
+            status["sources"] = sources  # each video source's state, counters and last error (credentials redacted)
         if self.last_reload is not None:
             status["reload"] = self.last_reload
         self._publish(self.status_topic, encode(status), 1, True)
@@ -45,10 +48,16 @@ class Announcer:
         self._publish(self.status_topic, OFFLINE, 1, True)
 
     def result_topic(self, topic: str, *, task: str, model: str, version: str) -> None:
-        """Announce ``topic`` to Home Assistant the first time a result is published there (discovery on)."""
-        if self._prefix is None or topic in self._announced or len(self._announced) >= _MAX_ANNOUNCED:
+        """Announce ``topic`` to Home Assistant the first time a result is published there (discovery on).
+
+        Only ever called with a route's own result topic, never a requester's response topic.
+        """
+        if self._prefix is None or topic in self._announced:
+            return
+        if self._announced_bytes + len(topic) > _MAX_ANNOUNCED_BYTES:
             return
         self._announced.add(topic)
+        self._announced_bytes += len(topic)
         message = discovery_message(
             prefix=self._prefix, node=self.client_id, result_topic=topic, task=task, model=model, version=version
         )

@@ -10,7 +10,8 @@ Overload policies (``overflow``), each counted by the caller under the reason re
 - ``latest_only``: only the newest waiting input per key (a camera's topic) is kept (``superseded``);
   a full queue then drops the oldest, as ``drop_oldest`` does.
 ``deadline`` (seconds, optional) gives up inputs that waited longer than that (``expired``): stale work
-is not served late.
+is not served late. The queue is bounded in inputs (``max_queue``) and, when ``max_bytes`` is given, in
+payload bytes: a flood of large inputs costs at most that much memory, whatever their number.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["Batcher", "Pending", "OVERFLOW_POLICIES"]
+from ..vocabulary import OVERFLOW_POLICIES, DropReason, Overflow
+
+__all__ = ["Batcher", "Pending"]
 
 T = TypeVar("T")
-OVERFLOW_POLICIES = ("drop_oldest", "reject", "latest_only")
 
 
 class Pending(Generic[T]):
-    __slots__ = ("item", "arrived", "key", "live")
+    __slots__ = ("item", "arrived", "key", "nbytes", "live")
 
-    def __init__(self, item: T, arrived: float, key: Hashable = None):
+    def __init__(self, item: T, arrived: float, key: Hashable = None, nbytes: int = 0):
         self.item = item
         self.arrived = arrived  # time.monotonic() when it was accepted
         self.key = key
+        self.nbytes = nbytes
         self.live = True  # False once superseded: skipped (and already counted) when it reaches the head
 
 
@@ -42,38 +45,51 @@ class Batcher(Generic[T]):
         max_batch: int,
         max_delay: float,
         max_queue: int,
-        overflow: str = "drop_oldest",
+        max_bytes: int | None = None,
+        overflow: Overflow = "drop_oldest",
         deadline: float | None = None,
     ):
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
         if max_batch < 1 or max_queue < 1 or max_delay < 0 or (deadline is not None and deadline <= 0):
             raise ValueError("max_batch and max_queue must be at least 1, max_delay at least 0, deadline above 0")
-        self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay, max_queue
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self.max_batch, self.max_delay, self.max_queue, self.max_bytes = max_batch, max_delay, max_queue, max_bytes
         self.overflow, self.deadline_s = overflow, deadline
         self._queue: deque[Pending[T]] = deque()
         self._live = 0
+        self.bytes = 0  # payload bytes of the live inputs
         self._latest: dict[Hashable, Pending[T]] = {}
         self.high_water = 0  # the most inputs ever waiting at once: never above max_queue
+        self.high_water_bytes = 0  # never above max_bytes
 
-    def offer(self, item: T, now: float, key: Hashable = None) -> list[tuple[T, str]]:
-        """Queue ``item``; return the inputs given up to make room, each with its reason."""
-        given_up: list[tuple[T, str]] = []
+    def _full(self, nbytes: int) -> bool:
+        return self._live >= self.max_queue or (self.max_bytes is not None and self.bytes + nbytes > self.max_bytes)
+
+    def offer(self, item: T, now: float, key: Hashable = None, nbytes: int = 0) -> list[tuple[T, DropReason]]:
+        """Queue ``item`` (``nbytes`` of payload); return the inputs given up to make room, each with its reason."""
+        given_up: list[tuple[T, DropReason]] = []
         if self.overflow == "latest_only":
             older = self._latest.get(key)
             if older is not None and older.live:
                 older.live = False
                 self._live -= 1
+                self.bytes -= older.nbytes
                 given_up.append((older.item, "superseded"))
-        if self._live >= self.max_queue:
+        if self._full(nbytes):
             if self.overflow == "reject":
-                return [(item, "rejected")]
-            oldest = self._pop_live()
-            given_up.append((oldest.item, "queue_full"))
-        p = Pending(item, now, key)
+                return [*given_up, (item, "rejected")]
+            while self._live and self._full(nbytes):
+                given_up.append((self._pop_live().item, "queue_full"))
+            if self._full(nbytes):  # larger than the whole byte budget on its own
+                return [*given_up, (item, "queue_full")]
+        p = Pending(item, now, key, nbytes)
         self._queue.append(p)
         self._live += 1
+        self.bytes += nbytes
         self.high_water = max(self.high_water, self._live)
+        self.high_water_bytes = max(self.high_water_bytes, self.bytes)
         if self.overflow == "latest_only":
             self._latest[key] = p
         return given_up
@@ -87,6 +103,7 @@ class Batcher(Generic[T]):
         self._skip_dead()
         p = self._queue.popleft()
         self._live -= 1
+        self.bytes -= p.nbytes
         if self.overflow == "latest_only" and self._latest.get(p.key) is p:
             del self._latest[p.key]
         return p
@@ -104,18 +121,26 @@ class Batcher(Generic[T]):
         self._skip_dead()
         return self._queue[0].arrived + self.max_delay
 
-    def take(self, now: float) -> tuple[list[Pending[T]], list[T]]:
-        """Up to ``max_batch`` inputs to serve, and those that expired waiting (to count and acknowledge)."""
+    def take(self, now: float, limit: int | None = None) -> tuple[list[Pending[T]], list[T]]:
+        """Up to ``max_batch`` (or ``limit``) inputs to serve, and those that expired waiting (to count)."""
         batch: list[Pending[T]] = []
         expired: list[T] = []
         oldest_allowed = None if self.deadline_s is None else now - self.deadline_s
-        while self._live and len(batch) < self.max_batch:
+        size = self.max_batch if limit is None else min(limit, self.max_batch)
+        while self._live and len(batch) < size:
             p = self._pop_live()
             if oldest_allowed is not None and p.arrived < oldest_allowed:
                 expired.append(p.item)
             else:
                 batch.append(p)
         return batch, expired
+
+    def drain(self) -> list[T]:
+        """Everything still waiting, removed (at shutdown: counted, never answered, never acknowledged)."""
+        out = []
+        while self._live:
+            out.append(self._pop_live().item)
+        return out
 
     def __len__(self) -> int:
         return self._live

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,18 +48,39 @@ def fingerprint(bundle: Path) -> tuple[str, str] | None:
         return None  # mid-swap or gone: keep serving, look again next time
 
 
+# At most one reload per model this often: requests in between are coalesced into one at the end of the
+# interval. A reload hashes the bundle, builds a session and warms it up; a flood of requests must not
+# turn into a flood of those.
+MIN_RELOAD_INTERVAL_S = 5.0
+
+
 class Reloader:
-    """Watches bundle directories; loads what changed (or what is asked for) on its own thread."""
+    """Watches bundle directories; loads what changed (or what is asked for) on its own thread.
+
+    Requests and detected changes are coalesced per model and rate limited (``min_interval_s``); ``loads``
+    counts the reloads actually attempted.
+    """
 
     def __init__(
-        self, bundles: dict[str, Path], load: Callable[[str], Engine], *, watched: set[str], poll_s: float = 2.0
+        self,
+        bundles: dict[str, Path],
+        load: Callable[[str], Engine],
+        *,
+        watched: set[str],
+        poll_s: float = 2.0,
+        min_interval_s: float = MIN_RELOAD_INTERVAL_S,
     ):
         self._bundles = bundles
         self._watched = watched
         self._load = load
         self._poll_s = poll_s
+        self._min_interval = min_interval_s
         self._seen = {name: fingerprint(path) for name, path in bundles.items()}
-        self._asked: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._asked: set[str] = set()  # bounded by the number of models, however many requests arrive
+        self._wake = threading.Event()
+        self._last: dict[str, float] = {}
+        self.loads = 0
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="edge-runtime-reload", daemon=True)
@@ -68,33 +90,46 @@ class Reloader:
 
     def close(self) -> None:
         self._stop.set()
-        self._asked.put("")  # wake the thread
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
     def request(self, model: str | None = None) -> list[str]:
-        """Ask for a reload of one model (or all); returns the names that will be reloaded."""
+        """Ask for a reload of one configured model (or all); returns the names that will be reloaded."""
         names = list(self._bundles) if model is None else [model] if model in self._bundles else []
-        for name in names:
-            self._asked.put(name)
+        if names:
+            with self._lock:
+                self._asked.update(names)
+            self._wake.set()
         return names
 
     def _watch(self) -> None:
-        timeout = self._poll_s if self._watched else None
+        due: dict[str, float] = {}  # model -> when its coalesced reload may run
         while not self._stop.is_set():
-            try:
-                asked = {self._asked.get(timeout=timeout)}
-            except queue.Empty:
-                asked = set()
+            now = time.monotonic()
+            timeout = self._poll_s if self._watched else None
+            if due:
+                soonest = max(0.0, min(due.values()) - now)
+                timeout = soonest if timeout is None else min(timeout, soonest)
+            self._wake.wait(timeout)
+            self._wake.clear()
             if self._stop.is_set():
                 return
+            with self._lock:
+                asked, self._asked = self._asked, set()
+            now = time.monotonic()
             for name, path in self._bundles.items():
-                now = fingerprint(path) if name in self._watched else None
-                changed = now is not None and now != self._seen[name]
+                seen = fingerprint(path) if name in self._watched else None
+                changed = seen is not None and seen != self._seen[name]
+                if changed:
+                    self._seen[name] = seen
                 if name in asked or changed:
-                    if now is not None:
-                        self._seen[name] = now
-                    self.outcomes.put(self._try(name))
+                    due.setdefault(name, max(now, self._last.get(name, -1e9) + self._min_interval))
+            for name in [n for n, t in due.items() if t <= now]:
+                del due[name]
+                self._last[name] = time.monotonic()
+                self.loads += 1
+                self.outcomes.put(self._try(name))
 
     def _try(self, name: str) -> Outcome:
         try:

@@ -1,12 +1,28 @@
 """The runtime: routes wired from the MQTT link through decode, batch, infer and encode back to the link.
 
-Everything runs in one thread (see link.py for why). Each turn of the loop waits for the socket no longer
-than the nearest batch deadline, takes in what has arrived, and serves every batch that is due.
+Everything runs in one thread (see mqtt/link.py for why). Each turn of the loop waits for the socket no
+longer than the nearest batch deadline, takes in what has arrived, and serves the routes that are due,
+one batch per route per round (a flooded route cannot starve another), servicing the socket between
+batches (keep-alives, the broker's acknowledgements, new inputs) and checking the stop flag.
+
+Two promises are kept here:
+
+- **Nothing acknowledged before its result is safe.** An input is acknowledged when every route it matched
+  has made its answer (result, error, or a counted drop) safe: for a QoS 1 answer, when the broker has
+  acknowledged it. When results cannot leave (the outgoing queue is full), no batch is served: QoS 1
+  inputs wait unacknowledged (the broker holds the rest, up to our Receive Maximum) and QoS 0 ones meet
+  their route's bounded queue and overflow policy, counted.
+- **Every client is a stranger.** No single input can raise out of the loop (a failing batch is served row
+  by row), decide where results go (response topics only within a route's ``reply_to``), publish on a topic
+  MQTT does not allow (counted as ``bad_topic`` and acknowledged), or hold more memory than the route's
+  byte bound.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -14,55 +30,78 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from devices.detect import profile_for
 from devices.profiles import DeviceProfile
 
 from .. import __version__
-from ..bundle import load_bundle
+from ..bundle import use_bundle
 from ..config import Config, RouteConfig
 from ..engines import Engine
 from ..errors import ConfigError, PayloadError
-from ..mqtt.link import Link, Message
+from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
+from ..observability.ratelog import RateLimitedLog
 from ..tasks import Decoder
 from ..tasks.codecs import encode
-from ..topics import TopicFilter, TopicTemplate
+from ..topics import MAX_TOPIC_BYTES, TopicFilter, TopicTemplate
 from ..vocabulary import DropReason
 from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
 from .control import parse_control
+from .monitors import RouteMonitors
+from .observers import BatchObserver, ServedBatch
 from .reload import Outcome, Reloader
 from .snapshots import Snapshots
+from .video import FrameInput, TrackingObserver, VideoInput
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger("edge_runtime")
+
+# How long a stopping runtime goes on serving what it has already accepted before it gives the rest up
+# (unacknowledged: the broker redelivers QoS 1 inputs), and how long it then waits for the broker to
+# acknowledge what it published.
+SHUTDOWN_SERVE_S = 0.5
+SHUTDOWN_DRAIN_S = 2.0
+
+# Input topics remembered with the routes they match, and rendered answer topics per route, at most (bytes).
+_ROUTE_CACHE_BYTES = 4 << 20
+_RENDERED_BYTES = 1 << 20
 
 
 @dataclass
 class Route:
     config: RouteConfig
     engine: Engine
-    filter: TopicFilter
+    filter: TopicFilter | None  # None: the route reads a video source, not MQTT
     publish: TopicTemplate
     errors: TopicTemplate
+    reply_to: list[TopicFilter]
     decoder: Decoder
-    batcher: Batcher[Message]
+    batcher: Batcher[Inbound]
     snapshots: Snapshots | None = None
+    video: VideoInput | None = None
+    observers: list[BatchObserver] = field(default_factory=list)
+    monitors: RouteMonitors | None = None
     stats: RouteStats = field(default_factory=RouteStats)
+    # Rendered answer topics per input topic (rendering costs more than a lookup), bounded in bytes.
+    rendered: dict[tuple[bool, str], str] = field(default_factory=dict)
+    rendered_bytes: int = 0
 
     @property
     def name(self) -> str:
-        return self.config.subscribe
+        return self.config.name
+
+    def captures(self, topic: str) -> list[str]:
+        """What ``{1}``.. in the route's topics stand for: the filter's wildcard matches, or a source's name."""
+        if self.filter is None:
+            return [topic]
+        return self.filter.match(topic) or []
 
 
 def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
     """Load, verify and warm up one model: used at start and for every reload."""
-    import os
-
     m = next(m for m in config.models if m.name == name)
     key = None
     if m.signing_key_env:
@@ -72,11 +111,9 @@ def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
                 f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
             )
         key = value.encode()
-    engine = Engine(
-        load_bundle(m.bundle, signing_key=key),
-        threads=m.threads or profile.ort.intra_op_threads,
-        spinning=profile.ort.allow_spinning,
-    )
+    threads, spinning = m.threads or profile.ort.intra_op_threads, profile.ort.allow_spinning
+    # use_bundle: if the directory is swapped between verification and the session, both are done again.
+    engine = use_bundle(m.bundle, lambda b: Engine(b, threads=threads, spinning=spinning), signing_key=key)
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
     return engine
@@ -86,18 +123,29 @@ def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
     return engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
 
 
+def _max_packet(config: Config) -> int:
+    """The largest packet we accept (MQTT v5 Maximum Packet Size): the largest payload a route takes, plus the
+    longest topic and room for properties. The broker drops anything bigger before it reaches us."""
+    return max(r.max_payload_bytes for r in config.routes) + MAX_TOPIC_BYTES + 8192
+
+
 class Runtime:
     """Serves every route of a config until ``stop()`` (or SIGINT/SIGTERM under ``run``)."""
 
     def __init__(self, config: Config):
         self.config = config
-        # ONNX Runtime settings come from the board this runs on (or the one the config names).
+        # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
         self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
+        budget = self.profile.queue_budget_mb * (1 << 20) // len(config.routes)
         self.routes: list[Route] = []
+        client_id = config.broker.client_id
+        discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
+        publish = self._publish_raw
         for i, rc in enumerate(config.routes):
             engine = self.engines[rc.model]
-            flt = TopicFilter(rc.subscribe)
+            flt = TopicFilter(rc.subscribe) if rc.subscribe is not None else None
+            wildcards = rc.wildcards
             snapshots = None
             if rc.snapshot is not None:
                 if not hasattr(engine.task, "annotate"):
@@ -106,39 +154,68 @@ class Runtime:
                         key=f"routes[{i}].snapshot",
                     )
                 snapshots = Snapshots(
-                    TopicTemplate(rc.snapshot, wildcards=flt.wildcards),
+                    TopicTemplate(rc.snapshot, wildcards=wildcards),
                     flt,
                     lambda topic, jpeg: self.link.publish(topic, jpeg, 0),
                 )
-            self.routes.append(
-                Route(
-                    config=rc,
-                    engine=engine,
-                    filter=flt,
-                    publish=TopicTemplate(rc.publish, wildcards=flt.wildcards),
-                    errors=TopicTemplate(rc.error_topic, wildcards=flt.wildcards),
-                    decoder=_decoder(engine, rc),
-                    snapshots=snapshots,
-                    batcher=Batcher(
-                        max_batch=rc.max_batch,
-                        max_delay=rc.max_delay_ms / 1000,
-                        max_queue=rc.max_queue or self.profile.max_queue,
-                        overflow=rc.overflow,
-                        deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
-                    ),
+            if rc.track and not hasattr(engine.task, "annotate"):
+                raise ConfigError(
+                    f"track needs a detector; {rc.model!r} is a {engine.task.name}", key=f"routes[{i}].track"
                 )
+            if rc.source is not None and not hasattr(_decoder(engine, rc), "decode_array"):
+                raise ConfigError(
+                    f"a video source needs an image model; {rc.model!r} is a {engine.task.name}",
+                    key=f"routes[{i}].source",
+                )
+            route = Route(
+                config=rc,
+                engine=engine,
+                filter=flt,
+                publish=TopicTemplate(rc.publish, wildcards=wildcards),
+                errors=TopicTemplate(rc.error_topic, wildcards=wildcards),
+                reply_to=[TopicFilter(f) for f in rc.reply_to],
+                decoder=_decoder(engine, rc),
+                snapshots=snapshots,
+                batcher=Batcher(
+                    max_batch=rc.max_batch,
+                    max_delay=rc.max_delay_ms / 1000,
+                    max_queue=rc.max_queue or self.profile.max_queue,
+                    # never below one payload: a route always takes at least the largest input it accepts
+                    max_bytes=max(rc.max_queue_bytes or budget, rc.max_payload_bytes),
+                    overflow=rc.overflow,
+                    deadline=None if rc.deadline_ms is None else rc.deadline_ms / 1000,
+                ),
+                video=VideoInput(rc) if rc.source is not None else None,
             )
+            route.monitors = RouteMonitors(
+                rc,
+                route=route.name,
+                engine=engine,
+                shadow=self.engines.get(rc.shadow) if rc.shadow else None,
+                publish=publish,
+                client_id=client_id,
+            )
+            route.observers.append(route.monitors)
+            if rc.track:
+                route.observers.append(
+                    TrackingObserver(rc, publish=publish, node=client_id, discovery_prefix=discovery)
+                )
+            self.routes.append(route)
+        self._videos = [r for r in self.routes if r.video is not None]
+        self._next_tick = 0.0
         self._route_cache: dict[str, list[Route]] = {}
+        self._route_cache_bytes = 0
         self._started = time.monotonic()
         self._closing = False
         self._stop = threading.Event()
-        client_id = config.broker.client_id
+        self._next_route = 0  # round-robin start, so that no route is always served first
+        self._ratelog = RateLimitedLog(log)
         self.announcer = Announcer(
             client_id=client_id,
             version=__version__,
             device=self.profile.name,
-            publish=lambda topic, payload, qos, retain: self.link.publish(topic, payload, qos, retain=retain),
-            discovery_prefix=config.homeassistant.prefix if config.homeassistant.discovery else None,
+            publish=publish,
+            discovery_prefix=discovery,
         )
         self.status_topic = self.announcer.status_topic
         self.control_topic = f"edge-runtime/{client_id}/control"
@@ -154,17 +231,25 @@ class Runtime:
         self.link = Link(
             config.broker,
             on_message=self._accept,
-            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes] + [(self.control_topic, 1)],
+            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes if r.config.subscribe is not None]
+            + [(self.control_topic, 1)],
             persistent=any(r.config.qos > 0 for r in self.routes),
             will=(self.status_topic, OFFLINE),
+            max_packet=_max_packet(config),
         )
         self.link.on_connected.append(self._announce)
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def _publish_raw(self, topic: str, payload: bytes, qos: int, retain: bool) -> object:
+        return self.link.publish(topic, payload, qos, retain=retain)
+
     def start(self) -> None:
         self.link.connect()
         self.reloader.start()
+        for route in self._videos:
+            assert route.video is not None
+            route.video.start()
         if self._metrics_every:
             self._metrics_due = time.monotonic() + self._metrics_every
         if self.config.metrics.prometheus_port:
@@ -175,7 +260,7 @@ class Runtime:
             )
 
     def stop(self) -> None:
-        """Ask the loop to finish: batches in hand are served and their results published first."""
+        """Ask the loop to finish: it stops after the batch in hand; ``shutdown`` answers what it can."""
         self._stop.set()
 
     def run(self, *, duration: float | None = None, handle_signals: bool = True) -> None:
@@ -191,7 +276,8 @@ class Runtime:
 
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
-        link, routes, stop, reloads = self.link, self.routes, self._stop, self.reloader.outcomes
+        link, stop, reloads = self.link, self._stop, self.reloader.outcomes
+        wake = [r.video.fileno() for r in self._videos if r.video is not None]
         while not stop.is_set():
             if not reloads.empty():
                 self._swap(reloads.get())
@@ -200,33 +286,111 @@ class Runtime:
                 break
             if now >= self._metrics_due:
                 self.publish_metrics()
-                self._metrics_due = now + self._metrics_every
-            timeout = min(0.5, self._metrics_due - now)
-            for r in routes:
-                d = r.batcher.next_due()
-                if d is not None:
-                    timeout = min(timeout, max(0.0, d - now))
-            link.poll(timeout)
-            self._serve_due(time.monotonic())
+                self._metrics_due = now + (self._metrics_every or 0)
+            if now >= self._next_tick:
+                self._tick(now)
+            link.poll(self._wait(now), budget=self._read_budget(), wake=wake)
+            if self._videos:
+                self._take_frames()
+            self._serve_round()
+
+    def _take_frames(self) -> None:
+        """Each video source's newest frame, into its route's queue (never more than one waits in a slot)."""
+        for route in self._videos:
+            assert route.video is not None
+            taken = route.video.take()
+            if taken is not None:
+                frame, captured = taken
+                route.stats.received += 1
+                frame.waiting = 1
+                for given_up, reason in route.batcher.offer(frame, captured, route.video.name, 0):
+                    self._give_up(route, given_up, reason)
+
+    def _tick(self, now: float) -> None:
+        """About once a second: observers' timed work (tracks that ended), and sources whose state changed."""
+        self._next_tick = now + 1.0
+        for route in self.routes:
+            for observer in route.observers:
+                try:
+                    observer.tick(now)
+                except Exception:  # noqa: BLE001 - an observer must not stop the loop
+                    self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
+        if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
+            self._announce()
+
+    def _read_budget(self) -> int:
+        """Packets to read in this turn: plenty when idle; none while full batches wait and can be served (the
+        reads between batches keep up with serving, and the backlog stays with the broker, not in memory)."""
+        link = self.link
+        for r in self.routes:  # the same test _serve_round makes: a full batch that it will serve now
+            if len(r.batcher) >= r.config.max_batch and link.has_room(r.config.max_batch):
+                return 0
+        return 512
+
+    def _wait(self, now: float) -> float:
+        """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
+        timeout = min(0.5, self._metrics_due - now)
+        if not self.link.has_room():
+            return timeout  # nothing can be served until the broker takes what waits
+        for r in self.routes:
+            due = r.batcher.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
+        return max(0.0, timeout)
+
+    def _serve_round(self, *, stopping: bool = False) -> bool:
+        """Serve at most one due batch per route, servicing the socket between batches. True if any was served."""
+        routes, link = self.routes, self.link
+        n = len(routes)
+        start, self._next_route = self._next_route, (self._next_route + 1) % n
+        served = False
+        for k in range(n):
+            if self._stop.is_set() and not stopping:
+                break
+            route = routes[(start + k) % n]
+            now = time.monotonic()
+            if not route.batcher.ready(now) and not (stopping and len(route.batcher)):
+                continue
+            if not link.has_room(route.config.max_batch):
+                break  # backpressure: results cannot leave, so none are made
+            self._serve_batch(route, *route.batcher.take(now))
+            served = True
+            # Service the socket between batches (keep-alives, acknowledgements), reading about as many inputs
+            # as were just served: a backlog stays with the broker, not in our memory.
+            link.poll(0, budget=route.config.max_batch)
+        return served
 
     def shutdown(self) -> None:
         self.reloader.close()
         if self._prometheus is not None:
             self._prometheus.shutdown()
-        for route in self.routes:  # whatever was accepted is answered before we go
-            while len(route.batcher):
-                self._serve_batch(route, *route.batcher.take(time.monotonic()))
-        # From here on the link is only polled to flush results; inputs still arriving are not taken.
-        self._closing = True
+        # Answer what was accepted, for a moment; what is left is given up unacknowledged (redelivered).
+        deadline = time.monotonic() + SHUTDOWN_SERVE_S
+        while any(len(r.batcher) for r in self.routes) and time.monotonic() < deadline:
+            if not self._serve_round(stopping=True):
+                self.link.poll(0.01, reconnect=False)
+        self._closing = True  # inputs still arriving are not taken (nor acknowledged)
+        for route in self.routes:
+            left = route.batcher.drain()
+            if left:
+                route.stats.dropped["shutdown"] += len(left)
+            if route.video is not None:
+                route.video.stop()
+            for observer in route.observers:
+                try:
+                    observer.close()  # trackers publish their objects' end here
+                except Exception:  # noqa: BLE001
+                    self._ratelog.log("observer", "route %s: an observer failed to close", route.name, exc_info=True)
         if self.link.connected:
             if self._metrics_every:
                 self.publish_metrics()  # the last word on what this run did
             self.announcer.offline()
-            self.link.drain(5.0)
+            self.link.drain(SHUTDOWN_DRAIN_S)
         self.link.close()
 
     def _announce(self) -> None:
-        self.announcer.online({n: e.manifest.version for n, e in self.engines.items()})
+        sources = {r.video.name: r.video.status() for r in self._videos if r.video is not None}
+        self.announcer.online({n: e.manifest.version for n, e in self.engines.items()}, sources=sources or None)
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
@@ -247,15 +411,12 @@ class Runtime:
             for route in self.routes:
                 if route.config.model == name:
                     route.engine, route.decoder = engine, _decoder(engine, route.config)
+                    if route.monitors is not None:
+                        route.monitors.model_changed(engine)
             self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:
             self._announce()
-
-    def _control(self, msg: Message) -> None:
-        """A control message: acknowledged at once (it asks for work, it is not work to answer)."""
-        self.link.ack(msg)
-        parse_control(msg.payload, self.reloader.request)
 
     def snapshot(self) -> RuntimeSnapshot:
         """Everything counted so far: per route, per model, and the link's counters (see observability)."""
@@ -267,6 +428,9 @@ class Runtime:
                 queue_depth=len(r.batcher),
                 queue_high_water=r.batcher.high_water,
                 queue_max=r.batcher.max_queue,
+                queue_bytes=r.batcher.bytes,
+                queue_max_bytes=r.batcher.max_bytes or 0,
+                extra=self._route_extra(r),
             )
             for r in self.routes
         ]
@@ -278,66 +442,111 @@ class Runtime:
             models={n: e.manifest.version for n, e in self.engines.items()},
             connected=self.link.connected,
             pending_out=self.link.pending_out(),
-            link=dict(self.link.counters),
+            link={**self.link.counters, **self.link.state()},
         )
+
+    def _route_extra(self, route: Route) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for observer in route.observers:
+            try:
+                extra.update(observer.snapshot())
+            except Exception:  # noqa: BLE001
+                self._ratelog.log("observer", "route %s: an observer's snapshot failed", route.name, exc_info=True)
+        if route.video is not None:
+            extra["source"] = route.video.status()
+        return extra
 
     def stats(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data: what the metrics topic publishes and ``run --stats-json`` writes."""
         return self.snapshot().as_dict()
 
-    # -- the data path ----------------------------------------------------------------------
+    # -- inputs -----------------------------------------------------------------------------
 
-    def _accept(self, msg: Message) -> None:
-        """Called by paho for every input: only queue it here; all work happens in ``_serve_due``."""
-        routes = self._route_cache.get(msg.topic)
+    def _accept(self, inbound: Inbound) -> None:
+        """Called by the link for every input: only queue it here; all work happens in ``_serve_round``."""
+        try:
+            self._take(inbound)
+        except Exception:  # noqa: BLE001 - no input may raise out of the loop; this one is answered with an ack
+            self._ratelog.log("accept", "input on %r could not be taken", inbound.topic[:200], exc_info=True)
+            self.link.ack(inbound)
+
+    def _routes_for(self, topic: str) -> list[Route]:
+        routes = self._route_cache.get(topic)
         if routes is None:
-            if msg.topic == self.control_topic:
-                return self._control(msg)
-            routes = [r for r in self.routes if r.filter.match(msg.topic) is not None]
-            if len(self._route_cache) < 10_000:
-                self._route_cache[msg.topic] = routes
-        now = time.monotonic()
+            routes = [r for r in self.routes if r.filter is not None and r.filter.match(topic) is not None]
+            if self._route_cache_bytes + len(topic) <= _ROUTE_CACHE_BYTES:
+                self._route_cache[topic] = routes
+                self._route_cache_bytes += len(topic)
+        return routes
+
+    def _take(self, inbound: Inbound) -> None:
+        topic = inbound.topic
+        if topic == self.control_topic:
+            self.link.ack(inbound)  # a request for work, not work to answer
+            parse_control(inbound.payload, self.reloader.request, retained=inbound.retain, log=self._ratelog)
+            return
+        routes = self._routes_for(topic)
         if self._closing:  # not acknowledged: the broker redelivers a QoS 1 input to our next session
             for route in routes:
                 route.stats.received += 1
                 route.stats.dropped["shutdown"] += 1
             return
+        if not routes:
+            self.link.ack(inbound)
+            return
+        inbound.waiting = len(routes)
+        now = time.monotonic()
+        size = len(inbound.payload)
         for route in routes:
             route.stats.received += 1
-            for given_up, reason in route.batcher.offer(msg, now, msg.topic):
+            limit = route.config.max_payload_bytes
+            if size > limit:  # refused on arrival, before it is queued
+                detail = f"payload is {size} bytes; this route accepts at most {limit}"
+                self._publish_error(route, inbound, PayloadError("too_large", detail))
+                continue
+            for given_up, reason in route.batcher.offer(inbound, now, topic, size):
                 self._give_up(route, given_up, reason)
-        if not routes:
-            self.link.ack(msg)
 
-    def _give_up(self, route: Route, msg: Message, reason: DropReason) -> None:
+    def _answered(self, inbound: Inbound) -> None:
+        """One route's answer to ``inbound`` is safe; when all are, the input is acknowledged."""
+        inbound.waiting -= 1
+        if inbound.waiting <= 0:
+            self.link.ack(inbound)
+
+    def _give_up(self, route: Route, inbound: Inbound, reason: DropReason) -> None:
         """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
         if reason == "rejected":
-            self._publish_error(route, msg, PayloadError("overloaded", "the route's queue is full; input refused"))
+            self._publish_error(route, inbound, PayloadError("overloaded", "the route's queue is full; input refused"))
             return
         route.stats.dropped[reason] += 1
-        self.link.ack(msg)
+        self._answered(inbound)
 
-    def _serve_due(self, now: float) -> None:
-        for route in self.routes:
-            while route.batcher.ready(now):
-                self._serve_batch(route, *route.batcher.take(now))
+    # -- serving ----------------------------------------------------------------------------
 
-    def _serve_batch(self, route: Route, batch: list[Pending[Message]], expired: list[Message]) -> None:
-        for msg in expired:
-            self._give_up(route, msg, "expired")
+    def _serve_batch(self, route: Route, batch: list[Pending[Inbound]], expired: list[Inbound]) -> None:
+        for inbound in expired:
+            self._give_up(route, inbound, "expired")
         if not batch:
             return
         stats = route.stats
         t0 = time.monotonic()
         decode = route.decoder.decode
+        decode_array = getattr(route.decoder, "decode_array", None) if route.video is not None else None
         rows: list[np.ndarray] = []
-        accepted: list[tuple[Pending[Message], Any, Any]] = []
+        accepted: list[tuple[Pending[Inbound], Any, Any]] = []
         for p in batch:
-            msg = p.item
+            inbound = p.item
             try:
-                msg_id, row, meta = decode(msg.payload, getattr(msg, "properties", None))
+                if decode_array is not None and isinstance(inbound, FrameInput):  # already decoded by the source
+                    msg_id, row, meta = decode_array(inbound.image, id=inbound.frame_id, timestamp=inbound.timestamp)
+                else:
+                    msg_id, row, meta = decode(inbound.payload, inbound.properties)
             except PayloadError as err:
-                self._publish_error(route, msg, err)
+                self._publish_error(route, inbound, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - a decoder bug must cost one input, not the loop
+                self._ratelog.log("decode", "decoding an input of route %s failed", route.name, exc_info=True)
+                self._publish_error(route, inbound, PayloadError("internal", f"the input could not be decoded: {err}"))
                 continue
             rows.append(row)
             accepted.append((p, msg_id, meta))
@@ -345,38 +554,29 @@ class Runtime:
             return
         engine = route.engine
         t1 = time.monotonic()
-        try:
-            outputs = engine.run(np.stack(rows))
-            results = engine.task.results(engine.manifest, outputs, [meta for _, _, meta in accepted])
-        except Exception as err:  # one bad batch must not stop the runtime
-            log.exception("inference failed on route %s", route.name)
-            for p, msg_id, _ in accepted:
-                self._publish_error(
-                    route, p.item, PayloadError("inference_failed", str(err).splitlines()[0], id=msg_id)
-                )
-            return
+        metas = [meta for _, _, meta in accepted]
+        answers, stacked, outputs = self._infer(route, rows, metas)
         t2 = time.monotonic()
         m = engine.manifest
-        qos = route.config.qos
-        publish, ack = self.link.publish, self.link.ack
-        announce = self.announcer.result_topic
-        snapshots = route.snapshots
-        annotate = getattr(engine.task, "annotate", None)
-        for (p, msg_id, _), result in zip(accepted, results):
-            msg = p.item
-            body = {"id": msg_id, "model": m.name, "version": m.version, **result}
-            topic, props = self._reply_target(route, route.publish, msg)
-            publish(topic, encode(body), qos, properties=props)
-            announce(topic, task=m.task, model=m.name, version=m.version)
-            if snapshots is not None and annotate is not None:
-                snapshots.publish(annotate, msg.topic, msg.payload, result)
-            ack(msg)
+        base = {"model": m.name, "version": m.version}
+        served = 0
+        for (p, msg_id, _), answer in zip(accepted, answers):
+            inbound = p.item
+            if isinstance(answer, PayloadError):
+                answer.id = msg_id
+                self._publish_error(route, inbound, answer)
+                continue
+            served += 1
+            body = {"id": msg_id, **base, **answer}
+            if inbound.dup:  # a redelivery: its result may already have been published once
+                body["repeat"] = True
+            self._answer(route, inbound, body, answer)
         self.link.flush_writes()
         t3 = time.monotonic()
         n = len(accepted)
         stats.batches += 1
         stats.batch_sizes[n] += 1
-        stats.results += n
+        stats.results += served
         stages = stats.stages
         stages["decode"].observe((t1 - t0) * 1000)
         stages["infer"].observe((t2 - t1) * 1000)
@@ -385,20 +585,108 @@ class Runtime:
         for p, _, _ in accepted:
             observe((t3 - p.arrived) * 1000)
             queue_wait((t0 - p.arrived) * 1000)
+        if route.observers:
+            served_batch = ServedBatch(
+                route=route.name,
+                model=m.name,
+                inputs=[p.item for p, _, _ in accepted],
+                ids=[msg_id for _, msg_id, _ in accepted],
+                arrived=[p.arrived for p, _, _ in accepted],
+                rows=stacked,
+                outputs=outputs,
+                metas=metas,
+                answers=answers,
+                t_started=t0,
+                t_decoded=t1,
+                t_inferred=t2,
+                t_published=t3,
+            )
+            for observer in route.observers:
+                try:
+                    observer.observe(served_batch)
+                except Exception:  # noqa: BLE001 - an observer must cost its own work, never the loop
+                    self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
 
-    def _reply_target(self, route: Route, template: TopicTemplate, msg: Message) -> tuple[str, Properties | None]:
-        props_in = getattr(msg, "properties", None)
+    def _infer(
+        self, route: Route, rows: list[np.ndarray], metas: list[Any]
+    ) -> tuple[list[dict[str, Any] | PayloadError], np.ndarray | None, dict[str, np.ndarray] | None]:
+        """Results for a batch (with the stacked rows and raw outputs, for observers); if the batch as a whole
+        fails (rows that cannot be stacked, a row the model refuses), row by row, so that one bad row fails
+        alone (and observers get no stacked batch)."""
+        engine = route.engine
+        try:
+            stacked = np.stack(rows)
+            outputs = engine.run(stacked)
+            results = engine.task.results(engine.manifest, outputs, metas)
+            if len(results) != len(rows):
+                raise ValueError(f"the task returned {len(results)} results for {len(rows)} rows")
+            return list(results), stacked, outputs
+        except Exception as err:  # noqa: BLE001 - whatever the model or task raises, each row gets its own answer
+            if len(rows) == 1:
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
+                return [PayloadError("inference_failed", _first_line(err))], None, None
+        answers: list[dict[str, Any] | PayloadError] = []
+        for row, meta in zip(rows, metas):
+            try:
+                (result,) = engine.task.results(engine.manifest, engine.run(row[np.newaxis]), [meta])
+                answers.append(result)
+            except Exception as err:  # noqa: BLE001
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
+                answers.append(PayloadError("inference_failed", _first_line(err)))
+        return answers, None, None
+
+    def _target(self, route: Route, template: TopicTemplate, inbound: Inbound) -> tuple[str, Any, bool]:
+        """(topic, properties, own): where an answer goes. A response topic is honoured only inside the
+        route's ``reply_to``; otherwise the route's own topic, and the refusal is counted."""
+        props_in = inbound.properties
         response = getattr(props_in, "ResponseTopic", None) if props_in is not None else None
-        if response:  # MQTT v5 request/response: answer (results and errors) where the requester listens
-            props = Properties(PacketTypes.PUBLISH)
-            corr = getattr(props_in, "CorrelationData", None)
-            if corr is not None:
-                props.CorrelationData = corr
-            return response, props
-        captures = route.filter.match(msg.topic) if template.needs_captures else []
-        return template.render(captures or [], msg.topic), None
+        if response:
+            if any(f.match(response) is not None for f in route.reply_to):
+                corr = getattr(props_in, "CorrelationData", None)
+                return response, publish_properties(correlation=corr), False
+            route.stats.reply_to_refused += 1
+        key = (template is route.publish, inbound.topic)
+        topic = route.rendered.get(key)
+        if topic is None:
+            captures = route.captures(inbound.topic) if template.needs_captures else []
+            topic = template.render(captures, inbound.topic)
+            size = len(topic) + len(inbound.topic)
+            if route.rendered_bytes + size <= _RENDERED_BYTES:
+                route.rendered[key] = topic
+                route.rendered_bytes += size
+        return topic, None, True
 
-    def _publish_error(self, route: Route, msg: Message, err: PayloadError) -> None:
+    def _answer(self, route: Route, inbound: Inbound, body: dict[str, Any], result: dict[str, Any]) -> None:
+        topic, props, own = self._target(route, route.publish, inbound)
+        if not self._send(route, inbound, topic, encode(body), props):
+            return
+        if own:  # discovery only ever for the route's own result topics
+            m = route.engine.manifest
+            self.announcer.result_topic(topic, task=m.task, model=m.name, version=m.version)
+        snapshots = route.snapshots
+        annotate = getattr(route.engine.task, "annotate", None)
+        if snapshots is not None and annotate is not None:
+            snapshots.publish(annotate, inbound.topic, inbound.payload, result)
+
+    def _send(self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any) -> bool:
+        on_safe = functools.partial(self._answered, inbound)
+        if self.link.publish(topic, payload, route.config.qos, properties=props, on_safe=on_safe):
+            return True
+        # Unpublishable (a topic too long or with wildcards, rendered from the input's topic): counted and
+        # acknowledged, or it would come back after every restart.
+        route.stats.dropped["bad_topic"] += 1
+        self._ratelog.log(
+            "bad-topic",
+            "route %s: an input on %r has no publishable answer topic (%d bytes); "
+            "counted as bad_topic and acknowledged",
+            route.name,
+            inbound.topic[:100],
+            len(topic),
+        )
+        self._answered(inbound)
+        return False
+
+    def _publish_error(self, route: Route, inbound: Inbound, err: PayloadError) -> None:
         route.stats.errors[err.code] += 1
         # One line per refused input, with what an operator needs to find it; overload is counted, not logged.
         log.log(
@@ -406,11 +694,15 @@ class Runtime:
             "route %s: input %r from %s refused: %s",
             route.name,
             err.id,
-            msg.topic,
+            inbound.topic[:200],
             err,
-            extra={"route": route.name, "id": err.id, "code": err.code, "topic": msg.topic},
+            extra={"route": route.name, "id": err.id, "code": err.code, "topic": inbound.topic[:200]},
         )
-        topic, props = self._reply_target(route, route.errors, msg)
-        body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": msg.topic}
-        self.link.publish(topic, encode(body), route.config.qos, properties=props)
-        self.link.ack(msg)
+        topic, props, _ = self._target(route, route.errors, inbound)
+        body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": inbound.topic}
+        self._send(route, inbound, topic, encode(body), props)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:500]

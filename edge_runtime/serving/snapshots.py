@@ -14,7 +14,9 @@ __all__ = ["Snapshots"]
 class Snapshots:
     """Draws with the task's ``annotate`` and publishes at QoS 0 (a lost snapshot is replaced by the next)."""
 
-    def __init__(self, template: TopicTemplate, topic_filter: TopicFilter, publish: Callable[[str, bytes], object]):
+    def __init__(
+        self, template: TopicTemplate, topic_filter: TopicFilter | None, publish: Callable[[str, bytes], object]
+    ):
         self.template, self.filter, self._publish = template, topic_filter, publish
 
     def publish(
@@ -29,5 +31,9 @@ class Snapshots:
         except PayloadError:
             return
         if jpeg is not None:
-            captures = self.filter.match(topic) if self.template.needs_captures else []
+            captures = (
+                (self.filter.match(topic) if self.filter is not None else [topic])
+                if self.template.needs_captures
+                else []
+            )
             self._publish(self.template.render(captures or [], topic), jpeg)

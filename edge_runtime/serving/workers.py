@@ -4,6 +4,10 @@ The broker hands each input to one worker of the group, so the same config scale
 (several cores) and out across devices (several machines, each with workers, against a clustered broker
 such as EMQX, HiveMQ or VerneMQ): nothing is coordinated here but process lifetimes. Each worker runs
 one ONNX Runtime thread with spinning off, because the cores are shared.
+
+No worker outlives the parent: SIGINT/SIGTERM are passed on and waited for, and each worker is started
+with PR_SET_PDEATHSIG (``children.popen``), so a SIGKILLed parent's workers get SIGTERM from the kernel
+and stop as if asked (answering what they hold).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..children import popen, stop_child
 from ..config import Config
 from ..errors import ConfigError
 
@@ -40,12 +45,15 @@ def as_worker(config: Config, index: int) -> Config:
     and its own Prometheus port (prometheus_port + index - 1), since N processes cannot bind one port."""
     check_workers(config, index)
     broker = config.broker.model_copy(update={"client_id": f"{config.broker.client_id}-w{index}"})
-    routes = [
-        r
-        if r.subscribe.startswith("$share/")
-        else r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"})
-        for r in config.routes
-    ]
+    routes = []
+    for r in config.routes:
+        if r.subscribe is None:  # a camera can be opened by one process only: the first worker reads it
+            if index == 1:
+                routes.append(r)
+        elif r.subscribe.startswith("$share/"):
+            routes.append(r)
+        else:
+            routes.append(r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"}))
     models = [m.model_copy(update={"threads": 1}) for m in config.models]
     metrics = config.metrics
     if metrics.prometheus_port is not None:
@@ -57,7 +65,7 @@ def run_workers(config_path: Path, workers: int, *, extra_args: list[str], globa
     """Start the workers, forward SIGINT/SIGTERM, restart a worker that dies, and wait for all to stop."""
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        return popen(
             [
                 sys.executable,
                 "-m",
@@ -71,7 +79,7 @@ def run_workers(config_path: Path, workers: int, *, extra_args: list[str], globa
             ]
         )
 
-    procs = {i: spawn(i) for i in range(1, workers + 1)}
+    procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -81,17 +89,24 @@ def run_workers(config_path: Path, workers: int, *, extra_args: list[str], globa
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while True:
-        alive = [p for p in procs.values() if p.poll() is None]
-        if stopping and not alive:
-            break
-        if not stopping:
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for i in range(1, workers + 1):
+            procs[i] = spawn(i)
+        while True:
+            alive = [p for p in procs.values() if p.poll() is None]
+            if stopping and not alive:
+                break
             for i, p in procs.items():
-                if p.poll() is not None:
+                if not stopping and p.poll() is not None:
                     log.warning("worker %d exited with status %s; restarting it", i, p.returncode)
                     time.sleep(1.0)
-                    procs[i] = spawn(i)
-        time.sleep(0.2)
+                    if not stopping:  # a stop asked for during the pause must not get a fresh worker
+                        procs[i] = spawn(i)
+            time.sleep(0.2)
+    finally:
+        for p in procs.values():  # only when this loop itself failed: normally every worker has stopped
+            stop_child(p)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return max((p.returncode or 0) for p in procs.values())

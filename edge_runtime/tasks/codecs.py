@@ -7,6 +7,7 @@ that is published on the route's error topic.
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ def encode(obj: dict[str, Any]) -> bytes:
 class RowDecoder:
     """Decodes payloads for one model input: checks size, syntax, shape, dtype and finiteness."""
 
-    __slots__ = ("shape", "dtype", "allow_non_finite", "max_bytes", "_check_finite", "_shape_text")
+    __slots__ = ("shape", "dtype", "allow_non_finite", "max_bytes", "_check_finite", "_shape_text", "_zero_rows")
 
     def __init__(self, *, shape: tuple[int | None, ...], dtype: str, allow_non_finite: bool, max_bytes: int):
         self.shape = shape
@@ -34,6 +35,7 @@ class RowDecoder:
         self.allow_non_finite = allow_non_finite
         self.max_bytes = max_bytes
         self._check_finite = self.dtype.kind in "fc" and not allow_non_finite
+        self._zero_rows: dict[int, np.ndarray] = {}
         self._shape_text = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
 
     def decode(self, payload: bytes) -> tuple[Any, np.ndarray]:
@@ -84,6 +86,14 @@ class RowDecoder:
         except TypeError:
             raise PayloadError("bad_dtype", f".npy dtype {arr.dtype} cannot be safely cast to {self.dtype}") from None
 
+    def _zeros(self, size: int) -> np.ndarray:
+        zeros = self._zero_rows.get(size)
+        if zeros is None:
+            zeros = np.zeros(size, dtype=self.dtype)
+            if len(self._zero_rows) < 64:  # dynamic shapes: a few sizes cached, the rest made when needed
+                self._zero_rows[size] = zeros
+        return zeros
+
     def _check(self, row: np.ndarray, msg_id: Any) -> np.ndarray:
         shape = self.shape
         if row.ndim == len(shape) + 1 and row.shape[0] == 1:
@@ -92,6 +102,8 @@ class RowDecoder:
             raise PayloadError(
                 "bad_shape", f"got shape {tuple(row.shape)}, the model takes {self._shape_text}", id=msg_id
             )
-        if self._check_finite and not np.isfinite(row).all():
+        # 0 * x is NaN exactly when x is NaN or infinite, and a dot product never overflows from zeros: one
+        # call instead of isfinite + all (half the cost, per input).
+        if self._check_finite and not math.isfinite(float(np.dot(row.ravel(), self._zeros(row.size)))):
             raise PayloadError("not_finite", "values contain NaN or Inf, which this model does not accept", id=msg_id)
         return row

@@ -53,7 +53,9 @@ class Classifier(_TensorTask):
         best = scores.argmax(axis=1).tolist()
         labels = manifest.labels
         names = [labels[b] for b in best] if labels else best
-        return [{"label": n, "scores": s} for n, s in zip(names, scores.tolist())]
+        # Rows of the array itself: orjson writes them at their own precision (float32: 0.9391469, not
+        # 0.9391469955444336), shorter on the wire and no Python floats made on the way.
+        return [{"label": n, "scores": s} for n, s in zip(names, scores)]
 
 
 class Regressor(_TensorTask):

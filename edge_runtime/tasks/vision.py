@@ -158,6 +158,20 @@ class ImageDecoder:
             img = decoded
         return msg_id, *self._prepare(img, msg_id, ts)
 
+    def decode_array(
+        self, img: np.ndarray, *, id: Any = None, timestamp: Any = None
+    ) -> tuple[Any, np.ndarray, FrameMeta]:
+        """An already decoded HxWx3 uint8 BGR frame (a video source's) -> (id, row, FrameMeta); no JPEG round trip."""
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise PayloadError(
+                "bad_image",
+                f"a frame must be HxWx3 uint8 (BGR), not {getattr(img, 'dtype', type(img))} "
+                f"{getattr(img, 'shape', '')}",
+                id=id,
+            )
+        self._check_size(img.shape[1], img.shape[0], id)
+        return id, *self._prepare(img, id, timestamp)
+
     def _npy(self, payload: bytes, msg_id: Any) -> np.ndarray:
         try:
             img: np.ndarray = np.load(io.BytesIO(payload), allow_pickle=False)

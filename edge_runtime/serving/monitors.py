@@ -1,0 +1,127 @@
+"""A route's model monitoring in the loop: drift against the bundle's reference, a shadow model, sample capture.
+
+Built per route from its config and its bundle (a bundle without reference statistics has no drift
+monitor); rebuilt when the model is reloaded. Drift counts are updated on the loop's thread (vectorised,
+about a microsecond per row); the shadow model and the capture writer work on threads of their own behind
+bounded queues, so neither delays a result. Drift alerts go to ``edge-runtime/<client_id>/alerts``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..config import RouteConfig
+from ..engines import Engine
+from ..monitoring.capture import CaptureWriter
+from ..monitoring.drift import DriftMonitor
+from ..monitoring.shadow import ShadowRunner, incompatibility
+from ..tasks.codecs import encode
+from .observers import ServedBatch
+
+__all__ = ["RouteMonitors", "alerts_topic"]
+
+log = logging.getLogger("edge_runtime")
+
+Publish = Callable[[str, bytes, int, bool], object]
+
+
+def alerts_topic(client_id: str) -> str:
+    return f"edge-runtime/{client_id}/alerts"
+
+
+class RouteMonitors:
+    """Drift, shadow and capture for one route; an observer of its batches."""
+
+    def __init__(
+        self,
+        config: RouteConfig,
+        *,
+        route: str,
+        engine: Engine,
+        shadow: Engine | None,
+        publish: Publish,
+        client_id: str,
+    ):
+        self.config, self.route = config, route
+        self._publish, self._alerts = publish, alerts_topic(client_id)
+        self.drift: DriftMonitor | None = None
+        self.shadow: ShadowRunner | None = None
+        self.capture: CaptureWriter | None = None
+        self.model_changed(engine)
+        if shadow is not None and config.shadow is not None:
+            problem = incompatibility(engine.manifest, shadow.manifest)
+            if problem is not None:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"shadow model {config.shadow!r}: {problem}", key="routes.shadow")
+            task, manifest = shadow.task, shadow.manifest
+            self.shadow = ShadowRunner(
+                lambda rows, metas: task.results(manifest, shadow.run(rows), list(metas)),
+                model=config.shadow,
+                fraction=config.shadow_fraction,
+                rtol=config.shadow_tolerance,
+            )
+        c = config.capture
+        if c is not None:
+            self.capture = CaptureWriter(
+                c.dir, max_mb=c.max_mb, fraction=c.fraction, low_confidence=c.low_confidence, drift=c.drift
+            )
+
+    def model_changed(self, engine: Engine) -> None:
+        """A (new) model serves the route: close an open alert, and measure against the new reference."""
+        if self.drift is not None:
+            for event in self.drift.retire():
+                self._alert(event)
+        self.images = hasattr(engine.task, "annotate")  # image tasks: capture the frames as received
+        reference = (engine.manifest.model_extra or {}).get("reference")
+        c = self.config
+        self.drift = None
+        if reference and c.drift_window:
+            self.drift = DriftMonitor(
+                reference, window=c.drift_window, threshold=c.drift_threshold, route=self.route, model=c.model
+            )
+
+    def _alert(self, event: dict[str, Any]) -> None:
+        log.warning("route %s: %s (score %s)", self.route, event.get("kind"), event.get("score"))
+        self._publish(self._alerts, encode(event), 1, False)
+
+    def observe(self, batch: ServedBatch) -> None:
+        results = batch.results()
+        if batch.rows is None or results is None:
+            return  # a batch served row by row: not measured (it is rare and says little about drift)
+        if self.drift is not None:
+            for event in self.drift.observe(batch.rows, batch.outputs, results):
+                self._alert(event)
+        if self.shadow is not None:
+            self.shadow.offer(batch.rows, results, metas=batch.metas, live_seconds=batch.t_inferred - batch.t_decoded)
+        if self.capture is not None:
+            images = self.images and all(i.payload for i in batch.inputs)
+            self.capture.offer(
+                batch.rows,
+                results,
+                ids=batch.ids,
+                topics=[i.topic for i in batch.inputs],
+                payloads=[i.payload for i in batch.inputs] if images else None,
+                drift_active=self.drift is not None and self.drift.alert,
+            )
+
+    def tick(self, now: float) -> None:
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.drift is not None:
+            out["drift"] = self.drift.snapshot()
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.snapshot()
+        if self.capture is not None:
+            out["capture"] = self.capture.snapshot()
+        return out
+
+    def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.capture is not None:
+            self.capture.close()

@@ -1,0 +1,251 @@
+"""Config for tracking, zones, counting lines and event topics: the keys a detector route takes.
+
+```toml
+[[routes]]
+source = "rtsp://cam.local:554/stream1"
+model = "detector"
+publish = "results/{1}/detections"
+track = true
+events = "events/{1}"                          # {1}: the source's name
+occupancy = "events/{1}/zones/{zone}"          # retained, on change
+[routes.tracker]
+end_after_s = 3
+[[routes.zones]]
+name = "driveway"
+points = [[0.1, 0.55], [0.9, 0.55], [0.9, 1.0], [0.1, 1.0]]   # relative (0..1) unless units = "pixels"
+[[routes.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 1.0]]
+forward = "in"                                  # crossing left to right of first->second point
+backward = "out"
+```
+The lead adds these fields to RouteConfig (``TrackingConfig`` holds them; ``build`` makes the generator).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .events import ObjectEvents
+from .geometry import Line, Zone
+from .tracker import Tracker
+
+__all__ = ["TrackerConfig", "ZoneConfig", "LineConfig", "TrackingConfig", "render_topic"]
+
+_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]  # [x, y]; a list: TOML has no tuples
+
+
+class TrackerConfig(_Strict):
+    high_score: float = Field(0.5, ge=0, le=1, description="Detections at least this confident are matched first.")
+    low_score: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Detections below high_score but at least this keep existing tracks alive "
+        "(ByteTrack's second pass); lower ones are ignored.",
+    )
+    new_track_score: float | None = Field(
+        None, ge=0, le=1, description="A new object needs a detection at least this confident; default: high_score."
+    )
+    match_iou: float = Field(
+        0.3, gt=0, le=1, description="Least IoU of predicted and detected box to match (first pass)."
+    )
+    low_match_iou: float = Field(0.5, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
+    min_hits: int = Field(2, ge=1, le=100, description="Consecutive frames with a detection before an object is 'new'.")
+    end_after_s: float = Field(2.0, ge=0, le=3600, description="An object not seen for this long ends ('end' event).")
+    class_aware: bool = Field(
+        False,
+        description="Match only detections of the track's label (off: a detector that "
+        "flips between classes keeps one id; the label is the one seen most).",
+    )
+    merge_iou: float | None = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Detections of different labels overlapping this much are one object (per-class "
+        "NMS reports some objects twice); the most confident is kept. None: keep all. Ignored with class_aware.",
+    )
+    max_tracks: int = Field(
+        256, ge=1, le=100_000, description="Objects tracked at once per source; more are counted and ignored."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> TrackerConfig:
+        if self.low_score > self.high_score:
+            raise ValueError("low_score must not be above high_score")
+        if self.new_track_score is not None and self.new_track_score < self.high_score:
+            raise ValueError("new_track_score must not be below high_score")
+        return self
+
+
+class _Shape(_Strict):
+    name: str = Field(pattern=_NAME, description="Name used in events, topics ({zone}/{line}) and Home Assistant.")
+    units: Literal["relative", "pixels"] = Field(
+        "relative", description="relative: x and y from 0 to 1 of the frame's width and height; pixels: frame pixels."
+    )
+    anchor: Literal["bottom_center", "center"] = Field(
+        "bottom_center",
+        description="The point of a box that must be inside: bottom_center (where it stands) or center.",
+    )
+    labels: list[str] | None = Field(None, min_length=1, description="Only objects with these labels; default: all.")
+    points: list[Point]  # each kind of shape says how many
+
+    @model_validator(mode="after")
+    def _relative_range(self) -> _Shape:
+        points = self.points
+        if self.units == "relative" and any(not (0 <= v <= 1) for p in points for v in p):
+            raise ValueError('relative coordinates are between 0 and 1 (or set units = "pixels")')
+        if self.units == "pixels" and any(v < 0 for p in points for v in p):
+            raise ValueError("pixel coordinates are not negative")
+        return self
+
+
+class ZoneConfig(_Shape):
+    points: list[Point] = Field(min_length=3, max_length=64, description="Polygon corners [[x, y], ...], in order.")
+    inertia: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Frames an object must be in (or out of) the zone before it counts as entered (left).",
+    )
+
+    def build(self) -> Zone:
+        return Zone(
+            self.name,
+            self.points,
+            relative=self.units == "relative",
+            anchor=self.anchor,
+            labels=self.labels,
+            inertia=self.inertia,
+        )
+
+
+class LineConfig(_Shape):
+    points: list[Point] = Field(min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]].")
+    forward: str = Field(
+        "in", pattern=_NAME, description="Name of a crossing from the left to the right of first->second point."
+    )
+    backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LineConfig:
+        if tuple(self.points[0]) == tuple(self.points[1]):
+            raise ValueError("a line's two points must differ")
+        if self.forward == self.backward:
+            raise ValueError("forward and backward need different names")
+        return self
+
+    def build(self) -> Line:
+        return Line(
+            self.name,
+            self.points,
+            relative=self.units == "relative",
+            anchor=self.anchor,
+            labels=self.labels,
+            forward=self.forward,
+            backward=self.backward,
+        )
+
+
+def _check_template(value: str, allowed: set[str], key: str) -> str:
+    if not value or any(c in value for c in "+#"):
+        raise ValueError(f"{key} is a topic without wildcards")
+    bad = [p for p in _PLACEHOLDER.findall(value) if p not in allowed]
+    if bad:
+        raise ValueError(f"{key} may use {', '.join('{' + a + '}' for a in sorted(allowed))}, not {{{bad[0]}}}")
+    return value
+
+
+class TrackingConfig(_Strict):
+    track: bool = Field(
+        False, description="Track detections across frames and publish object events (detector routes)."
+    )
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=64)
+    lines: list[LineConfig] = Field(default_factory=list, max_length=64)
+    events: str = Field("events/{1}", description="Topic of the object events; {1} (or {source}): the source's name.")
+    occupancy: str | None = Field(
+        "events/{1}/zones/{zone}", description="Retained per-zone counts, published on change; None: off."
+    )
+    counts: str | None = Field("events/{1}/lines/{line}", description="Retained per-line crossing counts; None: off.")
+    update_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="Besides updates on zone, line or label changes, one update at most this "
+        "often while an object stays in view. Default: only on changes.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: str) -> str:
+        return _check_template(value, {"1", "source"}, "events")
+
+    @field_validator("occupancy")
+    @classmethod
+    def _occupancy(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_template(value, {"1", "source", "zone"}, "occupancy")
+            if "{zone}" not in value:
+                raise ValueError("occupancy needs {zone} in the topic (one retained topic per zone)")
+        return value
+
+    @field_validator("counts")
+    @classmethod
+    def _counts(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_template(value, {"1", "source", "line"}, "counts")
+            if "{line}" not in value:
+                raise ValueError("counts needs {line} in the topic (one retained topic per line)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> TrackingConfig:
+        for kind, items in (("zone", self.zones), ("line", self.lines)):
+            names = [i.name for i in items]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"two {kind}s are named {sorted(dup)[0]!r}")
+        if (self.zones or self.lines) and not self.track:
+            raise ValueError("zones and lines need track = true")
+        return self
+
+    def build(self, source: str, *, id_prefix: str | None = None) -> ObjectEvents:
+        t = self.tracker
+        tracker = Tracker(
+            high_score=t.high_score,
+            low_score=t.low_score,
+            new_track_score=t.new_track_score,
+            match_iou=t.match_iou,
+            low_match_iou=t.low_match_iou,
+            min_hits=t.min_hits,
+            lost_after_s=t.end_after_s,
+            class_aware=t.class_aware,
+            merge_iou=None if t.class_aware else t.merge_iou,
+            max_tracks=t.max_tracks,
+        )
+        return ObjectEvents(
+            source=source,
+            tracker=tracker,
+            zones=[z.build() for z in self.zones],
+            lines=[ln.build() for ln in self.lines],
+            update_interval_s=self.update_interval_s,
+            id_prefix=id_prefix,
+        )
+
+
+def render_topic(template: str, *, source: str, zone: str | None = None, line: str | None = None) -> str:
+    """A concrete topic from an events/occupancy/counts template."""
+    values = {"1": source, "source": source, "zone": zone, "line": line}
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)

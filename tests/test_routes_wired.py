@@ -1,0 +1,197 @@
+"""Monitoring (#16) and video sources with tracking (#18) wired into the runtime, through a real Mosquitto."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from helpers import payload, route_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DETECTOR = ROOT / "edge_runtime" / "demo_models" / "shapes-detector"
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# -- drift and shadow models ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drift_setup(tmp_path_factory, vibration_data):
+    """A classifier converted with validation data (so its bundle carries reference statistics), and a
+    second, different model to run as its shadow."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from converters import write_estimator_bundle
+
+    X, y, _, _ = vibration_data
+
+    out = tmp_path_factory.mktemp("drift")
+    live = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0).fit(X, y)
+    shadow = LogisticRegression(max_iter=500).fit(X, y)
+    write_estimator_bundle(live, out / "live", name="live", validation=X[:1000], quantize="none")
+    write_estimator_bundle(shadow, out / "shadow", name="shadow")
+    return out, live, shadow
+
+
+def _drift_config(url: str, out: Path, client_id: str, **route) -> str:
+    text = route_config(url, out / "live", client_id=client_id, max_batch=50, max_delay_ms=20, **route)
+    return text + f'[[models]]\nname = "shadow"\nbundle = "{out / "shadow"}"\n'
+
+
+def test_drift_alert_names_a_shifted_feature_and_clears(
+    broker, start_runtime, collector, publisher, drift_setup, vibration_data
+):
+    out, _, _ = drift_setup
+    X, _, _, _ = vibration_data
+    rt = start_runtime(_drift_config(broker.url, out, "t-drift", drift_window=500))
+    alerts = collector("edge-runtime/t-drift/alerts")
+    results = collector("results/#")
+    rng = np.random.default_rng(3)
+    in_dist = X[rng.integers(0, len(X), 3000)]
+    shifted = in_dist.copy()
+    shifted[:, [2, 5, 9]] += 3 * X[:, [2, 5, 9]].std(axis=0)
+
+    def send(rows, start):
+        for i, row in enumerate(rows):
+            publisher.publish("sensors/d/vibration", payload(row, id=start + i), qos=1)
+        results.take(len(rows), timeout=60)
+
+    send(in_dist[:600], 0)
+    drift = rt.runtime.stats()["routes"]["sensors/+/vibration"]["drift"]
+    assert drift["window"] == 500 and drift["score"] < 0.2 and not drift["alert"]
+    assert alerts.messages.empty()
+    send(shifted[:1100], 1000)
+    (first,) = [orjson.loads(m.payload) for m in alerts.take(1, timeout=10)]
+    assert first["kind"] == "drift" and first["route"] == "sensors/+/vibration" and first["score"] > 0.2
+    assert first["features"][0] in {"2", "5", "9"}
+    send(in_dist[600:1900], 3000)
+    (cleared,) = [orjson.loads(m.payload) for m in alerts.take(1, timeout=10)]
+    assert cleared["kind"] == "drift_cleared"
+    time.sleep(0.3)
+    assert alerts.messages.empty()  # one alert, one clearing: no storm
+
+
+def test_shadow_agreement_is_what_both_models_say(
+    broker, start_runtime, collector, publisher, drift_setup, vibration_data
+):
+    out, live, shadow = drift_setup
+    _, _, Xt, _ = vibration_data
+    rt = start_runtime(_drift_config(broker.url, out, "t-shadow", shadow="shadow", shadow_fraction=1.0, drift_window=0))
+    results = collector("results/#")
+    for i, row in enumerate(Xt):
+        publisher.publish("sensors/s/vibration", payload(row, id=i), qos=1)
+    results.take(len(Xt), timeout=30)
+    expected = float(np.mean(live.predict(Xt) == shadow.predict(Xt)))
+    route = "sensors/+/vibration"
+    _wait(lambda: (rt.runtime.stats()["routes"][route].get("shadow") or {}).get("rows") == len(Xt))
+    got = rt.runtime.stats()["routes"][route]["shadow"]
+    assert got["model"] == "shadow" and abs(got["agreement"] - expected) < 1e-6 and got["latency_ratio"] > 0
+
+
+# -- video sources and tracked objects --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    pytest.importorskip("cv2")
+    from devices.moving import MovingScene, write_video
+
+    scene = MovingScene.crossing(fps=10, objects=2, seed=1)
+    path = tmp_path_factory.mktemp("clip") / "door.mp4"
+    write_video(scene, path)
+    return path, scene
+
+
+def _video_config(url: str, client_id: str, source: str, *, extra: str = "") -> str:
+    return (
+        f'[broker]\nurl = "{url}"\nclient_id = "{client_id}"\n'
+        f'[[models]]\nname = "shapes"\nbundle = "{DETECTOR}"\n'
+        f'[[routes]]\nmodel = "shapes"\nsource = "{source}"\nfps = 10\nrealtime = false\n'
+        'publish = "detections/{1}"\nmax_batch = 1\nmax_delay_ms = 0\n'
+        f'track = true\nevents = "events/{{1}}"\n{extra}'
+        "[routes.tracker]\nmin_hits = 2\nend_after_s = 1.0\n"
+        '[[routes.zones]]\nname = "right"\npoints = [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]\n'
+    )
+
+
+def test_a_video_file_source_is_served_and_its_objects_become_events(broker, start_runtime, collector, clip):
+    path, scene = clip
+    events = collector("events/door")
+    zones = collector("events/door/zones/#")
+    detections = collector("detections/door")
+    status = collector("edge-runtime/t-video/status")
+    rt = start_runtime(_video_config(broker.url, "t-video", str(path)))
+    route = "source:door"
+    _wait(lambda: (rt.runtime.stats()["routes"][route].get("source") or {}).get("state") == "ended", timeout=60)
+    served = rt.runtime.stats()["routes"][route]["results"]
+    assert served >= scene.frames * 0.9  # as fast as served, every sampled frame (one waits at most)
+    assert detections.take(served, timeout=10)
+    time.sleep(2.5)  # past end_after_s: the tracks that stopped seeing frames end
+    got = [orjson.loads(m.payload) for m in list(events.messages.queue)]
+    by_id: dict[str, list[str]] = {}
+    for e in got:
+        by_id.setdefault(e["id"], []).append(e["event"])
+    assert len(by_id) == len(scene.tracks), by_id
+    for kinds in by_id.values():
+        assert kinds[0] == "new" and kinds[-1] == "end" and kinds.count("new") == 1 and kinds.count("end") == 1
+    assert {e["label"] for e in got} == {t.label for t in scene.tracks}
+    counts = [orjson.loads(m.payload)["count"] for m in list(zones.messages.queue)]
+    assert counts and max(counts) >= 1 and counts[-1] == 0
+    body = status.json_until(lambda s: s.get("state") == "online" and "sources" in s)
+    assert body["sources"]["door"]["kind"] == "file"
+
+
+def test_a_bad_source_is_reported_and_the_rest_keeps_serving(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
+    _, _, Xt, _ = vibration_data
+    missing = tmp_path / "nope.mp4"
+    text = route_config(broker.url, vibration_bundle, client_id="t-badsrc")
+    text += f'[[models]]\nname = "shapes"\nbundle = "{DETECTOR}"\n'
+    text += f'[[routes]]\nmodel = "shapes"\nsource = "{missing}"\npublish = "detections/{{1}}"\n'
+    status = collector("edge-runtime/t-badsrc/status")
+    results = collector("results/#")
+    start_runtime(text)
+    body = status.json_until(lambda s: (s.get("sources", {}).get("nope", {}).get("error") or {}).get("code"))
+    assert body["sources"]["nope"]["state"] in ("error", "reconnecting")
+    publisher.publish("sensors/x/vibration", payload(Xt[0], id="still"), qos=1)
+    assert results.json(1)[0][1]["id"] == "still"
+
+
+def test_drift_and_shadow_are_prometheus_gauges():
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edge_runtime.observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
+    from edge_runtime.observability.prometheus import RuntimeCollector
+
+    extra = {
+        "drift": {"score": 0.3, "alert": True, "features": {"2": 0.3}, "outputs": 0.1, "window": 100},
+        "shadow": {"model": "s", "agreement": 0.9},
+    }
+    route = RouteSnapshot(
+        name="r", model="m", stats=RouteStats(), queue_depth=0, queue_high_water=0, queue_max=1, extra=extra
+    )
+    snap = RuntimeSnapshot(
+        runtime="x", version="1", uptime_s=1, routes=[route], models={"m": "1"}, connected=True, pending_out=0, link={}
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(lambda: snap))
+    text = generate_latest(registry).decode()
+    for line in (
+        'edge_runtime_drift_score{route="r"} 0.3',
+        'edge_runtime_drift_alert{route="r"} 1.0',
+        'edge_runtime_drift_psi{feature="2",route="r"} 0.3',
+        'edge_runtime_shadow_agreement{route="r",shadow="s"} 0.9',
+    ):
+        assert line in text
