@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int, rate
+from edge_runtime.cli.argtypes import frame_size, listen_port, positive_float, positive_int, rate
 from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
 from edge_runtime.cli.outputs import check_writable_file, write_output
 from edge_runtime.errors import EdgeRuntimeError
@@ -58,12 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     stream = cam.add_mutually_exclusive_group()
     stream.add_argument(
         "--rtsp",
-        type=int,
+        type=listen_port,
         metavar="PORT",
         help="serve moving shapes as an RTSP stream on 127.0.0.1:PORT/cam instead (needs GStreamer)",
     )
     stream.add_argument(
-        "--mjpeg", type=int, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
+        "--mjpeg", type=listen_port, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
     )
     cam.add_argument("--objects", type=positive_int, default=2, help="with --rtsp/--mjpeg: shapes crossing the scene")
     cam.set_defaults(handler=_camera)
@@ -189,6 +189,8 @@ def _record(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from .recording import replay
 
+    if args.topic is not None and (not args.topic or any(c in args.topic for c in "+#\x00")):
+        raise EdgeRuntimeError(f"--topic {args.topic!r}: a topic to publish on, not empty, without +, # or NUL")
     try:
         n = replay(broker_from_args(args), args.file, speed=args.speed, topic=args.topic)
     except OSError as err:

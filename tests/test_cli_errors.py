@@ -158,9 +158,11 @@ def test_more_faults_than_devices_is_one_line():
     one_line_error(out, "--faults lists 3", "has 2")
 
 
-def test_a_bad_record_filter_is_one_line(tmp_path):
+def test_a_bad_record_filter_or_replay_topic_is_one_line(tmp_path):
     out = cli("simulate", "record", "--topic", "a/#/b", "-o", tmp_path / "r.jsonl", "--count", "1")
     one_line_error(out, "--topic 'a/#/b'", "last one")
+    (tmp_path / "ok.jsonl").write_text('{"t": 0, "topic": "a", "payload": ""}\n')
+    one_line_error(cli("simulate", "replay", tmp_path / "ok.jsonl", "--topic", "a/#"), "--topic 'a/#'")
 
 
 @pytest.mark.parametrize(
@@ -202,6 +204,7 @@ def test_simulators_stop_on_time_at_a_rate_they_cannot_keep(broker):
         (["bench", "model", str(CLASSIFIER), "--threads", "100000"], "at most 64 threads"),
         (["simulate", "sensors", "--rate", "1e-300"], "a rate is"),
         (["simulate", "fleet", "--rate", "1e300"], "a rate is"),
+        (["simulate", "camera", "--mjpeg", "70000"], "a port is 1 to 65535"),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(args, words):

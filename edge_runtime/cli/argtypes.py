@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["positive_int", "positive_float", "positive_ints", "frame_size", "tcp_port", "thread_count", "rate"]
+__all__ = [
+    "positive_int",
+    "positive_float",
+    "positive_ints",
+    "frame_size",
+    "tcp_port",
+    "listen_port",
+    "thread_count",
+    "rate",
+]
 
 
 def positive_int(text: str) -> int:
@@ -75,3 +84,8 @@ def rate(text: str) -> float:
     if not 0.001 <= value <= 1e6:
         raise argparse.ArgumentTypeError(f"a rate is 0.001 to 1000000 per second, not {text}")
     return value
+
+
+def listen_port(text: str) -> int:
+    """A port for a local server to listen on: 0 (any free port, printed) to 65535."""
+    return 0 if text.strip() == "0" else tcp_port(text)
