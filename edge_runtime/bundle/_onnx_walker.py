@@ -337,16 +337,22 @@ class _Walk:
                 self.attribute([_view(w, v, "an attribute")], _deeper(depth))
 
     def attribute(self, parts: Iterable[memoryview], depth: int) -> None:
+        singular: set[int] = set()  # t, g, sparse_tensor: walked below, all occurrences merged
         for n, w, v in _fields(parts):
-            if n == 10:
+            if n in (5, 6, 22):
+                singular.add(n)
+            elif n == 10:
                 self.tensor([_view(w, v, "an attribute's tensor")])
             elif n == 11:  # subgraphs of If/Loop/Scan carry their own initializers
                 self.graph([_view(w, v, "an attribute's graph")], depth + 1)
             elif n == 23:
                 self.sparse([_view(w, v, "an attribute's sparse tensor")])
-        self.tensor(_Merged(parts, 5, "an attribute's tensor"))
-        self.graph(_Merged(parts, 6, "an attribute's graph"), depth + 1)
-        self.sparse(_Merged(parts, 22, "an attribute's sparse tensor"))
+        if 5 in singular:
+            self.tensor(_Merged(parts, 5, "an attribute's tensor"))
+        if 6 in singular:
+            self.graph(_Merged(parts, 6, "an attribute's graph"), depth + 1)
+        if 22 in singular:
+            self.sparse(_Merged(parts, 22, "an attribute's sparse tensor"))
 
     def model_extras(self, model: Iterable[memoryview]) -> None:
         """Functions and training graphs: not run for inference, but their tensors may name files too."""
