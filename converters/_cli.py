@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.cli.argtypes import positive_ints
+from edge_runtime.cli.outputs import check_writable_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,6 +118,7 @@ def _convert(args: argparse.Namespace) -> int:
             )
         }
     )
+    check_writable_dir(args.output, "-o/--output")
     bundle = convert(
         args.source,
         args.output,

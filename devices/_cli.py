@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.cli.argtypes import frame_size, positive_float, positive_int
+from edge_runtime.cli.argtypes import frame_size, listen_port, positive_float, positive_int, rate
+from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
+from edge_runtime.cli.outputs import check_writable_file, write_output
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.topics import check_filter
 
 
 def _fault_list(text: str) -> list[str]:
@@ -31,18 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("simulate", help="simulated devices that publish to a broker")
     simsub = sim.add_subparsers(dest="what", required=True, metavar="KIND")
     sens = simsub.add_parser("sensors", help="vibration/temperature sensors on sensors/<device>/<kind>")
-    sens.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(sens)
     sens.add_argument("--devices", type=positive_int, default=3)
-    sens.add_argument("--rate", type=positive_float, default=10.0, help="readings per second per device")
+    sens.add_argument("--rate", type=rate, default=10.0, help="readings per second per device")
     sens.add_argument("--duration", type=positive_float, default=None, help="seconds (default: until Ctrl-C)")
     sens.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
     sens.add_argument("--seed", type=int, default=0)
     sens.set_defaults(handler=_sensors)
 
     cam = simsub.add_parser("camera", help="cameras publishing JPEG/PNG frames on cameras/<camera>/frames")
-    cam.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(cam)
     cam.add_argument("--cameras", type=positive_int, default=1)
-    cam.add_argument("--fps", type=positive_float, default=5.0, help="frames per second per camera")
+    cam.add_argument("--fps", type=rate, default=5.0, help="frames per second per camera")
     cam.add_argument("--size", type=frame_size, default=(320, 240), help="WxH, e.g. 640x480")
     cam.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     cam.add_argument(
@@ -55,12 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     stream = cam.add_mutually_exclusive_group()
     stream.add_argument(
         "--rtsp",
-        type=int,
+        type=listen_port,
         metavar="PORT",
         help="serve moving shapes as an RTSP stream on 127.0.0.1:PORT/cam instead (needs GStreamer)",
     )
     stream.add_argument(
-        "--mjpeg", type=int, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
+        "--mjpeg", type=listen_port, metavar="PORT", help="serve moving shapes as HTTP MJPEG on 127.0.0.1:PORT/mjpeg"
     )
     cam.add_argument("--objects", type=positive_int, default=2, help="with --rtsp/--mjpeg: shapes crossing the scene")
     cam.set_defaults(handler=_camera)
@@ -74,9 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     vid.set_defaults(handler=_video)
 
     fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
-    fleet.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(fleet)
     fleet.add_argument("--devices", type=positive_int, default=10)
-    fleet.add_argument("--rate", type=positive_float, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
+    fleet.add_argument("--rate", type=rate, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
     fleet.add_argument("--duration", type=positive_float, default=10.0)
     fleet.add_argument("--faults", type=_fault_list, default=[], help="comma-separated: silent,garbage,burst")
     fleet.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
@@ -84,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.set_defaults(handler=_fleet)
 
     rec = simsub.add_parser("record", help="save what arrives on topics to a file (JSON lines)")
-    rec.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(rec)
     rec.add_argument("--topic", action="append", required=True, help="topic filter; repeat for more")
     rec.add_argument("-o", "--output", type=Path, required=True)
     rec.add_argument("--duration", type=positive_float)
@@ -96,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rep.add_argument("file", type=Path, help="a recording (.jsonl) or a capture directory (a route's capture.dir)")
     rep.add_argument("--topic", help="publish everything to this topic instead of the recorded ones")
-    rep.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(rep)
     rep.add_argument("--speed", type=positive_float, default=1.0, help="2: twice as fast")
     rep.set_defaults(handler=_replay)
 
@@ -124,7 +127,12 @@ def _sensors(args: argparse.Namespace) -> int:
     from .simulate import simulate_sensors
 
     return simulate_sensors(
-        args.broker, devices=args.devices, rate=args.rate, duration=args.duration, qos=args.qos, seed=args.seed
+        broker_from_args(args),
+        devices=args.devices,
+        rate=args.rate,
+        duration=args.duration,
+        qos=args.qos,
+        seed=args.seed,
     )
 
 
@@ -133,7 +141,13 @@ def _fleet(args: argparse.Namespace) -> int:
 
     from .fleet import run_fleet
 
-    client = connect_client(args.broker)
+    broker = broker_from_args(args)
+    if len(args.faults) > args.devices:
+        raise EdgeRuntimeError(
+            f"--faults lists {len(args.faults)} faulty devices but the fleet has {args.devices}: "
+            f"give at most {args.devices} faults, or more --devices"
+        )
+    client = connect_client(broker)
     try:
         fleet = run_fleet(
             client,
@@ -158,7 +172,16 @@ def _record(args: argparse.Namespace) -> int:
 
     if args.duration is None and args.count is None:
         raise EdgeRuntimeError("say when to stop recording: --duration SECONDS or --count N")
-    n = record(args.broker, args.topic, args.output, duration=args.duration, count=args.count)
+    check_writable_file(args.output, "-o/--output")
+    for text in args.topic:
+        try:
+            check_filter(text)
+        except ValueError as err:
+            raise EdgeRuntimeError(f"--topic {text!r}: {err}") from None
+    try:
+        n = record(broker_from_args(args), args.topic, args.output, duration=args.duration, count=args.count)
+    except OSError as err:  # the checks above passed, and writing failed anyway (a full disk)
+        raise EdgeRuntimeError(f"-o/--output {args.output}: cannot write it: {err.strerror or err}") from None
     print(f"recorded {n} messages to {args.output}", file=sys.stderr)
     return 0
 
@@ -166,8 +189,10 @@ def _record(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from .recording import replay
 
+    if args.topic is not None and (not args.topic or any(c in args.topic for c in "+#\x00")):
+        raise EdgeRuntimeError(f"--topic {args.topic!r}: a topic to publish on, not empty, without +, # or NUL")
     try:
-        n = replay(args.broker, args.file, speed=args.speed, topic=args.topic)
+        n = replay(broker_from_args(args), args.file, speed=args.speed, topic=args.topic)
     except OSError as err:
         raise EdgeRuntimeError(f"cannot read {args.file}: {err.strerror}") from None
     except ValueError as err:
@@ -213,9 +238,11 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
     from .deploy import systemd_unit
 
     load_config(args.config)  # a unit for a config that does not load would only fail at boot
+    if args.output:
+        check_writable_file(args.output, "-o/--output")
     text = systemd_unit(args.config, _profile(args.profile), user=args.user)
     if args.output:
-        args.output.write_text(text)
+        write_output(args.output, text, "-o/--output")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -239,7 +266,7 @@ def _camera(args: argparse.Namespace) -> int:
             duration=args.duration,
         )
     return simulate_cameras(
-        args.broker,
+        broker_from_args(args),
         cameras=args.cameras,
         fps=args.fps,
         width=w,

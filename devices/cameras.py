@@ -99,7 +99,8 @@ class CameraFleet:
         n = 0
         while not self._stop.is_set():
             due = start + n / self.fps
-            if duration is not None and due - start >= duration:
+            # Wall-clock time too: a rate the machine cannot keep would otherwise run long past the duration.
+            if duration is not None and (due - start >= duration or time.monotonic() - start >= duration):
                 break
             self._stop.wait(max(0.0, due - time.monotonic()))
             if self._stop.is_set():

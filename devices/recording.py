@@ -8,20 +8,32 @@ their own devices' real traffic this way.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import queue
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from edge_runtime.config import BrokerConfig
 
 __all__ = ["record", "replay", "read_recording"]
 
 
 def record(
-    url: str, filters: Iterable[str], out: Path, *, duration: float | None = None, count: int | None = None, ready=None
+    url: BrokerConfig | str,
+    filters: Iterable[str],
+    out: Path,
+    *,
+    duration: float | None = None,
+    count: int | None = None,
+    ready=None,
 ) -> int:
     """Write messages on ``filters`` to ``out`` until ``duration`` seconds pass or ``count`` arrive."""
     from edge_runtime.mqtt.client import connect_client
@@ -68,23 +80,57 @@ def record(
     return written
 
 
+class _Recorded(BaseModel):
+    """One line of a recording, checked before anything is published: a hand-edited file cannot crash replay."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    t: float = Field(ge=0, le=1e7, allow_inf_nan=False)
+    topic: str = Field(min_length=1, max_length=65_535)
+    payload: str
+    qos: int = Field(0, ge=0, le=2)
+    retain: bool = False
+    content_type: str | None = Field(None, max_length=65_535)
+    user_properties: list[list[str]] | None = None
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if any(c in value for c in "+#\x00"):
+            raise ValueError("a topic to publish on cannot contain +, # or NUL")
+        return value
+
+    @field_validator("user_properties")
+    @classmethod
+    def _pairs(cls, value: list[list[str]] | None) -> list[list[str]] | None:
+        if value is not None and any(len(kv) != 2 for kv in value):
+            raise ValueError("user properties are [key, value] pairs")
+        return value
+
+
 def read_recording(path: Path) -> list[dict]:
+    """The messages of a recording (payloads decoded); ValueError naming the file and line of the first bad one."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                entry = json.loads(line)
-                entry["payload"] = base64.b64decode(entry["payload"])
-                entry["topic"], entry["t"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{n}: not a recorded message ({err})") from err
+                entry = _Recorded.model_validate_json(raw).model_dump()
+                entry["payload"] = base64.b64decode(entry["payload"], validate=True)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                message = first["msg"].removeprefix("Value error, ")
+                detail = f"{where}: {message}" if where else message
+                raise ValueError(f"{path}:{n}: not a recorded message ({detail})") from None
+            except binascii.Error as err:
+                raise ValueError(f"{path}:{n}: not a recorded message (payload is not base64: {err})") from None
             out.append(entry)
     return out
 
 
-def replay(url: str, path: Path, *, speed: float = 1.0, topic: str | None = None) -> int:
+def replay(url: BrokerConfig | str, path: Path, *, speed: float = 1.0, topic: str | None = None) -> int:
     """Publish a recording (or a capture directory) again, ``speed`` times as fast as it was recorded.
 
     ``topic`` sends every message there instead of to its recorded topic. Returns how many were sent.

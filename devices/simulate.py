@@ -6,8 +6,9 @@ import signal
 import sys
 import threading
 
+from edge_runtime.config import BrokerConfig
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.mqtt.client import connect_client
+from edge_runtime.mqtt.client import broker_config, connect_client
 
 from .sensors import SensorFleet
 
@@ -29,22 +30,23 @@ def _publish_until_done(client, fleet, duration: float | None, started: str) -> 
 
 
 def simulate_sensors(
-    broker: str, *, devices: int, rate: float, duration: float | None, qos: int = 0, seed: int = 0
+    broker: BrokerConfig | str, *, devices: int, rate: float, duration: float | None, qos: int = 0, seed: int = 0
 ) -> int:
+    broker = broker_config(broker) if isinstance(broker, str) else broker
     client = connect_client(broker, client_id="")
     fleet = SensorFleet(client, devices=devices, rate=rate, qos=qos, seed=seed)
     _publish_until_done(
         client,
         fleet,
         duration,
-        f"{devices} sensors publishing at {rate:g} Hz each to {broker} on sensors/<device>/vibration|temperature",
+        f"{devices} sensors publishing at {rate:g} Hz each to {broker.url} on sensors/<device>/vibration|temperature",
     )
     print(f"sent {fleet.sent} vibration readings ({fleet.failed} failed)", file=sys.stderr)
     return 0
 
 
 def simulate_cameras(
-    broker: str,
+    broker: BrokerConfig | str,
     *,
     cameras: int,
     fps: float,

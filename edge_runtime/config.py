@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -46,7 +47,11 @@ class _Strict(BaseModel):
 class BrokerConfig(_Strict):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port for TLS.")
     client_id: str = Field(
-        "edge-runtime", min_length=1, max_length=128, description="MQTT client id; unique per broker."
+        "edge-runtime",
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; unique per broker. Part of the runtime's topics "
+        "(edge-runtime/<client_id>/...), so without +, #, / or NUL.",
     )
     protocol: Literal["5", "3.1.1"] = Field(
         "5",
@@ -100,9 +105,23 @@ class BrokerConfig(_Strict):
         if not parts.hostname:
             raise ValueError(f"no host in {value!r}")
         try:
-            _ = parts.port  # urlsplit checks the port only when it is read
+            port = parts.port  # urlsplit checks the port only when it is read
         except ValueError as err:
             raise ValueError(f"bad port in {value!r}") from err
+        if port == 0:
+            raise ValueError(f"port 0 is not a broker's port, in {value!r} (1883 for mqtt://, 8883 for mqtts://)")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        bad = sorted({c for c in value if c in "+#/\x00"})
+        if bad:
+            shown = ", ".join("NUL" if c == "\x00" else c for c in bad)
+            raise ValueError(
+                f"a client id cannot contain {shown}: it is a level of the runtime's topics "
+                "(edge-runtime/<client_id>/control would become a wildcard or change depth)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -110,6 +129,42 @@ class BrokerConfig(_Strict):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both or neither")
         return self
+
+    @field_validator("ca_file", "cert_file")
+    @classmethod
+    def _tls_only(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).scheme != "mqtts":
+            raise ValueError(f"{info.field_name} is for TLS: use an mqtts:// url (or drop it)")
+        return value
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an mqtts:// url (None for mqtt://); every client of the project gets it here.
+
+        Raises ConfigError naming the key when a file is missing or is not what it should be.
+        """
+        if not self.tls:
+            return None
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"no such file: {path}", key=f"broker.{key}")
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(
+                f"{self.ca_file} is not a CA certificate in PEM format ({_ssl_reason(err)})", key="broker.ca_file"
+            ) from None
+        if self.cert_file and self.key_file:
+            try:
+                context.load_cert_chain(str(self.cert_file), str(self.key_file))
+            except (ssl.SSLError, OSError) as err:
+                raise ConfigError(
+                    f"{self.cert_file} and {self.key_file} are not a certificate and its private key in PEM format "
+                    f"({_ssl_reason(err)})",
+                    key="broker.cert_file",
+                ) from None
+        return context
 
     @property
     def host(self) -> str:
@@ -131,6 +186,10 @@ class BrokerConfig(_Strict):
         if value is None:
             raise ConfigError(f"environment variable {self.password_env} is not set", key="broker.password_env")
         return value
+
+
+def _ssl_reason(err: BaseException) -> str:
+    return getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
 
 
 class ModelConfig(_Strict):
@@ -306,6 +365,17 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
             raise ValueError(f"qos is 0 or 1, not {value}")
         return value
 
+    @field_validator("deadline_ms")
+    @classmethod
+    def _deadline(cls, value: float | None, info: ValidationInfo) -> float | None:
+        delay = info.data.get("max_delay_ms")
+        if value is not None and delay is not None and value <= delay:
+            raise ValueError(
+                f"deadline_ms ({value:g}) must be above max_delay_ms ({delay:g}): otherwise an input can expire "
+                "while its batch is still filling"
+            )
+        return value
+
     @field_validator("publish", "errors", "snapshot")
     @classmethod
     def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -328,7 +398,8 @@ class MetricsConfig(_Strict):
         None,
         ge=1,
         le=65535,
-        description="Serve the same metrics for Prometheus on this port (needs the [prometheus] extra).",
+        description="Serve the same metrics for Prometheus on this port (needs the [prometheus] extra). With "
+        "`run --workers N`, worker i serves on prometheus_port + i - 1 (one endpoint per worker; at most 65535).",
     )
     prometheus_host: str = Field(
         "127.0.0.1", description="Address the Prometheus endpoint binds to (0.0.0.0 to expose it)."
@@ -337,9 +408,18 @@ class MetricsConfig(_Strict):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(c in value for c in "+#")):
-            raise ValueError("a metrics topic is a plain topic name, without wildcards")
+        if value is None:
+            return value
+        if not value or any(c in value for c in "+#\x00"):
+            raise ValueError("a metrics topic is a plain topic name, without wildcards (+, #) or NUL")
+        if len(value.encode()) > _MAX_TOPIC_BYTES:
+            raise ValueError(f"a metrics topic is at most {_MAX_TOPIC_BYTES} bytes (MQTT's limit)")
+        if value.startswith("$"):
+            raise ValueError("topics starting with $ are the broker's ($SYS...): choose another metrics topic")
         return value
+
+
+_MAX_TOPIC_BYTES = 65_535
 
 
 class DeviceConfig(_Strict):
@@ -397,6 +477,11 @@ def parse_config(text: str, *, path: str = "config", base_dir: Path | None = Non
     _check_references(config, text, path)
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
+    try:
+        config.broker.tls_context()  # missing or broken certificate files: said now, not at the first connect
+    except ConfigError as err:
+        loc = tuple(err.key.split(".")) if err.key else ()
+        raise ConfigError(err.message, path=path, key=err.key, line=_find_line(text, loc)) from None
     return config
 
 
@@ -423,6 +508,7 @@ def _check_references(config: Config, text: str, path: str) -> None:
                 line=_find_line(text, loc),
             )
         seen.add(model.name)
+    subscribed: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.model not in seen:
             loc = ("routes", i, "model")
@@ -436,6 +522,40 @@ def _check_references(config: Config, text: str, path: str) -> None:
         if problem is not None:
             loc = ("routes", i, "shadow")
             raise ConfigError(problem.removeprefix("shadow: "), path=path, key=_dotted(loc), line=_find_line(text, loc))
+        if route.subscribe is not None and route.subscribe in subscribed:
+            loc = ("routes", i, "subscribe")
+            raise ConfigError(
+                f"routes[{subscribed[route.subscribe]}] already subscribes to {route.subscribe!r}: the broker "
+                "keeps one subscription per filter, so one of the two would never see an input; merge them",
+                path=path,
+                key=_dotted(loc),
+                line=_find_line(text, loc),
+            )
+        if route.subscribe is not None:
+            subscribed[route.subscribe] = i
+    broker = config.broker
+    reliable = [(i, r) for i, r in enumerate(config.routes) if r.qos == 1]
+    if broker.protocol == "5" and reliable:
+        if broker.session_expiry_s == 0:
+            where: tuple[str | int, ...] = ("broker", "session_expiry_s")
+            raise ConfigError(
+                f"0 with qos 1 routes (routes[{reliable[0][0]}]): the broker would drop the session, and the "
+                "inputs it holds, whenever the runtime restarts; keep the default (3600) or use qos 0",
+                path=path,
+                key=_dotted(where),
+                line=_find_line(text, where),
+            )
+        i, widest = max(reliable, key=lambda ir: ir[1].max_batch)
+        if broker.receive_maximum < widest.max_batch:
+            where = ("broker", "receive_maximum")
+            raise ConfigError(
+                f"{broker.receive_maximum} is below routes[{i}].max_batch ({widest.max_batch}): the broker stops "
+                "sending qos 1 inputs at receive_maximum unacknowledged ones, so that batch could never fill; "
+                f"raise it to at least {widest.max_batch}",
+                path=path,
+                key=_dotted(where),
+                line=_find_line(text, where),
+            )
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -20,6 +20,7 @@ class ConfigError(EdgeRuntimeError):
 
     def __init__(self, message: str, *, path: str | None = None, key: str | None = None, line: int | None = None):
         self.path, self.key, self.line = path, key, line
+        self.message = message  # without the path, line and key (for callers that name the key their own way)
         where = path or "config"
         if line is not None:
             where += f":{line}"

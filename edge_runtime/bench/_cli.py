@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints
+from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints, rate
+from ..cli.outputs import check_writable_file, write_output
 from ..errors import EdgeRuntimeError
 
 ARRIVAL_KINDS = ("uniform", "poisson", "bursty")
@@ -104,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = kinds.add_parser("e2e", help="through a real broker, with an echo control and optionally the naive loop")
     e.add_argument("--config", type=Path, required=True)
     load = e.add_mutually_exclusive_group()
-    load.add_argument("--rate", type=positive_float, help="open-loop mean messages per second (default 1000)")
+    load.add_argument("--rate", type=rate, help="open-loop mean messages per second (default 1000)")
     load.add_argument("--burst", type=positive_int, help="send this many messages at full speed")
     load.add_argument(
         "--sweep",
@@ -172,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = kinds.add_parser("camera", help="frame freshness under overload: latest_only vs drop_oldest")
     c.add_argument("--bundle", type=Path, help="image model bundle (default: the demo detector)")
     c.add_argument("--cameras", type=positive_int, default=4)
-    c.add_argument("--fps", type=positive_float, default=60.0, help="frames per second per camera")
+    c.add_argument("--fps", type=rate, default=60.0, help="frames per second per camera")
     c.add_argument("--size", type=frame_size, default=(1280, 720), help="frame size WxH")
     c.add_argument("--duration", type=positive_float, default=10.0)
     c.add_argument("--max-queue", type=positive_int, default=500)
@@ -206,11 +207,20 @@ def _done() -> None:
         print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before minutes of measuring: can the reports (JSON, plot, CSV, Markdown) be written where asked?"""
+    for option in ("json", "plot", "csv", "markdown", "profile", "py_spy"):
+        path = getattr(args, option, None)
+        if path is not None:
+            check_writable_file(path, "--" + option.replace("_", "-"))
+
+
 def _model(args: argparse.Namespace) -> int:
     from ..engines import get_engine_kind
     from ..errors import EdgeRuntimeError
     from .model import bench_model, format_model_report
 
+    _check_outputs(args)
     engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else None
     for name in engines or ():
         try:
@@ -229,13 +239,14 @@ def _model(args: argparse.Namespace) -> int:
     _done()
     print(format_model_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0
 
 
 def _e2e(args: argparse.Namespace) -> int:
     from .e2e import E2EOptions, bench_e2e, format_e2e_report, plot_e2e_report, write_csv
 
+    _check_outputs(args)
     if args.warmup_burst is not None and args.warmup_burst < 0:
         raise EdgeRuntimeError("--warmup-burst must be 0 or more")
     if not args.config.is_file():
@@ -276,7 +287,7 @@ def _e2e(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(report, args.csv)
     if args.json:
-        args.json.write_text(json.dumps(public(report), indent=1))
+        write_output(args.json, json.dumps(public(report), indent=1), "--json")
     return 0
 
 
@@ -295,6 +306,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _suite(args: argparse.Namespace) -> int:
     from .suite import SuiteOptions, format_suite, run_suite, suite_markdown
 
+    _check_outputs(args)
     if not args.config.is_file():
         raise EdgeRuntimeError(f"no config file at {args.config}; pass --config PATH (see examples/bench-forest.toml)")
     options = SuiteOptions(
@@ -312,9 +324,9 @@ def _suite(args: argparse.Namespace) -> int:
     _done()
     print(format_suite(report))
     if args.json:
-        args.json.write_text(json.dumps(public(report), indent=1))
+        write_output(args.json, json.dumps(public(report), indent=1), "--json")
     if args.markdown:
-        args.markdown.write_text(suite_markdown(report))
+        write_output(args.markdown, suite_markdown(report), "--markdown")
     return 0
 
 
@@ -322,6 +334,7 @@ def _camera(args: argparse.Namespace) -> int:
     from ..errors import EdgeRuntimeError
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
+    _check_outputs(args)
     w, h = args.size
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     if not policies or set(policies) - {"drop_oldest", "latest_only"}:
@@ -342,5 +355,5 @@ def _camera(args: argparse.Namespace) -> int:
     _done()
     print(format_camera_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0

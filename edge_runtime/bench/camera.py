@@ -34,6 +34,7 @@ from ..children import popen, stop_child
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
+from ..observability.schemas import ResultMessage, StatusMessage, parse
 
 __all__ = ["CameraBenchOptions", "bench_camera", "format_camera_report", "DEFAULT_DETECTOR"]
 
@@ -89,11 +90,15 @@ def _runtime(
     online = threading.Event()
 
     def on_message(_c, _u, msg):
+        # Anything that is not a status or a result (anyone can publish there) is skipped.
         if msg.topic.endswith("/status"):
-            if orjson.loads(msg.payload).get("state") == "online":
+            status, _ = parse(StatusMessage, msg.payload)
+            if status is not None and status.state == "online":
                 online.set()
             return
-        on_result(orjson.loads(msg.payload))
+        body, _ = parse(ResultMessage, msg.payload)
+        if body is not None:  # junk on the result topics is skipped, not fatal
+            on_result(orjson.loads(msg.payload))
 
     watcher = connect_client(
         url, on_message=on_message, subscriptions=[(f"bench/{name}/#", 0), (f"edge-runtime/{client_id}/status", 1)]
@@ -129,9 +134,10 @@ def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Pat
 
     def on_result(body: dict) -> None:
         arrivals.append(time.monotonic())
-        ts = body.get("frame", {}).get("timestamp")
+        ts = (body.get("frame") or {}).get("timestamp")
         if ts is not None:
-            ages.append((time.time() - float(ts)) * 1000)
+            with contextlib.suppress(TypeError, ValueError):  # a timestamp that is not a number
+                ages.append((time.time() - float(ts)) * 1000)
 
     with _runtime(url, policy, options, workdir, on_result) as proc:
         rss_start = _rss_mb(proc.pid)

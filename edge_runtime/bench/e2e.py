@@ -339,7 +339,18 @@ def _warmup_burst(o: E2EOptions) -> int:
 
 def _rows(manifest, data: Path | None) -> np.ndarray:
     if data is not None:
-        return np.load(data, allow_pickle=False).astype(manifest.inputs[0].dtype)
+        try:
+            rows = np.load(data, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:  # missing, not .npy, or object (pickled) data
+            raise EdgeRuntimeError(f"--data {data}: not a readable .npy array ({err})") from None
+        want = manifest.row_shape()
+        fits = rows.ndim == len(want) + 1 and all(w is None or w == r for w, r in zip(want, rows.shape[1:]))
+        if not fits or not len(rows) or not np.can_cast(rows.dtype, manifest.inputs[0].dtype, "same_kind"):
+            raise EdgeRuntimeError(
+                f"--data {data}: rows of {rows.dtype} {list(rows.shape)}; the model takes "
+                f"{manifest.inputs[0].dtype} rows of {list(want)} (stacked along the first axis)"
+            )
+        return rows.astype(manifest.inputs[0].dtype)
     shape = tuple(d if d is not None else 1 for d in manifest.row_shape())
     return np.random.default_rng(0).normal(size=(1000, *shape)).astype(manifest.inputs[0].dtype)
 

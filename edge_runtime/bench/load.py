@@ -39,6 +39,7 @@ from ..children import popen
 from ..config import BrokerConfig
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
+from ..observability.schemas import ResultMessage, parse
 from .arrivals import Arrivals, schedule
 
 __all__ = ["LoadPlan", "LoadResult", "Workload", "latency_summary", "run_load", "window_p99", "PERCENTILES"]
@@ -212,6 +213,15 @@ class LoadResult:
         return out
 
 
+def _index(value: object) -> int | None:
+    """The load's ids are row numbers: an int in JSON, a string of digits when it came as a user property."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
 class _Collector:
     """Stamps answers by id; ``recv`` is NaN until an answer (a result or an error) arrives."""
 
@@ -223,19 +233,19 @@ class _Collector:
 
     def on_message(self, _c, _u, msg) -> None:
         now = time.monotonic()
-        try:
-            body = orjson.loads(msg.payload)
-            i = int(body["id"]) - self.id_base
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        body, _ = parse(ResultMessage, msg.payload)  # anyone may publish there: junk is not an answer
+        index = _index(body.id) if body is not None else None
+        if body is None or index is None:
             self.unknown += 1  # an error answer without the id (e.g. bad JSON): nothing to match it with
             return
+        i = index - self.id_base
         if not 0 <= i < len(self.recv):
             return
         if self.code[i] is not None:
             self.duplicates += 1
             return
         self.recv[i] = now
-        self.code[i] = str(body.get("error") or "error") if "error" in body else "ok"
+        self.code[i] = (body.error or "error") if body.error is not None else "ok"
         self.answers += 1
 
 

@@ -4,17 +4,20 @@
 half a bundle. Both layers below the serving core: they import nothing of it.
 """
 
-from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorSpec, sign_manifest
-from .verify import is_current, load_bundle, use_bundle
+from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorSpec, VerifiedFiles, sign_manifest
+from .verify import NUMPY_TYPES, is_current, load_bundle, use_bundle, verified_files
 from .write import write_bundle
 
 __all__ = [
     "Bundle",
     "Manifest",
     "TensorSpec",
+    "VerifiedFiles",
     "load_bundle",
     "use_bundle",
     "is_current",
+    "verified_files",
+    "NUMPY_TYPES",
     "write_bundle",
     "sign_manifest",
     "MANIFEST",

@@ -11,9 +11,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._onnx_walker import ExternalTensor
 from .image_spec import DetectorSpec, EngineSpec, PreprocessSpec
 
-__all__ = ["Bundle", "Manifest", "TensorSpec", "sign_manifest", "MANIFEST", "MODEL", "FORMAT_VERSION"]
+__all__ = [
+    "Bundle",
+    "Manifest",
+    "TensorSpec",
+    "VerifiedFiles",
+    "sign_manifest",
+    "MANIFEST",
+    "MODEL",
+    "FORMAT_VERSION",
+]
 
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -64,6 +74,15 @@ class Manifest(BaseModel):
 
 
 @dataclass(frozen=True)
+class VerifiedFiles:
+    """The bytes a bundle was verified with: what an engine must build its session from (never the path)."""
+
+    model: bytes
+    external: dict[str, bytes]  # external-data location, as written in the model -> the file's verified contents
+    tensors: list[ExternalTensor]  # the main-graph initializers whose data is in those files
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: Manifest
@@ -71,6 +90,9 @@ class Bundle:
     # swapping directories, so a reader compares this with the path now to know whether it still reads
     # what was verified (``verify.is_current``).
     identity: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+    # Held from verification until an engine takes it (see verify.verified_files), then freed: the weights are
+    # not kept twice while serving. A list so that a frozen Bundle can let go of it.
+    _verified: list[VerifiedFiles] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def model_path(self) -> Path:

@@ -3,12 +3,13 @@
 The model file must match the manifest's sha256 (so must every other file the manifest lists), and when a
 signing key is configured the manifest must carry a valid HMAC-SHA256 signature (which covers the
 checksums, so it covers the model too). The ONNX file is parsed by our own walker before ONNX Runtime
-sees it. No pickle is ever loaded here.
+sees it, and the session is built from the very bytes that were checked (the model's and its external
+data's, see ``verified_files``), never by opening the files again. No pickle is ever loaded here.
 
 A bundle may be replaced while it is read (``write_bundle`` swaps a new directory into place): the
 directory's identity is compared before and after, and a read that straddled a swap is done again, so a
 reader gets the old bundle or the new one, never a failure made of half of each. ``use_bundle`` extends
-that to what a caller reads afterwards (ONNX Runtime opening the model file).
+that to what a caller does afterwards.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from pydantic import ValidationError
 
 from ..errors import BundleError
-from ._onnx_walker import OnnxFormatError, external_data_problem, inspect_model
+from ._onnx_walker import ExternalTensor, ModelInfo, OnnxFormatError, external_data_problem, inspect_model
 from .image_spec import image_manifest_problem
-from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, sign_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, VerifiedFiles, sign_manifest
 
-__all__ = ["load_bundle", "use_bundle", "is_current", "sha256_file"]
+__all__ = ["load_bundle", "use_bundle", "is_current", "verified_files", "sha256_file", "NUMPY_TYPES"]
 
 T = TypeVar("T")
 
@@ -53,6 +55,23 @@ def is_current(bundle: Bundle) -> bool:
     return bundle.identity is not None and _identity(bundle.path) == bundle.identity
 
 
+# onnx.TensorProto.DataType -> the numpy type of its raw bytes (external data is raw, little-endian)
+NUMPY_TYPES = {
+    1: "<f4",
+    2: "u1",
+    3: "i1",
+    4: "<u2",
+    5: "<i2",
+    6: "<i4",
+    7: "<i8",
+    9: "?",
+    10: "<f2",
+    11: "<f8",
+    12: "<u4",
+    13: "<u8",
+}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -65,7 +84,9 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
     """Read a bundle and verify it; raise BundleError saying what is wrong and how to fix it.
 
     A read that a concurrent swap (``write_bundle``) cut in two is done again: what is returned was read
-    from one directory, and ``identity`` says which.
+    from one directory, and ``identity`` says which. The bytes verified (model and external data) stay on
+    the bundle until an engine takes them with ``verified_files``: what is served is what was checked,
+    whatever happens to the files afterwards.
     """
     root = Path(path)
     for attempt in range(_ATTEMPTS):
@@ -86,9 +107,9 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
 def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, signing_key: bytes | None = None) -> T:
     """``use(load_bundle(path))``, done again if the bundle was swapped before ``use`` returned.
 
-    For callers that read the bundle's files after verification (``Engine`` opens ``model.onnx`` by path):
-    what ``use`` read is then the verified bundle, not part of a newer one. ``use`` may raise BundleError
-    or OSError for a file that a swap took away; that is tried again too.
+    For callers that read the bundle's files after verification (``Engine`` itself does not: it builds its
+    session from the verified bytes): what ``use`` read is then the verified bundle, not part of a newer
+    one. ``use`` may raise BundleError or OSError for a file that a swap took away; that is tried again too.
     """
     for attempt in range(_ATTEMPTS):
         bundle = load_bundle(path, signing_key=signing_key)
@@ -126,22 +147,6 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
             "upgrade edge-runtime",
             bundle=where,
         )
-    model = (root / manifest.model_file).resolve()
-    if root.resolve() not in model.parents:
-        raise BundleError(f"model_file {manifest.model_file!r} points outside the bundle directory", bundle=where)
-    if not model.is_file():
-        raise BundleError(f"model file {manifest.model_file} is missing", bundle=where)
-    try:
-        data = model.read_bytes()
-    except OSError as err:
-        raise BundleError(f"cannot read {manifest.model_file}: {err.strerror}", bundle=where) from err
-    actual = hashlib.sha256(data).hexdigest()
-    if not hmac.compare_digest(actual, manifest.sha256):
-        raise BundleError(
-            f"checksum mismatch: {manifest.model_file} has sha256 {actual[:12]}..., the manifest says "
-            f"{manifest.sha256[:12]}...; the file was changed or damaged, rebuild or re-copy the bundle",
-            bundle=where,
-        )
     if signing_key is not None:
         if not manifest.signature:
             raise BundleError(
@@ -151,7 +156,10 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
             raise BundleError(
                 "signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where
             )
+    files, info, checked = _read_verified(root, manifest, where)
     for name, expected in manifest.files.items():
+        if name in checked:
+            continue  # external data: read and checked with the model
         path = (root / name).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
@@ -163,7 +171,7 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
             raise BundleError(
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
             )
-    _check_model(data, manifest, model.parent, root, where)
+    _check_io(info, manifest, where)
     problem = image_manifest_problem(manifest)
     if problem:
         raise BundleError(f"{MANIFEST}: {problem}", bundle=where)
@@ -173,28 +181,118 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
         raise BundleError("a regressor's manifest needs value_output", bundle=where)
     if manifest.task == "anomaly" and not (manifest.value_output and manifest.scores_output):
         raise BundleError("an anomaly detector's manifest needs value_output (labels) and scores_output", bundle=where)
-    return Bundle(root, manifest)
+    return Bundle(root, manifest, _verified=[files])
 
 
-def _check_model(data: bytes, manifest: Manifest, model_dir: Path, root: Path, where: str) -> None:
-    """Refuse, before ONNX Runtime sees it, a model that is corrupt, differs from its manifest, or reaches outside."""
+def verified_files(bundle: Bundle) -> VerifiedFiles:
+    """The model and external-data bytes to build a session from, as they were verified.
+
+    The first call hands over what ``load_bundle`` read (and the bundle lets go of it, so the weights are
+    not held twice while serving); a later call reads the files again and checks them against the
+    manifest again, so it too returns only bytes that match what was verified.
+    """
+    if bundle._verified:
+        return bundle._verified.pop()
+    return _read_verified(bundle.path, bundle.manifest, str(bundle.path))[0]
+
+
+def _read_verified(root: Path, manifest: Manifest, where: str) -> tuple[VerifiedFiles, ModelInfo, set[str]]:
+    """Read the model and its external data once, check those very bytes, and return them.
+
+    Also returns the names (relative to the bundle) of the external-data files it checked.
+    """
+    model = (root / manifest.model_file).resolve()
+    if root.resolve() not in model.parents:
+        raise BundleError(f"model_file {manifest.model_file!r} points outside the bundle directory", bundle=where)
+    if not model.is_file():
+        raise BundleError(f"model file {manifest.model_file} is missing", bundle=where)
+    data = _read(model, manifest.model_file, where)
+    actual = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(actual, manifest.sha256):
+        raise BundleError(
+            f"checksum mismatch: {manifest.model_file} has sha256 {actual[:12]}..., the manifest says "
+            f"{manifest.sha256[:12]}...; the file was changed or damaged, rebuild or re-copy the bundle",
+            bundle=where,
+        )
     try:
         info = inspect_model(data)
     except OnnxFormatError as err:
         raise BundleError(
             f"{manifest.model_file} is not a valid ONNX model: {err}; rebuild the bundle", bundle=where
         ) from err
+    model_dir = model.parent
+    external: dict[str, bytes] = {}
+    checked: set[str] = set()
     for location in info.external_data:
         problem = external_data_problem(location, model_dir, root)
         if problem:
             raise BundleError(f"{problem}; a bundle must be self-contained", bundle=where)
         name = (model_dir / location).resolve().relative_to(root.resolve()).as_posix()
-        if name not in manifest.files:  # the model's checksum does not cover its external weights
+        expected = manifest.files.get(name)
+        if expected is None:  # the model's checksum does not cover its external weights
             raise BundleError(
                 f"external data {location!r} has no checksum in the manifest's files; "
                 "rebuild the bundle with write_bundle/edge-runtime convert",
                 bundle=where,
             )
+        contents = _read(model_dir / location, name, where)
+        if not hmac.compare_digest(hashlib.sha256(contents).hexdigest(), expected):
+            raise BundleError(
+                f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
+            )
+        external[location] = contents
+        checked.add(name)
+    count, first = info.nested_external
+    if count:
+        raise BundleError(
+            f"{count} tensor(s) outside the main graph's initializers keep their data in another file (first: "
+            f"{first!r}); only main-graph initializers may: save the model with its subgraphs' weights inline",
+            bundle=where,
+        )
+    for tensor in info.external_tensors:
+        _check_external_tensor(tensor, external, where)
+    return VerifiedFiles(data, external, info.external_tensors), info, checked
+
+
+def _read(path: Path, name: str, where: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise BundleError(f"cannot read {name}: {err.strerror}", bundle=where) from err
+
+
+def _check_external_tensor(tensor: ExternalTensor, external: dict[str, bytes], where: str) -> None:
+    """The tensor's bytes must be there, of the size its type and shape say, in a type numpy can hold."""
+    dtype = NUMPY_TYPES.get(tensor.data_type)
+    if dtype is None:
+        raise BundleError(
+            f"initializer {tensor.name!r} keeps data of ONNX type {tensor.data_type} in another file; this runtime "
+            "reads external data of numeric and bool types only: save the model with that tensor inline",
+            bundle=where,
+        )
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    size = count * np.dtype(dtype).itemsize
+    contents = external.get(tensor.location)
+    if contents is None:
+        raise BundleError(f"initializer {tensor.name!r} names no external data file", bundle=where)
+    if tensor.length is not None and tensor.length != size:
+        raise BundleError(
+            f"initializer {tensor.name!r}: external data length {tensor.length} is not the {size} bytes its "
+            f"shape {tensor.dims} and type need",
+            bundle=where,
+        )
+    if tensor.offset + size > len(contents):
+        raise BundleError(
+            f"initializer {tensor.name!r}: {size} bytes at offset {tensor.offset} run past the end of "
+            f"{tensor.location!r} ({len(contents)} bytes)",
+            bundle=where,
+        )
+
+
+def _check_io(info: ModelInfo, manifest: Manifest, where: str) -> None:
+    """Refuse, before ONNX Runtime sees it, a model whose inputs or outputs differ from its manifest."""
     if len(info.inputs) != 1:
         raise BundleError(
             f"the model has {len(info.inputs)} inputs; this runtime serves single-input models", bundle=where

@@ -99,7 +99,9 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle(out, verified.manifest, identity=_identity(out))
+    # The bytes verified in the temporary directory are the ones now at ``out``: hand them on (unless ``check``
+    # built an engine and took them already; then an engine reads and checks the files again).
+    return Bundle(out, verified.manifest, identity=_identity(out), _verified=verified._verified)
 
 
 def _refuse_to_replace(out: Path, home: Path) -> None:

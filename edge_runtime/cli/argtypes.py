@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["positive_int", "positive_float", "positive_ints", "frame_size"]
+__all__ = [
+    "positive_int",
+    "positive_float",
+    "positive_ints",
+    "frame_size",
+    "tcp_port",
+    "listen_port",
+    "thread_count",
+    "rate",
+]
 
 
 def positive_int(text: str) -> int:
@@ -48,3 +57,35 @@ def frame_size(text: str) -> tuple[int, int]:
     if w < 16 or h < 16 or w * h > 4096 * 4096:
         raise argparse.ArgumentTypeError("each side at least 16 pixels, at most 16.7 megapixels in all")
     return w, h
+
+
+def tcp_port(text: str) -> int:
+    """A TCP port to listen on: 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """ONNX Runtime threads: 1 to 64 (what a [[models]] threads accepts; more would only thrash a small board)."""
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"at most 64 threads, not {value}")
+    return value
+
+
+def rate(text: str) -> float:
+    """A rate in Hz (messages or frames per second): 0.001 to 1,000,000, so that intervals stay computable."""
+    value = positive_float(text)
+    if not 0.001 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"a rate is 0.001 to 1000000 per second, not {text}")
+    return value
+
+
+def listen_port(text: str) -> int:
+    """A port for a local server to listen on: 0 (any free port, printed) to 65535."""
+    return 0 if text.strip() == "0" else tcp_port(text)

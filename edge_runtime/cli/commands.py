@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from .argtypes import positive_float, positive_int
+from .argtypes import positive_float, positive_int, rate, tcp_port
+from .broker_options import add_broker_options, broker_from_args
+from .outputs import check_writable_file, write_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,30 +20,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=positive_int,
         default=1,
-        help="worker processes sharing each route through MQTT v5 shared subscriptions",
+        help="worker processes sharing each route through MQTT v5 shared subscriptions "
+        "(with [metrics] prometheus_port P, worker i serves Prometheus on port P + i - 1)",
     )
     run.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
     run.add_argument("--stats-json", type=Path, help="write the final per-route statistics to this file")
     run.set_defaults(handler=_run)
 
     brk = sub.add_parser("broker", help="run a local broker (Mosquitto if installed, else amqtt) on 127.0.0.1")
-    brk.add_argument("--port", type=positive_int, default=1883)
+    brk.add_argument("--port", type=tcp_port, default=1883)
     brk.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
     brk.set_defaults(handler=_broker)
 
     status = sub.add_parser("status", help="live table of the runtimes on a broker (their status and metrics topics)")
-    status.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    add_broker_options(status)
     status.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: Ctrl-C)")
     status.set_defaults(handler=_status)
 
     demo = sub.add_parser("demo", help="broker + demo model + runtime + simulated sensors, with live results")
     demo.add_argument("--duration", type=positive_float, default=20.0)
     demo.add_argument("--devices", type=positive_int, default=4)
-    demo.add_argument("--rate", type=positive_float, default=20.0, help="readings per second per device")
+    demo.add_argument("--rate", type=rate, default=20.0, help="readings per second per device")
     demo.add_argument("--workdir", type=Path, default=Path(".edge-runtime/demo"))
     demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     demo.add_argument("--cameras", type=int, default=1, help="simulated cameras (0: none; needs the [camera] extra)")
-    demo.add_argument("--fps", type=positive_float, default=4.0, help="frames per second per camera")
+    demo.add_argument("--fps", type=rate, default=4.0, help="frames per second per camera")
     demo.set_defaults(handler=_demo)
 
 
@@ -50,9 +53,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..serving.runtime import Runtime
-    from ..serving.workers import as_worker, run_workers
+    from ..serving.workers import as_worker, check_workers, run_workers
 
     config = load_config(args.config)
+    check_workers(config, args.workers)
+    if args.stats_json:
+        check_writable_file(args.stats_json, "--stats-json")
     if args.workers > 1 and not args.validate_config and args.worker_index is None:
         Runtime(config)  # verify every bundle once, here, before starting processes that would all fail
         extra = ["--duration", str(args.duration)] if args.duration else []
@@ -84,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         sum(sum(r["dropped"].values()) for r in routes),
     )
     if stats_path:
-        stats_path.write_text(json.dumps(stats, indent=1))
+        write_output(stats_path, json.dumps(stats, indent=1), "--stats-json")
     return 0
 
 
@@ -97,7 +103,7 @@ def _broker(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from ..observability.status import watch_status
 
-    return watch_status(args.broker, duration=args.duration)
+    return watch_status(broker_from_args(args), duration=args.duration)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -14,15 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from ..bundle import load_bundle
 from ..children import popen, stop_child
 from ..errors import BundleError, EdgeRuntimeError
 from ..mqtt.client import connect_client
+from ..observability.schemas import ResultMessage, StatusMessage, parse
 from .broker import start_broker
 
 __all__ = ["build_demo_bundle", "run_demo"]
+
+_MAX_SEEN = 1_000_000  # ids remembered for counting duplicates: a bound whatever arrives
 
 CONFIG = """\
 # Written by `edge-runtime demo`.
@@ -107,10 +109,10 @@ class _Monitor:
         self.lock = threading.Lock()
 
     def on_message(self, _c, _u, msg) -> None:
+        """Count one result or error; anything that is not one (anyone can publish there) is skipped."""
         now = time.perf_counter()
-        try:
-            body = orjson.loads(msg.payload)
-        except orjson.JSONDecodeError:
+        body, _why = parse(ResultMessage, msg.payload)
+        if body is None:
             return
         with self.lock:
             if msg.topic.startswith("errors/"):
@@ -118,25 +120,27 @@ class _Monitor:
                 return
             if msg.topic.startswith("detections/"):
                 self.frames += 1
-                found = [d["label"] for d in body.get("detections", [])]
+                found = [str(d.label) for d in body.detections]
                 self.objects += len(found)
                 self.last_frame = ", ".join(found) or "nothing"
                 return
-            if not msg.topic.startswith("results/"):
+            if not msg.topic.startswith("results/") or body.id is None:
                 return
-            if body.get("id") in self.seen:
+            if body.id in self.seen:
                 self.duplicates += 1
                 return
-            self.seen.add(body.get("id"))
+            if len(self.seen) < _MAX_SEEN:
+                self.seen.add(body.id)
             self.results += 1
-            sent = self.send_times.get(body.get("id"))
+            ours = body.id if isinstance(body.id, str) else ""  # the simulated sensors' ids are strings
+            sent = self.send_times.get(ours)
             if sent is not None:
                 self.latencies.append((now - sent) * 1000)
-            if self.truth.get(body.get("id")) == body.get("label"):
+            if self.truth.get(ours) == body.label:
                 self.correct += 1
-            if body.get("label") != "normal":
-                score = max(body.get("scores") or [0])
-                self.last = f"{msg.topic.split('/')[1]}: {body.get('label')} ({score:.2f})"
+            if body.label != "normal":
+                score = max(body.scores or [0.0])
+                self.last = f"{msg.topic.split('/')[1]}: {body.label} ({score:.2f})"
 
     def percentiles(self) -> tuple[float, float]:
         with self.lock:
@@ -192,9 +196,13 @@ def run_demo(
                 stdin=subprocess.DEVNULL,
             )
         online = threading.Event()
-        watcher = connect_client(
-            broker.url, on_message=lambda *_: online.set(), subscriptions=[("edge-runtime/edge-demo/status", 1)]
-        )
+
+        def on_status(_c, _u, msg) -> None:
+            status, _why = parse(StatusMessage, msg.payload)
+            if status is not None and status.state == "online":  # not a retained "offline" from an earlier run
+                online.set()
+
+        watcher = connect_client(broker.url, on_message=on_status, subscriptions=[("edge-runtime/edge-demo/status", 1)])
         clients.append(watcher)
         if not online.wait(30) or runtime.poll() is not None:
             raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / 'runtime.log'}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import Bundle
+from ..bundle import NUMPY_TYPES, Bundle, VerifiedFiles, verified_files
 from ..errors import BundleError, UnknownNameError
 from ..tasks import get_task
 from ._slicing import fixed_batch, run_in_slices
@@ -39,10 +37,13 @@ class Engine:
         # Spinning threads burn the core that paho and the broker need (ORT #3099): off unless asked for.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
+        # The bytes that were verified, not the path: a file swapped since cannot be what is served.
+        files = verified_files(bundle)
         try:
-            self.session = ort.InferenceSession(
-                os.fspath(bundle.model_path), options, providers=["CPUExecutionProvider"]
-            )
+            # ORT points at these buffers until the session has copied them: keep them alive until then.
+            keep_alive = _add_external_data(options, files)
+            self.session = ort.InferenceSession(files.model, options, providers=["CPUExecutionProvider"])
+            del keep_alive, files  # the session holds its own copy now
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(
                 f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", bundle=str(bundle.path)
@@ -72,3 +73,24 @@ class Engine:
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))
+
+
+def _add_external_data(options: ort.SessionOptions, files: VerifiedFiles) -> list[ort.OrtValue]:
+    """Hand ORT every external initializer from verified bytes (ORT >= 1.12), so it opens no file itself.
+
+    A model loaded from bytes would otherwise look for its external data relative to the working
+    directory. Verification refused every external tensor this cannot cover (see verify.py).
+    """
+    if not files.tensors:
+        return []
+    names, values = [], []
+    for t in files.tensors:
+        dtype = np.dtype(NUMPY_TYPES[t.data_type])
+        count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        array = np.frombuffer(files.external[t.location], dtype=dtype, count=count, offset=t.offset).reshape(t.dims)
+        if not array.flags.aligned:
+            array = array.copy()
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+    options.add_external_initializers(names, values)
+    return values

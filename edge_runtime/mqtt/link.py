@@ -48,7 +48,7 @@ from ..errors import BrokerError
 from ..topics import topic_problem
 from . import _paho
 
-__all__ = ["Link", "Inbound", "set_nodelay", "tls_context", "V5_PROBE_S", "MAX_PACKET"]
+__all__ = ["Link", "Inbound", "set_nodelay", "V5_PROBE_S", "MAX_PACKET"]
 
 log = logging.getLogger("edge_runtime.link")
 
@@ -181,14 +181,6 @@ def set_nodelay(client: mqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
-    """The TLS context for ``mqtts://``: the configured CA (or the system's) and an optional client certificate."""
-    context = ssl.create_default_context(cafile=str(broker.ca_file) if broker.ca_file else None)
-    if broker.cert_file and broker.key_file:
-        context.load_cert_chain(str(broker.cert_file), str(broker.key_file))
-    return context
-
-
 class Link:
     """One MQTT connection (v5, or v3.1.1 where the broker refuses v5), pumped by ``poll`` from one thread."""
 
@@ -210,7 +202,7 @@ class Link:
         self._max_packet = min(max_packet, MAX_PACKET) if max_packet else None
         self._prefer_v5 = broker.protocol == "5"
         self.protocol = MQTTProtocolVersion.MQTTv5 if self._prefer_v5 else MQTTProtocolVersion.MQTTv311
-        self._tls = tls_context(broker) if broker.tls else None
+        self._tls = broker.tls_context()  # the one place a TLS context is made (None for mqtt://)
         self._password = broker.password()
         self.client: mqtt.Client | None = None
         self.connected = False  # CONNACK received and SUBACK too: inputs flow, results may leave

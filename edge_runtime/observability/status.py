@@ -1,87 +1,108 @@
 """``edge-runtime status``: a live table of the runtimes on a broker, from their status and metrics topics.
 
 Everything shown is what the runtimes publish (retained status, periodic metrics), so it works for one
-device or a fleet, with nothing but MQTT.
+device or a fleet, with nothing but MQTT. Anyone may publish on those topics: every message is validated
+(observability.schemas) and junk is skipped with a debug line and counted, never shown or trusted; the
+number of runtimes tracked is bounded, and names are made printable before they reach the terminal.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import orjson
+from .schemas import MetricsMessage, StatusMessage, parse
+
+if TYPE_CHECKING:
+    from ..config import BrokerConfig
 
 __all__ = ["StatusBoard", "watch_status"]
 
+log = logging.getLogger("edge_runtime.status")
+
 _COLUMNS = ("RUNTIME", "STATE", "ROUTE", "MODEL", "IN/s", "OUT/s", "P99 ms", "ERRORS", "DROPPED", "QUEUE")
+# Runtimes tracked at most: a bound on memory whatever client ids junk publishers invent.
+MAX_RUNTIMES = 1000
+_CELL = 60  # characters shown of a name at most
+
+
+def _printable(text: str) -> str:
+    """A name from the network as it may be shown on a terminal: no escape sequences, not too long."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: _CELL + 1])
+    return clean if len(clean) <= _CELL else clean[: _CELL - 3] + "..."
 
 
 class StatusBoard:
-    """The latest status and metrics per runtime; rates come from two successive metrics messages."""
+    """The latest valid status and metrics per runtime; rates come from two successive metrics messages."""
 
-    def __init__(self) -> None:
-        self.status: dict[str, dict[str, Any]] = {}
-        self.metrics: dict[str, dict[str, Any]] = {}
-        self.rates: dict[tuple[str, str], tuple[float, float]] = {}
+    def __init__(self, *, max_runtimes: int = MAX_RUNTIMES) -> None:
+        self.status: dict[str, StatusMessage] = {}
+        self.metrics: dict[str, MetricsMessage] = {}
+        self.rates: dict[str, dict[str, tuple[float, float]]] = {}
+        self.skipped = 0
+        self.max_runtimes = max_runtimes
         self.lock = threading.Lock()
 
-    def update(self, topic: str, payload: bytes) -> None:
+    def update(self, topic: str, payload: bytes | bytearray) -> None:
+        """Take one message; anything but a valid status or metrics message is skipped (and counted)."""
         parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != "edge-runtime":
-            return
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(body, dict):
+        if len(parts) != 3 or parts[0] != "edge-runtime" or parts[2] not in ("status", "metrics"):
             return
         name, kind = parts[1], parts[2]
+        message: StatusMessage | MetricsMessage | None
+        if kind == "status":
+            message, why = parse(StatusMessage, payload)
+        else:
+            message, why = parse(MetricsMessage, payload)
         with self.lock:
-            if kind == "status":
-                self.status[name] = body
-            elif kind == "metrics":
-                self._rates(name, self.metrics.get(name), body)
-                self.metrics[name] = body
+            if message is None:
+                self._skip(topic, why)
+                return
+            known = name in self.status or name in self.metrics
+            if not known and len(set(self.status) | set(self.metrics)) >= self.max_runtimes:
+                self._skip(topic, f"more than {self.max_runtimes} runtimes")
+                return
+            if isinstance(message, StatusMessage):
+                self.status[name] = message
+            else:
+                self.rates[name] = _rates(self.metrics.get(name), message)
+                self.metrics[name] = message
 
-    def _rates(self, name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        if not old:
-            return
-        dt = new.get("uptime_s", 0) - old.get("uptime_s", 0)
-        if dt <= 0:
-            return
-        for route, r in new.get("routes", {}).items():
-            before = old.get("routes", {}).get(route, {})
-            self.rates[(name, route)] = (
-                (r["received"] - before.get("received", 0)) / dt,
-                (r["results"] - before.get("results", 0)) / dt,
-            )
+    def _skip(self, topic: str, why: str) -> None:
+        self.skipped += 1
+        log.debug("skipped a message on %s: %s", _printable(topic), why)
 
     def rows(self) -> list[tuple[str, ...]]:
         with self.lock:
             out = []
             for name in sorted(set(self.status) | set(self.metrics)):
-                state = self.status.get(name, {}).get("state", "?")
-                if self.status.get(name, {}).get("reload", {}).get("ok") is False:
+                status = self.status.get(name)
+                state: str = status.state if status else "?"
+                if status and status.reload and not status.reload.ok:
                     state += " (reload failed)"
-                routes = self.metrics.get(name, {}).get("routes", {})
+                metrics = self.metrics.get(name)
+                routes = metrics.routes if metrics else {}
+                shown = _printable(name)
                 if not routes:
-                    out.append((name, state) + ("-",) * (len(_COLUMNS) - 2))
+                    out.append((shown, state) + ("-",) * (len(_COLUMNS) - 2))
+                rates = self.rates.get(name, {})
                 for route, r in sorted(routes.items()):
-                    rin, rout = self.rates.get((name, route), (None, None))
+                    rin, rout = rates.get(route, (None, None))
                     out.append(
                         (
-                            name,
+                            shown,
                             state,
-                            route,
-                            r.get("model", "?"),
+                            _printable(route),
+                            _printable(r.model),
                             "-" if rin is None else f"{rin:.1f}",
                             "-" if rout is None else f"{rout:.1f}",
-                            f"{r['latency']['p99_ms']:g}",
-                            str(sum(r["errors"].values())),
-                            str(sum(r["dropped"].values())),
-                            str(r.get("queue", {}).get("depth", 0)),
+                            f"{r.latency.p99_ms:g}",
+                            str(sum(r.errors.values())),
+                            str(sum(r.dropped.values())),
+                            str(r.queue.depth),
                         )
                     )
             return out
@@ -92,16 +113,39 @@ class StatusBoard:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         if len(rows) == 1:
             lines.append("(no runtime has published status or metrics yet)")
+        if self.skipped:
+            lines.append(f"({self.skipped} messages on runtime topics were not valid status or metrics: skipped)")
         return "\n".join(lines)
 
 
-def watch_status(url: str, *, duration: float | None = None, refresh: float = 1.0, out: TextIO = sys.stdout) -> int:
+def _rates(old: MetricsMessage | None, new: MetricsMessage) -> dict[str, tuple[float, float]]:
+    """Inputs and results per second per route between two metrics messages (none across a restart)."""
+    if old is None:
+        return {}
+    dt = new.uptime_s - old.uptime_s
+    if dt <= 0:
+        return {}
+    out = {}
+    for route, r in new.routes.items():
+        before = old.routes.get(route)
+        if before is not None and r.received >= before.received and r.results >= before.results:
+            out[route] = ((r.received - before.received) / dt, (r.results - before.results) / dt)
+    return out
+
+
+def watch_status(
+    broker: BrokerConfig | str,
+    *,
+    duration: float | None = None,
+    refresh: float = 1.0,
+    out: TextIO = sys.stdout,
+) -> int:
     """Show the table until Ctrl-C (or ``duration`` seconds); redrawn in place on a terminal."""
     from ..mqtt.client import connect_client
 
     board = StatusBoard()
     client = connect_client(
-        url,
+        broker,
         on_message=lambda _c, _u, m: board.update(m.topic, m.payload),
         subscriptions=[("edge-runtime/+/status", 1), ("edge-runtime/+/metrics", 0)],
     )

@@ -22,14 +22,28 @@ from pathlib import Path
 
 from ..children import popen, stop_child
 from ..config import Config
+from ..errors import ConfigError
 
-__all__ = ["as_worker", "run_workers"]
+__all__ = ["as_worker", "check_workers", "run_workers"]
 
 log = logging.getLogger("edge_runtime.workers")
 
 
+def check_workers(config: Config, workers: int) -> None:
+    """Refuse, before any worker starts, what N workers cannot share (one line naming the key)."""
+    port = config.metrics.prometheus_port
+    if port is not None and port + workers - 1 > 65535:
+        raise ConfigError(
+            f"{port}: with --workers {workers} the workers serve Prometheus on ports {port}..{port + workers - 1}, "
+            "past 65535; choose a lower port",
+            key="metrics.prometheus_port",
+        )
+
+
 def as_worker(config: Config, index: int) -> Config:
-    """The config one worker runs: its own client id, routes in the shared group, one ORT thread."""
+    """The config worker ``index`` (from 1) runs: its own client id, routes in the shared group, one ORT thread,
+    and its own Prometheus port (prometheus_port + index - 1), since N processes cannot bind one port."""
+    check_workers(config, index)
     broker = config.broker.model_copy(update={"client_id": f"{config.broker.client_id}-w{index}"})
     routes = []
     for r in config.routes:
@@ -41,7 +55,10 @@ def as_worker(config: Config, index: int) -> Config:
         else:
             routes.append(r.model_copy(update={"subscribe": f"$share/{config.broker.share_group}/{r.subscribe}"}))
     models = [m.model_copy(update={"threads": 1}) for m in config.models]
-    return config.model_copy(update={"broker": broker, "routes": routes, "models": models})
+    metrics = config.metrics
+    if metrics.prometheus_port is not None:
+        metrics = metrics.model_copy(update={"prometheus_port": metrics.prometheus_port + index - 1})
+    return config.model_copy(update={"broker": broker, "routes": routes, "models": models, "metrics": metrics})
 
 
 def run_workers(config_path: Path, workers: int, *, extra_args: list[str], global_args: Sequence[str] = ()) -> int:
