@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import RouteConfig
-from ..engines import Engine
+from ..engines import InferenceEngine as Engine
 from ..monitoring.capture import CaptureWriter
 from ..monitoring.drift import DriftMonitor
 from ..monitoring.shadow import ShadowRunner, incompatibility

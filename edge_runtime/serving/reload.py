@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import MANIFEST
-from ..engines import Engine
+from ..engines import InferenceEngine as Engine
 from ..errors import EdgeRuntimeError
 
 __all__ = ["Reloader", "Outcome", "fingerprint"]

@@ -43,7 +43,7 @@ from ..errors import ConfigError, PayloadError
 from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
 from ..observability.ratelog import RateLimitedLog
-from ..tasks import Decoder
+from ..tasks import Decoder, Task
 from ..tasks.codecs import encode
 from ..topics import MAX_TOPIC_BYTES, TopicFilter, TopicTemplate
 from ..vocabulary import DropReason
@@ -130,7 +130,8 @@ def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
 
 
 def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
-    return engine.task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
+    task: Task = engine.task
+    return task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
 
 
 def _max_packet(config: Config) -> int:
