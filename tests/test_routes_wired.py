@@ -196,3 +196,23 @@ def test_drift_and_shadow_are_prometheus_gauges():
         'edge_runtime_shadow_agreement{route="r",shadow="s"} 0.9',
     ):
         assert line in text
+
+
+def test_status_shows_each_route_s_drift():
+    from edge_runtime.observability.status import StatusBoard
+
+    board = StatusBoard()
+    base = {
+        "model": "m",
+        "received": 1,
+        "results": 1,
+        "errors": {},
+        "dropped": {},
+        "latency": {"p50_ms": 1, "p90_ms": 1, "p99_ms": 1, "max_ms": 1},
+        "queue": {"depth": 0},
+    }
+    routes = {"a/+": {**base, "drift": {"score": 0.31, "alert": True, "window": 1000}}, "b/+": base}
+    board.update("edge-runtime/rt/metrics", orjson.dumps({"uptime_s": 1.0, "routes": routes}))
+    text = board.render()
+    assert "DRIFT" in text.splitlines()[0]
+    assert "0.31 ALERT" in text and text.splitlines()[2].rstrip().endswith("-")

@@ -89,7 +89,7 @@ def test_the_board_skips_junk_and_keeps_what_was_valid():
     assert board.skipped == 2 * (len(JUNK_METRICS) + len(JUNK_STATUS))
     rows = board.rows()
     assert [r[:4] for r in rows] == [("r", "online", ROUTE, "m")]
-    assert rows[0][6:] == ("1.2", "5", "0", "0")
+    assert rows[0][6:] == ("1.2", "5", "0", "0", "-")  # no drift monitoring on this route
     assert "were not valid status or metrics: skipped" in board.render()
 
 

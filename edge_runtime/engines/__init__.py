@@ -180,8 +180,9 @@ def open_engine(
             else:
                 log.info("model %s: %s, %d thread(s) (%s), %d stream(s)", m.name, wanted, n_threads, origin, n_streams)
                 return chosen
-    log.info("model %s: %s, %d thread(s) (%s)", m.name, DEFAULT_ENGINE, n_threads, origin)
-    return ENGINES.get(DEFAULT_ENGINE).load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+    opened = ENGINES.get(DEFAULT_ENGINE).load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+    log.info("model %s: %s, %d thread(s) (%s)", m.name, DEFAULT_ENGINE, n_threads, origin)  # once it exists
+    return opened
 
 
 def thread_counts(cores: int | None = None) -> tuple[int, ...]:

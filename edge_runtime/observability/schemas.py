@@ -56,6 +56,11 @@ class QueueState(_Wire):
     max: Count = 0
 
 
+class DriftState(_Wire):
+    score: Score | None = None
+    alert: bool = False
+
+
 class RouteMetrics(_Wire):
     model: Short
     received: Count
@@ -64,6 +69,7 @@ class RouteMetrics(_Wire):
     dropped: Annotated[dict[Short, Count], Field(max_length=64)]
     latency: LatencySummary
     queue: QueueState
+    drift: DriftState | None = None  # routes whose bundle has reference statistics
 
 
 class MetricsMessage(_Wire):

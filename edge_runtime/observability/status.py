@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from .schemas import MetricsMessage, StatusMessage, parse
+from .schemas import DriftState, MetricsMessage, StatusMessage, parse
 
 if TYPE_CHECKING:
     from ..config import BrokerConfig
@@ -23,7 +23,7 @@ __all__ = ["StatusBoard", "watch_status"]
 
 log = logging.getLogger("edge_runtime.status")
 
-_COLUMNS = ("RUNTIME", "STATE", "ROUTE", "MODEL", "IN/s", "OUT/s", "P99 ms", "ERRORS", "DROPPED", "QUEUE")
+_COLUMNS = ("RUNTIME", "STATE", "ROUTE", "MODEL", "IN/s", "OUT/s", "P99 ms", "ERRORS", "DROPPED", "QUEUE", "DRIFT")
 # Runtimes tracked at most: a bound on memory whatever client ids junk publishers invent.
 MAX_RUNTIMES = 1000
 _CELL = 60  # characters shown of a name at most
@@ -103,6 +103,7 @@ class StatusBoard:
                             str(sum(r.errors.values())),
                             str(sum(r.dropped.values())),
                             str(r.queue.depth),
+                            _drift(r.drift),
                         )
                     )
             return out
@@ -165,3 +166,10 @@ def watch_status(
     if not live:
         out.write(board.render() + "\n")
     return 0
+
+
+def _drift(state: DriftState | None) -> str:
+    """The route's drift score, with ``ALERT`` while its drift alert is active; ``-`` without monitoring."""
+    if state is None or state.score is None:
+        return "-"
+    return f"{state.score:.2f}" + (" ALERT" if state.alert else "")
