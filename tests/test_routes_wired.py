@@ -216,3 +216,17 @@ def test_status_shows_each_route_s_drift():
     text = board.render()
     assert "DRIFT" in text.splitlines()[0]
     assert "0.31 ALERT" in text and text.splitlines()[2].rstrip().endswith("-")
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_bench_camera_source_measures_capture_to_result_latency(tmp_path):
+    pytest.importorskip("cv2")
+    from edge_runtime.bench.source import SourceBenchOptions, bench_source, format_source_report
+
+    report = bench_source(
+        SourceBenchOptions(bundle=DETECTOR, source="synthetic", fps=10, duration=2.5, width=320, height=240)
+    )
+    assert report["served"] > 0 and report["received"] > 0 and report["captured"] >= report["served"]
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
+    assert "capture to result received" in format_source_report(report)

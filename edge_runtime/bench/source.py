@@ -1,0 +1,158 @@
+"""``edge-runtime bench camera --source``: capture-to-result latency of a route that reads a camera.
+
+The runtime reads the source itself (RTSP, MJPEG, V4L2 or a video file; ``synthetic`` writes the simulator's
+moving scene to a file first, so the whole path runs on one machine), serves the newest frame each time the
+model is free, and publishes each result with the frame's capture time. Reported: frames captured by the
+source, served by the model and passed over (only the newest waits), and the latency from capture to the
+result received by a subscriber, p50/p90/p99/max, beside the model's own inference time: what a frame costs
+to reach an automation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..children import popen, stop_child
+from ..devtools.broker import start_broker
+from ..errors import EdgeRuntimeError
+from ..mqtt.client import connect_client
+from ..observability.schemas import StatusMessage, parse
+
+__all__ = ["SourceBenchOptions", "bench_source", "format_source_report"]
+
+
+@dataclass(frozen=True)
+class SourceBenchOptions:
+    bundle: Path
+    source: str  # a URL, a device, a file, or "synthetic"
+    fps: float = 10.0  # frames per second the route takes from the source
+    duration: float = 10.0
+    width: int = 640  # synthetic: the scene's size
+    height: int = 480
+    threads: int | None = None
+
+
+def _synthetic(workdir: Path, options: SourceBenchOptions) -> Path:
+    from devices.moving import MovingScene, write_video
+
+    seconds = options.duration + 5  # longer than the measurement: the file must not end first
+    scene = MovingScene.crossing(
+        width=options.width,
+        height=options.height,
+        fps=max(options.fps, 10.0),
+        objects=3,
+        travel_s=max(4.0, seconds / 2),
+        stagger_s=1.0,
+        tail_s=seconds / 2,
+    )
+    path = workdir / "synthetic.mp4"
+    write_video(scene, path)
+    return path
+
+
+def bench_source(options: SourceBenchOptions, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise EdgeRuntimeError("bench camera --source needs OpenCV: pip install 'edge-runtime[camera]'") from None
+    workdir = Path(tempfile.mkdtemp(prefix="edge-bench-source-"))
+    source = str(_synthetic(workdir, options)) if options.source == "synthetic" else options.source
+    bundle = Path(options.bundle).resolve()
+    config = workdir / "source.toml"
+    threads = f"threads = {options.threads}\n" if options.threads else ""
+    latencies: list[float] = []
+    online = threading.Event()
+    with start_broker(workdir=workdir / "broker") as broker:
+        config.write_text(
+            f'[broker]\nurl = "{broker.url}"\nclient_id = "bench-source"\n[metrics]\ninterval_s = 0\n'
+            f'[[models]]\nname = "m"\nbundle = "{bundle}"\n{threads}'
+            f'[[routes]]\nsource = {json.dumps(source)}\nsource_name = "cam"\nfps = {options.fps:g}\n'
+            'model = "m"\npublish = "bench/source/{1}"\nmax_batch = 1\nmax_delay_ms = 0\n'
+        )
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            if msg.topic.endswith("/status"):
+                status, _ = parse(StatusMessage, msg.payload)
+                if status is not None and status.state == "online":
+                    online.set()
+                return
+            received = time.time()
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                ts = orjson.loads(msg.payload)["frame"]["timestamp"]
+                latencies.append((received - float(ts)) * 1000)
+
+        watcher = connect_client(
+            broker.url,
+            on_message=on_message,
+            subscriptions=[("bench/source/#", 0), ("edge-runtime/bench-source/status", 1)],
+        )
+        stats_path = workdir / "stats.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "--log-level",
+            "WARNING",
+            "run",
+            str(config),
+            "--stats-json",
+            str(stats_path),
+        ]
+        with open(workdir / "runtime.log", "wb") as log:
+            proc = popen(cmd, stderr=log)
+        try:
+            if not online.wait(60):
+                raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / 'runtime.log'}")
+            if progress:
+                progress(f"measuring for {options.duration:g}s")
+            time.sleep(options.duration)
+        finally:
+            stop_child(proc, timeout=30)
+            watcher.disconnect()
+            watcher.loop_stop()
+    if not stats_path.exists():
+        raise EdgeRuntimeError(f"the runtime wrote no statistics; see {workdir / 'runtime.log'}")
+    route = json.loads(stats_path.read_text())["routes"]["source:cam"]
+    src = route.get("source") or {}
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    return {
+        "source": "synthetic" if options.source == "synthetic" else src.get("source", options.source),
+        "bundle": str(bundle),
+        "fps": options.fps,
+        "duration_s": options.duration,
+        "captured": src.get("captured", 0),
+        "superseded": src.get("superseded", 0),
+        "served": route["results"],
+        "served_fps": round(route["results"] / options.duration, 2),
+        "received": len(latencies),
+        "latency_ms": {k: round(float(np.percentile(lat, q)), 1) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))}
+        | {"max": round(float(lat.max()), 1)},
+        "infer_ms_p50": route["stages"]["infer"]["p50_ms"],
+        "source_state": src.get("state"),
+    }
+
+
+def format_source_report(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    return "\n".join(
+        [
+            f"source {report['source']} at {report['fps']:g} fps for {report['duration_s']:g}s, "
+            f"model {report['bundle']}",
+            f"frames: captured {report['captured']}, served {report['served']} ({report['served_fps']:g}/s), "
+            f"passed over {report['superseded']} (only the newest waits)",
+            f"capture to result received: p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"max {lat['max']:.1f} ms (inference p50 {report['infer_ms_p50']:g} ms)",
+        ]
+    )
