@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from ..bundle import Bundle, Manifest
 from ..errors import BundleError, EdgeRuntimeError
 from ..registry import Registry
 from ._slicing import fixed_batch, run_in_slices
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 __all__ = [
     "InferenceEngine",
@@ -65,7 +68,7 @@ class InferenceEngine(Protocol):
     threads: int
     bundle: Bundle
     manifest: Manifest
-    task: Any  # edge_runtime.tasks.Task
+    task: Task
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for a batch of any size (sliced for fixed-batch models)."""
