@@ -32,7 +32,7 @@ _PER_CHANNEL_MIN_OPSET = 13
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: Mode
+    mode: str  # a Mode; the --quantize text as given, checked in __post_init__ (an unknown one is a ConversionError)
     calibration: np.ndarray | None = None  # rows of model input; static needs it
     per_channel: bool = True
     # static: a detector's output name; the decoding tail before it stays float (see detector_head.py)
