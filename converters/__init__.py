@@ -110,7 +110,11 @@ def write_estimator_bundle(
 
 
 def _array(value: Any, what: str) -> np.ndarray | None:
-    if value is None or isinstance(value, np.ndarray):
+    return None if value is None else _load_array(value, what)
+
+
+def _load_array(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
         return value
     try:
         return np.load(Path(value), allow_pickle=False)
@@ -126,7 +130,7 @@ def _rows(value: Any, manifest: dict[str, Any], what: str, *, limit: int) -> np.
         return None
     if not isinstance(value, np.ndarray) and Path(value).is_dir():
         return load_calibration(Path(value), manifest["inputs"][0]["shape"], limit=limit, manifest=manifest)
-    rows = _array(value, what)
+    rows = _load_array(value, what)
     # Every validation row counts; calibration keeps its first ``limit`` rows.
     return load_calibration(
         rows, manifest["inputs"][0]["shape"], limit=len(rows) if what.startswith("validation") else limit
@@ -252,6 +256,7 @@ def _finish(
                 if c.model is not None and not c.chosen and c.engine == "onnxruntime":
                     entry["file"] = f"candidates/{c.mode}.onnx"
                     extra_files[entry["file"]] = c.model
+        assert chosen.model is not None  # the gate chooses only among candidates it built and measured
         model_bytes = chosen.model
         metric = (
             "accuracy"

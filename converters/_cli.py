@@ -146,8 +146,9 @@ def _convert(args: argparse.Namespace) -> int:
         f"wrote {bundle.path}: {m.name} v{m.version} ({m.task}{labels}, input {m.inputs[0].shape}, "
         f"quantization {m.quantization['mode']}{engine}, sha256 {m.sha256[:12]})"
     )
-    if "reference" in m.model_extra:
-        ref = m.model_extra["reference"]
+    extra = m.model_extra or {}  # a dict: the manifest allows extra keys
+    if "reference" in extra:
+        ref = extra["reference"]
         print(
             f"reference statistics: {ref['rows']} rows, {len((ref.get('inputs') or {}).get('features') or [])} "
             f"input channels{', outputs' if ref.get('outputs') else ''} (drift is measured against them)"

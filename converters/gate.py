@@ -361,16 +361,16 @@ def run_gate(
                 c.notes, c.size_bytes = list(result.notes), len(result.model)
                 say(f"{step} on {c.engine}: checking its outputs")
                 try:
-                    engines = {t: open_engine(bundle, engine=c.engine, threads=t) for t in counts}
-                    outputs = _run_all(engines[counts[0]], validation)  # outputs do not depend on threads
-                    c.precision = getattr(engines[counts[0]], "precision", None)
+                    opened = {t: open_engine(bundle, engine=c.engine, threads=t) for t in counts}
+                    outputs = _run_all(opened[counts[0]], validation)  # outputs do not depend on threads
+                    c.precision = getattr(opened[counts[0]], "precision", None)
                     if c.mode == "none" and c.engine == "onnxruntime":
                         reference = outputs
                     c.accuracy = _score(outputs, reference, labels, manifest, c)
                 except Exception as err:  # noqa: BLE001 - an engine that cannot run a candidate is reported
                     c.reason = f"{c.engine} cannot run it: {_first_line(err)}"
                     continue
-                measured.append((c, engines, result.model))
+                measured.append((c, opened, result.model))
         configs = [(c, t, b) for c, engines, _ in measured for t in counts for b in batch_sizes]
         say(
             f"measuring {len(measured)} candidate(s) x {len(counts)} thread count(s) x batch "

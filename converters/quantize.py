@@ -32,7 +32,7 @@ _PER_CHANNEL_MIN_OPSET = 13
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: Mode
+    mode: str  # a Mode; the --quantize text as given, checked in __post_init__ (an unknown one is a ConversionError)
     calibration: np.ndarray | None = None  # rows of model input; static needs it
     per_channel: bool = True
     # static: a detector's output name; the decoding tail before it stays float (see detector_head.py)
@@ -125,14 +125,18 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
 
     from .calibrate import CalibrationReader
 
+    calibration = config.calibration
+    assert calibration is not None  # QuantizeConfig refuses static without calibration data
     model = _model(model_bytes)
     notes: list[str] = []
     per_channel = config.per_channel
     if per_channel and _default_opset(model) < _PER_CHANNEL_MIN_OPSET:
-        model_bytes = _upgrade_opset(model, notes)
-        if model_bytes is None:
+        upgraded = _upgrade_opset(model, notes)
+        if upgraded is None:
             per_channel = False
             model_bytes = model.SerializeToString()
+        else:
+            model_bytes = upgraded
     with tempfile.TemporaryDirectory() as tmp:
         src, prep, out = Path(tmp, "in.onnx"), Path(tmp, "prep.onnx"), Path(tmp, "out.onnx")
         src.write_bytes(model_bytes)
@@ -145,7 +149,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
         fixed = first.dim_value if first is not None and first.HasField("dim_value") and first.dim_value > 0 else None
         # ONNX Runtime's int32-bias scale adjustment fails on per-channel Gemm weights in some versions:
         # retry without it, then per tensor, and say which one worked.
-        ladder = [({}, per_channel, None)]
+        ladder: list[tuple[dict[str, bool], bool, str | None]] = [({}, per_channel, None)]
         if per_channel:
             ladder += [
                 (
@@ -157,7 +161,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
             ]
         for extra, channel, note in ladder:
             try:
-                reader = CalibrationReader(input_name, config.calibration, batch=fixed or 16, exact=bool(fixed))
+                reader = CalibrationReader(input_name, calibration, batch=fixed or 16, exact=bool(fixed))
                 quantize_static(
                     prep,
                     out,
@@ -181,7 +185,7 @@ def _static(model_bytes: bytes, config: QuantizeConfig) -> QuantizeResult:
             break
         notes.append(
             f"QDQ, uint8 activations, int8 weights{', per channel' if per_channel else ''}; "
-            f"calibrated on {len(config.calibration)} rows"
+            f"calibrated on {len(calibration)} rows"
         )
         return QuantizeResult("static", out.read_bytes(), notes)
 
@@ -220,7 +224,7 @@ def _preprocess(src: Path, out: Path) -> list[str]:
     """ONNX Runtime's recommended preprocessing, with the known failures worked around."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    attempts = (
+    attempts: tuple[tuple[dict[str, bool], str | None], ...] = (
         ({}, None),
         ({"skip_symbolic_shape": True}, "symbolic shape inference failed; used ONNX shape inference instead"),
         (

@@ -85,9 +85,9 @@ class TaskOptions:
                 raise ConversionError(f"unknown {flag} {value!r}; choose from {', '.join(CHOICES[flag])}")
         if self.resize_short is not None and self.resize_short < 1:
             raise ConversionError(f"--resize-short {self.resize_short}: must be at least 1")
-        for name, value in (("--conf-threshold", self.conf_threshold), ("--iou-threshold", self.iou_threshold)):
-            if value is not None and not 0 < value <= 1:
-                raise ConversionError(f"{name} {value:g}: must be above 0 and at most 1")
+        for name, threshold in (("--conf-threshold", self.conf_threshold), ("--iou-threshold", self.iou_threshold)):
+            if threshold is not None and not 0 < threshold <= 1:
+                raise ConversionError(f"{name} {threshold:g}: must be above 0 and at most 1")
         if self.scale is not None and not self.scale > 0:
             raise ConversionError(f"--scale {self.scale:g}: must be above 0")
         if self.std is not None and min(self.std) <= 0:
@@ -124,14 +124,14 @@ def task_options_from_text(**flags: str | None) -> TaskOptions:
     f = dict(flags)
     return TaskOptions(
         task=f.get("task") or "auto",
-        class_names=parse_class_names(f["class_names"]) if f.get("class_names") is not None else None,
-        image_size=parse_image_size(f["image_size"]) if f.get("image_size") is not None else None,
+        class_names=parse_class_names(names) if (names := f.get("class_names")) is not None else None,
+        image_size=parse_image_size(size) if (size := f.get("image_size")) is not None else None,
         resize=f.get("resize"),
         resize_short=number("--resize-short", f.get("resize_short"), int),
         color=f.get("color"),
         scale=number("--scale", f.get("scale"), float),
-        mean=parse_triple("--mean", f["mean"]) if f.get("mean") is not None else None,
-        std=parse_triple("--std", f["std"]) if f.get("std") is not None else None,
+        mean=parse_triple("--mean", mean) if (mean := f.get("mean")) is not None else None,
+        std=parse_triple("--std", std) if (std := f.get("std")) is not None else None,
         layout=f.get("layout"),
         detector_format=f.get("detector_format"),
         conf_threshold=number("--conf-threshold", f.get("conf_threshold"), float),
@@ -182,7 +182,7 @@ def parse_triple(flag: str, text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3:
         raise ConversionError(f"{flag} {text!r}: expected three numbers like 0.485,0.456,0.406")
-    return values  # type: ignore[return-value]
+    return values  # three floats: mypy narrows the tuple by the len() check above
 
 
 def _one_line(err: ValidationError, section: str) -> str:
@@ -252,9 +252,10 @@ def resolve_task(model: Any, manifest: dict[str, Any], options: TaskOptions | No
     out["task"] = task
     if info is not None:
         out["source"] = {**out.get("source", {}), **{k: v for k, v in info.source.items() if v is not None}}
-    same = info is not None and info.task == task  # the metadata describes the model as it will be served
+    # the metadata, where it describes the model as it will be served
+    described = info if info is not None and info.task == task else None
     outputs = out["outputs"]
-    labels = list(options.class_names) if options.class_names is not None else (info.labels if same else None)
+    labels = list(options.class_names) if options.class_names is not None else (described.labels if described else None)
     if labels is not None:
         out["labels"] = labels
     if task == "classifier":
@@ -267,7 +268,7 @@ def resolve_task(model: Any, manifest: dict[str, Any], options: TaskOptions | No
         out.setdefault("value_output", outputs[0]["name"])
         out.setdefault("scores_output", outputs[1]["name"])
     if task in IMAGE_TASKS:
-        _image_sections(out, model, options, info if same else None)
+        _image_sections(out, model, options, described)
     return out
 
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -320,13 +321,14 @@ def measure_stages(
     from ..bundle import load_bundle
     from ..engines import open_engine
     from ..tasks.codecs import encode
-    from ..tasks.vision import image_size
+    from ..tasks.vision import ImageDecoder, image_size
     from .model import bare_session
 
     bundle = load_bundle(bundle_path)
     m = bundle.manifest
     engine = open_engine(bundle, threads=threads)  # the bundle's recorded engine, as the runtime will open it
-    decoder = engine.task.decoder(m, max_bytes=1 << 30)
+    # an image bundle (bench camera serves JPEG frames): its decoder is the vision task's, whose _prepare is timed
+    decoder = cast(ImageDecoder, engine.task.decoder(m, max_bytes=1 << 30))
     rng = np.random.default_rng(1)
     payloads = [encode_frame(draw_scene(rng, width, height)[0]) for _ in range(frames)]
     stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": [], "postprocess": []}
@@ -338,6 +340,7 @@ def measure_stages(
         t0 = time.perf_counter()
         image_size(payload)
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None  # our own frames; the runtime's decoder makes the same check in this stage
         t1 = time.perf_counter()
         row, meta = decoder._prepare(img, i, None)
         t2 = time.perf_counter()
@@ -353,7 +356,7 @@ def measure_stages(
         i += 1
 
     cores = os.cpu_count() or 1
-    out = {
+    out: dict[str, Any] = {
         "engine": engine.name,
         "threads": engine.threads,
         "precision": getattr(engine, "precision", None),
@@ -365,7 +368,11 @@ def measure_stages(
 
     def cycling(run: Callable[[np.ndarray], object]) -> Callable[[], None]:
         it = itertools.cycle(rows)
-        return lambda: run(next(it)) and None
+
+        def run_next() -> None:
+            run(next(it))
+
+        return run_next
 
     bare = {
         "onnxruntime_all_cores": cycling(bare_session(bundle.model_path, cores)),

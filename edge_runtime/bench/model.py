@@ -43,7 +43,7 @@ __all__ = ["bench_model", "format_model_report", "bare_session"]
 def _time(fn: Callable[[], object], duration: float, warmup: int = 3, min_runs: int = 10) -> np.ndarray:
     for _ in range(warmup):
         fn()
-    samples = []
+    samples: list[float] = []
     end = time.perf_counter() + duration
     while time.perf_counter() < end or len(samples) < min_runs:
         t = time.perf_counter()
@@ -63,7 +63,9 @@ def _stats(ms: np.ndarray, rows: int) -> dict:
     }
 
 
-def bare_session(model_path: Path, threads: int, *, spinning: bool = True) -> Callable[[np.ndarray], list]:
+def bare_session(
+    model_path: Path, threads: int, *, spinning: bool = True
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """What a user would write: one ``InferenceSession`` with ``threads`` intra-op threads, ``run`` on the batch
     (in slices of the model's batch size when it is fixed, since ``run`` refuses anything else).
 
@@ -209,7 +211,12 @@ def _bench_bundle(bundle, *, batch_sizes, threads, engines, duration, progress) 
                     decoder.decode(p)
 
             if (t, n) not in bare_ms:
-                bare_ms[(t, n)] = _time(lambda bare=bare, feed=feed: bare(feed), per_batch)
+                assert bare is not None  # opened above for any thread count not yet measured
+
+                def run_bare(bare: Callable[[np.ndarray], object] = bare, feed: np.ndarray = feed) -> object:
+                    return bare(feed)
+
+                bare_ms[(t, n)] = _time(run_bare, per_batch)
             core_ms = _time(core, per_batch)
             decode_ms = _time(codecs, per_batch / 2, min_runs=3)
             rows_out.append(

@@ -11,6 +11,7 @@ model's input and output shapes and with the labels. ``load_bundle`` calls it fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -119,7 +120,7 @@ class EngineSpec(BaseModel):
     measured_on: str | None = Field(None, description="The machine the settings were measured on.")
 
 
-def input_hw(shape: list, layout: str) -> tuple[int | None, int | None, int | None]:
+def input_hw(shape: Sequence[int | str | None], layout: str) -> tuple[int | None, int | None, int | None]:
     """(channels, height, width) of a 4-D image input, each None where the axis is dynamic."""
     fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
     if layout == "NCHW":
@@ -127,7 +128,7 @@ def input_hw(shape: list, layout: str) -> tuple[int | None, int | None, int | No
     return fixed[3], fixed[1], fixed[2]
 
 
-def detector_classes(shape: list, fmt: str) -> int | None:
+def detector_classes(shape: Sequence[int | str | None], fmt: str) -> int | None:
     """Number of classes a YOLO-style output of ``shape`` holds, or None where the axis is dynamic."""
     axis, extra = (1, 4) if fmt == "yolov8" else (2, 5)
     d = shape[axis] if len(shape) == 3 else None

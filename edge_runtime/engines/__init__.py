@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from ..bundle import Bundle, Manifest
 from ..errors import BundleError, EdgeRuntimeError
 from ..registry import Registry
 from ._slicing import fixed_batch, run_in_slices
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 __all__ = [
     "InferenceEngine",
@@ -65,7 +68,7 @@ class InferenceEngine(Protocol):
     threads: int
     bundle: Bundle
     manifest: Manifest
-    task: Any  # edge_runtime.tasks.Task
+    task: Task
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for a batch of any size (sliced for fixed-batch models)."""
@@ -90,7 +93,8 @@ class EngineKind:
 
     def load(self) -> Callable[..., InferenceEngine]:
         module, _, cls = self.factory.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        factory: Callable[..., InferenceEngine] = getattr(importlib.import_module(module), cls)
+        return factory
 
 
 ENGINES: Registry[EngineKind] = Registry("engine")
@@ -150,25 +154,25 @@ def open_engine(
         return kind.load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
     wanted = m.engine.kind if m.engine else DEFAULT_ENGINE
     if wanted != DEFAULT_ENGINE:
-        kind = ENGINES.get(wanted) if wanted in ENGINES else None
-        if kind is None:
+        fastest = ENGINES.get(wanted) if wanted in ENGINES else None
+        if fastest is None:
             log.warning(
                 "bundle %s was measured fastest with engine %r, which this runtime does not know: serving it with %s",
                 bundle.path,
                 wanted,
                 DEFAULT_ENGINE,
             )
-        elif not kind.available():
+        elif not fastest.available():
             log.warning(
                 "bundle %s was measured fastest with %s, which is not installed here (%s): serving it with %s",
                 bundle.path,
                 wanted,
-                kind.install_hint,
+                fastest.install_hint,
                 DEFAULT_ENGINE,
             )
         else:
             try:
-                chosen = kind.load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
+                chosen = fastest.load()(bundle, threads=n_threads, streams=n_streams, spinning=spinning)
             except BundleError as err:
                 log.warning(
                     "%s cannot load bundle %s (%s): serving it with %s",
@@ -206,7 +210,7 @@ def precisions(kind: str, mode: str = "none") -> list[str | None]:
     native = default_precision()
     if mode == "static":
         return [native]
-    return ["f32"] + ([native] if native != "f32" else [])
+    return ["f32"] if native == "f32" else ["f32", native]
 
 
 def with_engine(bundle: Bundle, kind: str, precision: str | None) -> Bundle:
