@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints, rate
+from ..cli.argtypes import frame_size, positive_float, positive_int, positive_ints, rate, thread_counts
 from ..cli.outputs import check_writable_file, write_output
 from ..errors import EdgeRuntimeError
 
@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--batch-sizes", type=positive_ints("1,8,32"), default=(1, 8, 32))
     m.add_argument(
         "--threads",
-        type=positive_ints("1,2"),
+        type=thread_counts,
         help="intra-op thread counts to measure (default: 1 up to this machine's cores)",
     )
     m.add_argument(

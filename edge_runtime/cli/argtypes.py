@@ -13,6 +13,7 @@ __all__ = [
     "tcp_port",
     "listen_port",
     "thread_count",
+    "thread_counts",
     "rate",
 ]
 
@@ -76,6 +77,14 @@ def thread_count(text: str) -> int:
     if value > 64:
         raise argparse.ArgumentTypeError(f"at most 64 threads, not {value}")
     return value
+
+
+def thread_counts(text: str) -> tuple[int, ...]:
+    """Comma-separated thread counts, each 1 to 64 (as ``thread_count``)."""
+    values = positive_ints("1,2")(text)
+    for value in values:
+        thread_count(str(value))
+    return values
 
 
 def rate(text: str) -> float:
