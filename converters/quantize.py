@@ -16,16 +16,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
+
+from edge_runtime.vocabulary import QUANTIZATION_MODES, QuantizationMode
 
 from ._registry import ConversionError
 
 __all__ = ["MODES", "QuantizeConfig", "QuantizeResult", "quantize", "unsupported_reason"]
 
-Mode = Literal["none", "fp16", "dynamic", "static"]
-MODES: tuple[str, ...] = ("none", "fp16", "dynamic", "static")
+Mode = QuantizationMode  # defined once, in edge_runtime.vocabulary
+MODES: tuple[str, ...] = QUANTIZATION_MODES
 _TREES = {"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"}
 _PER_CHANNEL_MIN_OPSET = 13
 

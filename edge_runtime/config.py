@@ -320,14 +320,17 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
         """The route's video source settings, or None for an MQTT route."""
         if self.source is None:
             return None
+        given = {
+            "source_name": "name",
+            "fps": "fps",
+            "realtime": "realtime",
+            "loop": "loop",
+            "username_env": "username_env",
+            "password_env": "password_env",
+        }
+        # Only the keys the route sets: SourceConfig says which apply to which kind of source.
         return SourceConfig(
-            source=self.source,
-            name=self.source_name,
-            fps=self.fps,
-            realtime=self.realtime,
-            loop=self.loop,
-            username_env=self.username_env,
-            password_env=self.password_env,
+            source=self.source, **{given[k]: getattr(self, k) for k in given if k in self.model_fields_set}
         )
 
     @property

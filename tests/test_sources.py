@@ -508,3 +508,30 @@ def test_a_server_that_accepts_but_never_answers_is_named_and_stop_does_not_wait
         assert source.status()["state"] == "stopped" and source.slot.closed
     finally:
         silent.close()
+
+
+@needs_rtsp
+def test_the_runtime_serves_an_rtsp_camera_and_rides_out_a_server_restart(rtsp_server, broker, start_runtime):
+    """The whole path: a real RTSP server -> a route with `source` -> the demo detector -> MQTT results."""
+    server = rtsp_server(fps=10)
+    detector = ROOT / "edge_runtime" / "demo_models" / "shapes-detector"
+    rt = start_runtime(
+        f'[broker]\nurl = "{broker.url}"\nclient_id = "t-rtsp"\n'
+        f'[[models]]\nname = "shapes"\nbundle = "{detector}"\n'
+        f'[[routes]]\nmodel = "shapes"\nsource = "{server.url}"\nsource_name = "yard"\nfps = 5\n'
+        'publish = "detections/{1}"\nmax_batch = 1\nmax_delay_ms = 0\n'
+    )
+    route = "source:yard"
+
+    def stats() -> dict:
+        return rt.runtime.stats()["routes"][route]
+
+    _until(lambda: stats()["results"] >= 5, 40, "frames from the camera to be served")
+    server.stop()
+    _until(lambda: stats()["source"]["state"] == "reconnecting", 30, "the runtime's source to notice")
+    served = stats()["results"]
+    server.start()
+    _until(lambda: stats()["results"] >= served + 3, 40, "frames to be served again after the restart")
+    source = stats()["source"]
+    assert source["reconnects"] >= 1 and source["drops"] >= 1 and source["error"] is None
+    assert rt.runtime.link.connected  # the MQTT side never noticed

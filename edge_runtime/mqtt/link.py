@@ -320,10 +320,8 @@ class Link:
         if not resumed:
             # A new session: packet ids from before mean nothing now (or another message): never ack them.
             self._epoch = self.generation
-            stale = len(self._held) + len(self._deferred_acks)
-            if stale:
-                self.counters["acks_skipped_new_session"] += stale
             self._held.clear()
+            self.counters["acks_skipped_new_session"] += len(self._deferred_acks)  # answered while away
             self._deferred_acks.clear()
         self._answered_dups.clear()
         receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
