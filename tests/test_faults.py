@@ -7,7 +7,9 @@ duplicates by id (duplicates are allowed after a fault and counted).
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -497,3 +499,87 @@ def test_held_inputs_are_never_acknowledged_into_a_new_session(
     finally:
         for b in brokers:
             b.stop()
+
+
+class _V311OnlyProxy:
+    """A broker that refuses MQTT v5 as such (CONNACK 0x84) and serves v3.1.1: a proxy in front of a real
+    Mosquitto that answers v5 CONNECTs itself and pipes everything else through."""
+
+    def __init__(self, broker_port: int):
+        self.broker_port = broker_port
+        self.v5_refused = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.conns: list = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            head = client.recv(4096)  # the CONNECT, whole: it is small and sent at once
+            # fixed header (1 byte + remaining length), protocol name (2 + 4 bytes "MQTT"), then the level
+            i = 1
+            while head[i] & 0x80:
+                i += 1
+            level = head[i + 1 + 6]
+            if level == 5:
+                self.v5_refused += 1
+                client.sendall(b"\x20\x03\x00\x84\x00")  # CONNACK: unsupported protocol version
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.broker_port))
+            upstream.sendall(head)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self):
+        """Drop every connection (the runtime reconnects)."""
+        for s in self.conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # close() alone would not wake the pipe thread blocked in recv
+                s.close()
+        self.conns.clear()
+
+    def close(self):
+        self._stop = True
+        self.server.close()
+        self.cut()
+
+
+def test_v5_falls_back_to_3_1_1_only_when_refused_and_is_tried_again(
+    broker, start_runtime, vibration_bundle, vibration_data, collector, publisher
+):
+    _, _, Xt, _ = vibration_data
+    proxy = _V311OnlyProxy(broker.port)
+    try:
+        rt = start_runtime(route_config(f"mqtt://127.0.0.1:{proxy.port}", vibration_bundle, client_id="t-v311"))
+        assert proxy.v5_refused == 1 and rt.runtime.link.protocol == MQTTProtocolVersion.MQTTv311
+        results = collector("results/#")
+        publisher.publish("sensors/v/vibration", payload(Xt[0], id="v311"))
+        assert results.json(1)[0][1]["id"] == "v311"
+        proxy.cut()  # a new connection starts from v5 again (the broker may have been upgraded meanwhile)
+        deadline = time.monotonic() + 20
+        while not (proxy.v5_refused >= 2 and rt.runtime.link.connected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.v5_refused >= 2 and rt.runtime.link.connected
+        publisher.publish("sensors/v/vibration", payload(Xt[1], id="again"))
+        assert results.json(1)[0][1]["id"] == "again"
+    finally:
+        proxy.close()

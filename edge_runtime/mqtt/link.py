@@ -454,10 +454,10 @@ class Link:
                     break
                 if not (sock.buffered() if buffered else select.select([sock], [], [], 0)[0]):
                     break
-        if self.client is not client:
-            return
-        if self._refused is not None:
+        if self._refused is not None:  # before the check below: paho drops a refused connection itself
             self._after_refusal()
+            return
+        if self.client is not client:
             return
         if not self._connack and time.monotonic() - self._attempt_started > self.broker.connect_timeout_s:
             log.warning("no CONNACK from %s within %gs; trying again", self.broker.url, self.broker.connect_timeout_s)
