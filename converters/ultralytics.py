@@ -28,6 +28,15 @@ from ._registry import ConversionError
 __all__ = ["ExportInfo", "read_export"]
 
 _TASKS = {"detect": "detector", "classify": "image_classifier"}
+# What Ultralytics' own predictor does to a frame before a detector (YOLOv5's repository does the same).
+_LETTERBOX: dict[str, Any] = {
+    "resize": "letterbox",
+    "color": "rgb",
+    "scale": 1 / 255,
+    "layout": "NCHW",
+    "pad_value": 114,
+    "interpolation": "linear",
+}
 # Ultralytics' classic YOLOv5 classifiers normalise with ImageNet statistics (utils/augmentations.py).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -133,14 +142,7 @@ def _ultralytics(meta: dict[str, str], outputs: list[list]) -> ExportInfo:
                 "nms=False (and end2end=False), or use --task generic for the raw outputs"
             )
             return info
-        info.preprocess = {
-            "resize": "letterbox",
-            "color": "rgb",
-            "scale": 1 / 255,
-            "layout": "NCHW",
-            "pad_value": 114,
-            "interpolation": "linear",
-        }
+        info.preprocess = dict(_LETTERBOX)
         out = outputs[0] if outputs else []
         fmt = "yolov8"
         if names and len(out) == 3 and out[1] != 4 + len(names) and out[2] == 5 + len(names):
@@ -169,14 +171,7 @@ def _classic_yolov5(meta: dict[str, str], outputs: list[list]) -> ExportInfo:
     classes = len(names) if names else None
     if len(outputs) == 1 and len(out) == 3 and (classes is None or out[2] in (None, 5 + classes)):
         info.task = "detector"
-        info.preprocess = {
-            "resize": "letterbox",
-            "color": "rgb",
-            "scale": 1 / 255,
-            "layout": "NCHW",
-            "pad_value": 114,
-            "interpolation": "linear",
-        }
+        info.preprocess = dict(_LETTERBOX)
         info.detector = {"format": "yolov5", "conf_threshold": 0.25, "iou_threshold": 0.45, "max_detections": 1000}
     elif len(outputs) == 1 and len(out) == 2:
         info.task = "image_classifier"

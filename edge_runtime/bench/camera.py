@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,11 +30,11 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from ..children import popen, stop_child
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
 from ..mqtt.client import connect_client
-from ..observability.schemas import ResultMessage, StatusMessage, parse
+from ..observability.schemas import ResultMessage, parse
+from .runtime_child import running_runtime
 
 __all__ = ["CameraBenchOptions", "bench_camera", "format_camera_report", "DEFAULT_DETECTOR"]
 
@@ -88,43 +87,22 @@ def _runtime(
         f'max_batch = 4\nmax_delay_ms = 0\nqos = 0\nmax_queue = {options.max_queue}\noverflow = "{policy}"\n'
         f"max_payload_bytes = 16000000\n"
     )
-    online = threading.Event()
 
-    def on_message(_c, _u, msg):
-        # Anything that is not a status or a result (anyone can publish there) is skipped.
-        if msg.topic.endswith("/status"):
-            status, _ = parse(StatusMessage, msg.payload)
-            if status is not None and status.state == "online":
-                online.set()
-            return
+    def on_message(msg: Any) -> None:
         body, _ = parse(ResultMessage, msg.payload)
         if body is not None:  # junk on the result topics is skipped, not fatal
             on_result(orjson.loads(msg.payload))
 
-    watcher = connect_client(
-        url, on_message=on_message, subscriptions=[(f"bench/{name}/#", 0), (f"edge-runtime/{client_id}/status", 1)]
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "edge_runtime",
-        "--log-level",
-        "WARNING",
-        "run",
-        str(config),
-        "--stats-json",
-        str(workdir / f"{name}-stats.json"),
-    ]
-    with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = popen(cmd, stderr=log)
-    try:
-        if not online.wait(60):
-            raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / f'{name}.log'}")
+    with running_runtime(
+        url,
+        config,
+        client_id=client_id,
+        results=f"bench/{name}/#",
+        on_result=on_message,
+        log_path=workdir / f"{name}.log",
+        stats_path=workdir / f"{name}-stats.json",
+    ) as proc:
         yield proc
-    finally:
-        stop_child(proc, timeout=30)
-        watcher.disconnect()
-        watcher.loop_stop()
 
 
 def _run_policy(url: str, policy: str, options: CameraBenchOptions, workdir: Path, progress) -> dict:

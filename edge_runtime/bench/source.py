@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +22,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..children import popen, stop_child
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
-from ..mqtt.client import connect_client
-from ..observability.schemas import StatusMessage, parse
+from .runtime_child import running_runtime
 
 __all__ = ["SourceBenchOptions", "bench_source", "format_source_report"]
 
@@ -73,7 +69,7 @@ def bench_source(options: SourceBenchOptions, *, progress: Callable[[str], None]
     config = workdir / "source.toml"
     threads = f"threads = {options.threads}\n" if options.threads else ""
     latencies: list[float] = []
-    online = threading.Event()
+    stats_path = workdir / "stats.json"
     with start_broker(workdir=workdir / "broker") as broker:
         config.write_text(
             f'[broker]\nurl = "{broker.url}"\nclient_id = "bench-source"\n[metrics]\ninterval_s = 0\n'
@@ -82,46 +78,24 @@ def bench_source(options: SourceBenchOptions, *, progress: Callable[[str], None]
             'model = "m"\npublish = "bench/source/{1}"\nmax_batch = 1\nmax_delay_ms = 0\n'
         )
 
-        def on_message(_c: Any, _u: Any, msg: Any) -> None:
-            if msg.topic.endswith("/status"):
-                status, _ = parse(StatusMessage, msg.payload)
-                if status is not None and status.state == "online":
-                    online.set()
-                return
+        def on_result(msg: Any) -> None:
             received = time.time()
             with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
                 ts = orjson.loads(msg.payload)["frame"]["timestamp"]
                 latencies.append((received - float(ts)) * 1000)
 
-        watcher = connect_client(
+        with running_runtime(
             broker.url,
-            on_message=on_message,
-            subscriptions=[("bench/source/#", 0), ("edge-runtime/bench-source/status", 1)],
-        )
-        stats_path = workdir / "stats.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_runtime",
-            "--log-level",
-            "WARNING",
-            "run",
-            str(config),
-            "--stats-json",
-            str(stats_path),
-        ]
-        with open(workdir / "runtime.log", "wb") as log:
-            proc = popen(cmd, stderr=log)
-        try:
-            if not online.wait(60):
-                raise EdgeRuntimeError(f"the runtime did not come online; see {workdir / 'runtime.log'}")
+            config,
+            client_id="bench-source",
+            results="bench/source/#",
+            on_result=on_result,
+            log_path=workdir / "runtime.log",
+            stats_path=stats_path,
+        ):
             if progress:
                 progress(f"measuring for {options.duration:g}s")
             time.sleep(options.duration)
-        finally:
-            stop_child(proc, timeout=30)
-            watcher.disconnect()
-            watcher.loop_stop()
     if not stats_path.exists():
         raise EdgeRuntimeError(f"the runtime wrote no statistics; see {workdir / 'runtime.log'}")
     route = json.loads(stats_path.read_text())["routes"]["source:cam"]

@@ -26,6 +26,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]+", "_", text).strip("_")[:120] or "x"
 
 
+def _entity(node: str, object_id: str, name: str, **device: str) -> dict[str, Any]:
+    """What every entity we announce shares: its ids, availability from the runtime's status, the device."""
+    return {
+        "name": name,
+        "unique_id": f"edge-runtime-{_slug(node)}-{object_id}",
+        "availability_topic": f"edge-runtime/{node}/status",
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": {
+            "identifiers": [f"edge-runtime-{_slug(node)}"],
+            "name": f"edge-runtime {node}",
+            "manufacturer": "edge-runtime",
+            **device,
+        },
+    }
+
+
 def discovery_message(
     *, prefix: str, node: str, result_topic: str, task: str, model: str, version: str
 ) -> tuple[str, dict[str, Any]] | None:
@@ -35,21 +53,9 @@ def discovery_message(
         return None
     object_id = _slug(result_topic)
     payload = {
-        "name": f"{model} {result_topic}",
-        "unique_id": f"edge-runtime-{_slug(node)}-{object_id}",
+        **_entity(node, object_id, f"{model} {result_topic}", model=model, sw_version=version),
         "state_topic": result_topic,
         "value_template": template,
         "json_attributes_topic": result_topic,
-        "availability_topic": f"edge-runtime/{node}/status",
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": {
-            "identifiers": [f"edge-runtime-{_slug(node)}"],
-            "name": f"edge-runtime {node}",
-            "manufacturer": "edge-runtime",
-            "model": model,
-            "sw_version": version,
-        },
     }
     return f"{prefix}/sensor/{_slug(node)}/{object_id}/config", payload

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .homeassistant import _slug
+from .homeassistant import _entity, _slug
 
 __all__ = ["zone_occupancy_discovery", "line_count_discovery", "object_events_discovery", "EVENT_TYPES"]
 
@@ -26,29 +26,13 @@ _EVENT_TEMPLATE = (
 )
 
 
-def _common(node: str, object_id: str, name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "unique_id": f"edge-runtime-{_slug(node)}-{object_id}",
-        "availability_topic": f"edge-runtime/{node}/status",
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": {
-            "identifiers": [f"edge-runtime-{_slug(node)}"],
-            "name": f"edge-runtime {node}",
-            "manufacturer": "edge-runtime",
-        },
-    }
-
-
 def zone_occupancy_discovery(
     *, prefix: str, node: str, source: str, zone: str, state_topic: str
 ) -> tuple[str, dict[str, Any]]:
     """A sensor whose state is the number of objects in ``zone`` (per-label counts as attributes)."""
     object_id = _slug(f"{source}_{zone}_occupancy")
     payload = {
-        **_common(node, object_id, f"{source} {zone} occupancy"),
+        **_entity(node, object_id, f"{source} {zone} occupancy"),
         "state_topic": state_topic,
         "value_template": "{{ value_json.count }}",
         "json_attributes_topic": state_topic,
@@ -66,7 +50,7 @@ def line_count_discovery(
     """A sensor counting crossings of ``line`` in ``direction`` (its forward or backward name); a total."""
     object_id = _slug(f"{source}_{line}_{direction}")
     payload = {
-        **_common(node, object_id, f"{source} {line} {direction}"),
+        **_entity(node, object_id, f"{source} {line} {direction}"),
         "state_topic": state_topic,
         "value_template": f"{{{{ value_json['{direction}'] }}}}",
         "state_class": "total_increasing",
@@ -80,7 +64,7 @@ def object_events_discovery(*, prefix: str, node: str, source: str, events_topic
     """An MQTT event entity firing ``new``, ``update`` and ``end`` for the objects tracked on ``source``."""
     object_id = _slug(f"{source}_objects")
     payload = {
-        **_common(node, object_id, f"{source} objects"),
+        **_entity(node, object_id, f"{source} objects"),
         "state_topic": events_topic,
         "event_types": list(EVENT_TYPES),
         "value_template": _EVENT_TEMPLATE,
