@@ -237,10 +237,16 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
 
     from .deploy import systemd_unit
 
-    load_config(args.config)  # a unit for a config that does not load would only fail at boot
+    config = load_config(args.config)  # a unit for a config that does not load would only fail at boot
     if args.output:
         check_writable_file(args.output, "-o/--output")
-    text = systemd_unit(args.config, _profile(args.profile), user=args.user)
+    text = systemd_unit(
+        args.config,
+        _profile(args.profile),
+        user=args.user,
+        reads=[m.bundle for m in config.models],
+        writes=[r.capture.dir for r in config.routes if r.capture is not None],
+    )
     if args.output:
         write_output(args.output, text, "-o/--output")
         print(f"wrote {args.output}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from .profiles import DeviceProfile
@@ -11,13 +12,44 @@ from .profiles import DeviceProfile
 __all__ = ["systemd_unit"]
 
 
+_HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+
+
+def _under_home(path: Path) -> bool:
+    return any(path == home or home in path.parents for home in _HOMES)
+
+
+def _this_executable() -> str:
+    """The ``edge-runtime`` beside the Python running now (the venv the user ran), else the one on PATH."""
+    beside = Path(sys.executable).with_name("edge-runtime")
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("edge-runtime") or f"{sys.executable} -m edge_runtime"
+
+
 def systemd_unit(
-    config: Path, profile: DeviceProfile, *, user: str = "edge-runtime", executable: str | None = None
+    config: Path,
+    profile: DeviceProfile,
+    *,
+    user: str = "edge-runtime",
+    executable: str | None = None,
+    reads: Iterable[Path] = (),
+    writes: Iterable[Path] = (),
 ) -> str:
     """The unit text. Limits come from the profile: the runtime gets at most half the board's memory
-    (the OS and Mosquitto need the rest) and the cores its ONNX Runtime threads use, plus one for MQTT."""
+    (the OS and Mosquitto need the rest) and the cores its ONNX Runtime threads use, plus one for MQTT.
+
+    ``reads`` (bundles) and ``writes`` (capture directories) are what the service must reach: the system
+    stays read-only but for ``writes`` (systemd lets the deeper mount win, under ``/home`` too), and home
+    directories are hidden unless something it needs is in one (then they are read-only), so a unit made
+    from a checkout in ``~`` still starts.
+    """
     config = config.resolve()
-    exe = executable or shutil.which("edge-runtime") or f"{sys.executable} -m edge_runtime"
+    exe = executable or _this_executable()
+    writable = sorted({Path(p).resolve() for p in writes})
+    needed = [config, Path(exe.split()[0]), *(Path(p).resolve() for p in reads), *writable]
+    protect_home = "read-only" if any(_under_home(p) for p in needed) else "yes"
+    read_write = f"ReadWritePaths={' '.join(str(p) for p in writable)}\n" if writable else ""
     memory_mb = max(128, profile.memory_mb // 2)
     cpu_quota = min(profile.cores, profile.ort.intra_op_threads + 1) * 100
     return f"""\
@@ -48,7 +80,7 @@ MemoryMax={memory_mb}M
 CPUQuota={cpu_quota}%
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=yes
+{read_write}ProtectHome={protect_home}
 PrivateTmp=yes
 ProtectKernelTunables=yes
 ProtectControlGroups=yes

@@ -101,6 +101,32 @@ def test_systemd_unit(vibration_bundle, tmp_path):
     assert bad.returncode == 2 and "broker.url" in bad.stderr
 
 
+def test_systemd_unit_reaches_what_the_config_needs(vibration_bundle, tmp_path):
+    """A unit from a checkout in a home directory must still start (read-only home, not hidden), and
+    capture directories stay writable under ProtectSystem=strict."""
+    from devices.deploy import systemd_unit
+    from devices.profiles import get_profile
+
+    profile = get_profile("rpi-4b")
+    elsewhere = systemd_unit(Path("/opt/edge/edge.toml"), profile, executable="/opt/edge/venv/bin/edge-runtime")
+    assert "ProtectHome=yes" in elsewhere and "ReadWritePaths" not in elsewhere
+    in_home = systemd_unit(Path("/home/pi/edge/edge.toml"), profile, executable="/home/pi/venv/bin/edge-runtime")
+    assert "ProtectHome=read-only" in in_home
+    bundle_in_home = systemd_unit(
+        Path("/opt/edge/edge.toml"), profile, executable="/usr/bin/edge-runtime", reads=[Path("/root/bundles/m")]
+    )
+    assert "ProtectHome=read-only" in bundle_in_home
+
+    config = tmp_path / "edge.toml"
+    text = route_config("mqtt://127.0.0.1:1883", vibration_bundle, client_id="svc")
+    config.write_text(text + '[routes.capture]\ndir = "ring"\nfraction = 0.1\n')
+    out = _cli("deploy", "systemd", str(config))
+    assert out.returncode == 0, out.stderr
+    assert f"ReadWritePaths={(tmp_path / 'ring').resolve()}" in out.stdout
+    exe = Path(sys.executable).with_name("edge-runtime")
+    assert f"ExecStart={exe} " in out.stdout  # the venv that made the unit, not whichever is on PATH
+
+
 def test_fleet_counts_match_what_a_subscriber_receives(broker):
     from devices.fleet import run_fleet
 
