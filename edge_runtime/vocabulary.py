@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "empty",
     "bad_json",
     "no_values",
+    "bad_id",
     "bad_values",
     "bad_npy",
     "bad_dtype",

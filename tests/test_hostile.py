@@ -260,3 +260,26 @@ def test_a_flood_of_near_limit_payloads_is_bounded_in_bytes(vibration_bundle, tm
         finally:
             proc.terminate()
             proc.wait(20)
+
+
+# -- ids the runtime would have to echo -----------------------------------------------------------------------
+
+
+def test_a_deeply_nested_id_is_refused_and_the_next_input_served(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data
+):
+    """orjson reads 1,024 levels of nesting but writes only 254: an id it cannot echo once killed the loop
+    (and, with QoS 1 on a persistent session, did so again after every restart)."""
+    _, _, Xt, _ = vibration_data
+    rt = start_runtime(route_config(broker.url, vibration_bundle, client_id="t-nested-id", qos=1))
+    results, errors = collector("results/#"), collector("errors/#")
+    deep = b"[" * 300 + b"1" + b"]" * 300
+    values = orjson.dumps(Xt[0].tolist())
+    publisher.publish("sensors/n/vibration", b'{"id": ' + deep + b', "values": ' + values + b"}", qos=1)
+    publisher.publish("sensors/n/vibration", b'{"id": {"a": 1}, "values": ' + values + b"}", qos=1)
+    publisher.publish("sensors/n/vibration", payload(Xt[1], id="after"), qos=1).wait_for_publish(5)
+    assert results.json(1)[0][1]["id"] == "after"
+    refused = [body for _, body in errors.json(2)]
+    assert [(e["error"], e["id"]) for e in refused] == [("bad_id", None), ("bad_id", None)]
+    assert "JSON array" in refused[0]["detail"] and "JSON object" in refused[1]["detail"]
+    assert rt.thread.is_alive() and _stats(rt)["errors"] == {"bad_id": 2}

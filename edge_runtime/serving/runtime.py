@@ -703,8 +703,15 @@ class Runtime:
         return topic, None, True
 
     def _answer(self, route: Route, inbound: Inbound, body: dict[str, Any], result: dict[str, Any]) -> None:
+        try:
+            payload = encode(body)
+        except TypeError as err:  # orjson's JSONEncodeError: one input's error, never the loop's
+            self._ratelog.log("encode", "route %s: a result could not be encoded", route.name, exc_info=True)
+            failed = PayloadError("internal", f"the result could not be encoded: {_first_line(err)}")
+            self._publish_error(route, inbound, failed)
+            return
         topic, props, own = self._target(route, route.publish, inbound)
-        if not self._send(route, inbound, topic, encode(body), props):
+        if not self._send(route, inbound, topic, payload, props):
             return
         if own:  # discovery only ever for the route's own result topics
             m = route.engine.manifest
@@ -746,7 +753,11 @@ class Runtime:
         )
         topic, props, _ = self._target(route, route.errors, inbound)
         body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": inbound.topic}
-        self._send(route, inbound, topic, encode(body), props)
+        try:
+            payload = encode(body)
+        except TypeError:  # an id orjson cannot write back; the error itself still goes out
+            payload = encode({**body, "id": None})
+        self._send(route, inbound, topic, payload, props)
 
 
 def _first_line(err: BaseException) -> str:

@@ -24,6 +24,14 @@ def encode(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+# What an input's "id" may be: it is echoed in the answer, so nothing nested.
+_ID_TYPES = (str, int, float, bool, type(None))
+
+
+def _json_kind(value: object) -> str:
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else type(value).__name__
+
+
 class RowDecoder:
     """Decodes payloads for one model input: checks size, syntax, shape, dtype and finiteness."""
 
@@ -55,6 +63,9 @@ class RowDecoder:
         msg_id = None
         if isinstance(doc, dict):
             msg_id = doc.get("id")
+            if not isinstance(msg_id, _ID_TYPES):
+                # Echoed in the answer: a nested one could be deeper than orjson writes (254 levels).
+                raise PayloadError("bad_id", f'"id" must be a string or a number, not a JSON {_json_kind(msg_id)}')
             if "values" not in doc:
                 raise PayloadError("no_values", 'JSON object has no "values" key', id=msg_id)
             values = doc["values"]
