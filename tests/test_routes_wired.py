@@ -152,6 +152,41 @@ def test_a_video_file_source_is_served_and_its_objects_become_events(broker, sta
     assert body["sources"]["door"]["kind"] == "file"
 
 
+def test_snapshots_of_a_source_route_are_drawn_on_its_frames(broker, start_runtime, collector, clip):
+    """A source's frames have no payload to decode: snapshots are drawn on the decoded frame (cv2.imdecode
+    of an empty payload raised out of the loop on the first frame)."""
+    import cv2
+
+    path, _ = clip
+    snaps = collector("snaps/#")
+    rt = start_runtime(_video_config(broker.url, "t-vsnap", str(path), extra='snapshot = "snaps/{1}"\n'))
+    (msg,) = snaps.take(1, timeout=30)
+    image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+    assert msg.topic == "snaps/door" and image is not None and image.ndim == 3
+    _wait(lambda: rt.runtime.stats()["routes"]["source:door"]["results"] >= 2)  # still serving
+    assert rt.thread.is_alive()
+
+
+def test_frames_waiting_for_a_batch_count_their_bytes(broker, start_runtime, clip):
+    """Decoded frames are megabytes each: the route's byte bound must see them (they were queued as 0 bytes,
+    so while results could not leave, frames piled up to max_queue)."""
+    path, _ = clip
+    extra = "max_queue_bytes = 100000000\n"
+    text = _video_config(broker.url, "t-vbytes", str(path), extra=extra)
+    text = text.replace("max_batch = 1\nmax_delay_ms = 0", "max_batch = 64\nmax_delay_ms = 60000")
+    rt = start_runtime(text)
+    seen: list[tuple[int, int]] = []
+
+    def waiting() -> bool:
+        queue = rt.runtime.stats()["routes"]["source:door"]["queue"]
+        seen.append((queue["depth"], queue["bytes"]))
+        return queue["depth"] >= 3
+
+    _wait(waiting, timeout=30)
+    depth, nbytes = seen[-1]
+    assert nbytes >= depth * 100_000  # at least 100 KB a frame, whatever the clip's size
+
+
 def test_a_bad_source_is_reported_and_the_rest_keeps_serving(
     broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
 ):

@@ -316,7 +316,11 @@ class Runtime:
                 frame, captured = taken
                 route.stats.received += 1
                 frame.waiting = 1
-                for given_up, reason in route.batcher.offer(frame, captured, route.video.name, 0):
+                # Counted in bytes like any input: while results cannot leave, decoded frames (1-25 MB each)
+                # must not pile up beyond the route's byte bound. Capped at the bound, so that one frame
+                # always fits (a frame larger than the budget: only the newest waits).
+                nbytes = min(frame.image.nbytes, route.batcher.max_bytes or frame.image.nbytes)
+                for given_up, reason in route.batcher.offer(frame, captured, route.video.name, nbytes):
                     self._give_up(route, given_up, reason)
                 if route.prefetch:
                     self._ahead(route, frame)
@@ -464,6 +468,8 @@ class Runtime:
                 self._ratelog.log("observer", "route %s: an observer's snapshot failed", route.name, exc_info=True)
         if route.video is not None:
             extra["source"] = route.video.status()
+        if route.snapshots is not None and route.snapshots.failed:
+            extra["snapshots_failed"] = route.snapshots.failed
         return extra
 
     def stats(self) -> dict[str, Any]:
@@ -719,7 +725,8 @@ class Runtime:
         snapshots = route.snapshots
         annotate = getattr(route.engine.task, "annotate", None)
         if snapshots is not None and annotate is not None:
-            snapshots.publish(annotate, inbound.topic, inbound.payload, result)
+            frame = inbound.image if isinstance(inbound, FrameInput) else inbound.payload
+            snapshots.publish(annotate, inbound.topic, frame, result)
 
     def _send(self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any) -> bool:
         on_safe = functools.partial(self._answered, inbound)

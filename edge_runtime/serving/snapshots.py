@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..errors import PayloadError
+from ..observability.ratelog import RateLimitedLog
 from ..topics import TopicFilter, TopicTemplate
 
 __all__ = ["Snapshots"]
@@ -18,17 +22,25 @@ class Snapshots:
         self, template: TopicTemplate, topic_filter: TopicFilter | None, publish: Callable[[str, bytes], object]
     ):
         self.template, self.filter, self._publish = template, topic_filter, publish
+        self._log = RateLimitedLog(logging.getLogger("edge_runtime.snapshots"))
+        self.failed = 0
 
     def publish(
         self,
-        annotate: Callable[[bytes, dict[str, Any]], bytes | None],
+        annotate: Callable[[bytes | np.ndarray, dict[str, Any]], bytes | None],
         topic: str,
-        payload: bytes,
+        frame: bytes | np.ndarray,
         result: dict[str, Any],
     ) -> None:
+        """Draw ``result`` on ``frame`` (the payload, or a source's decoded image) and publish it. A snapshot
+        that cannot be drawn is skipped and counted: the result it illustrates has already gone out."""
         try:
-            jpeg = annotate(payload, result)
+            jpeg = annotate(frame, result)
         except PayloadError:
+            return
+        except Exception:  # noqa: BLE001 - OpenCV raises cv2.error on what it cannot draw or encode
+            self.failed += 1
+            self._log.log("snapshot", "a snapshot on %r could not be drawn", topic[:200], exc_info=True)
             return
         if jpeg is not None:
             captures = (

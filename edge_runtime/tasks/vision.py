@@ -267,11 +267,12 @@ class _ImageTask:
     def decoder(self, manifest: Manifest, *, max_bytes: int) -> ImageDecoder:
         return ImageDecoder(manifest, max_bytes=max_bytes)
 
-    def annotate(self, payload: bytes, result: dict[str, Any]) -> bytes | None:
-        """The frame with ``result`` drawn, as JPEG; None for a payload that is not an encoded image (.npy)."""
-        if payload.startswith(NPY_MAGIC):
+    def annotate(self, frame: bytes | np.ndarray, result: dict[str, Any]) -> bytes | None:
+        """The frame (a payload, or a source's decoded BGR image) with ``result`` drawn, as JPEG; None for a
+        payload that is not an encoded image (.npy)."""
+        if isinstance(frame, bytes) and frame.startswith(NPY_MAGIC):
             return None
-        return annotate(payload, result)
+        return annotate(frame, result)
 
 
 class ImageClassifier(_ImageTask):
@@ -352,9 +353,17 @@ class Detector(_ImageTask):
         return out
 
 
-def annotate(payload: bytes, result: dict[str, Any], *, quality: int = 80) -> bytes:
-    """The frame as JPEG with its detections drawn (for an optional snapshot topic, as Frigate does)."""
-    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+def annotate(frame: bytes | np.ndarray, result: dict[str, Any], *, quality: int = 80) -> bytes:
+    """The frame as JPEG with its detections drawn (for an optional snapshot topic, as Frigate does).
+
+    ``frame`` is an encoded image, or a decoded BGR one (a video source's; drawn on a copy)."""
+    img: np.ndarray | None
+    if isinstance(frame, np.ndarray):
+        img = frame.copy()
+    elif frame:
+        img = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+    else:
+        img = None
     if img is None:
         raise PayloadError("bad_image", "cannot decode the frame to annotate")
     if "label" in result:  # a classifier's answer, top left
