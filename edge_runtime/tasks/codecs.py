@@ -24,12 +24,18 @@ def encode(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-# What an input's "id" may be: it is echoed in the answer, so nothing nested.
-_ID_TYPES = (str, int, float, bool, type(None))
+_SCALAR_IDS = (str, int, float, bool, type(None))
 
 
-def _json_kind(value: object) -> str:
-    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else type(value).__name__
+def _check_echoable(msg_id: object) -> None:
+    """An id is echoed in the answer: one that orjson reads but cannot write (nested deeper than its 254
+    levels; it reads 1,024) is refused here, not found unwritable after the batch was served."""
+    try:
+        orjson.dumps(msg_id)
+    except orjson.JSONEncodeError:
+        raise PayloadError(
+            "bad_id", '"id" is nested too deeply to be echoed; send a string, a number or a flat object'
+        ) from None
 
 
 class RowDecoder:
@@ -63,9 +69,8 @@ class RowDecoder:
         msg_id = None
         if isinstance(doc, dict):
             msg_id = doc.get("id")
-            if not isinstance(msg_id, _ID_TYPES):
-                # Echoed in the answer: a nested one could be deeper than orjson writes (254 levels).
-                raise PayloadError("bad_id", f'"id" must be a string or a number, not a JSON {_json_kind(msg_id)}')
+            if not isinstance(msg_id, _SCALAR_IDS):
+                _check_echoable(msg_id)
             if "values" not in doc:
                 raise PayloadError("no_values", 'JSON object has no "values" key', id=msg_id)
             values = doc["values"]
