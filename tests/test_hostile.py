@@ -276,10 +276,60 @@ def test_a_deeply_nested_id_is_refused_and_the_next_input_served(
     deep = b"[" * 300 + b"1" + b"]" * 300
     values = orjson.dumps(Xt[0].tolist())
     publisher.publish("sensors/n/vibration", b'{"id": ' + deep + b', "values": ' + values + b"}", qos=1)
-    publisher.publish("sensors/n/vibration", b'{"id": {"a": 1}, "values": ' + values + b"}", qos=1)
+    publisher.publish("sensors/n/vibration", b'{"id": {"seq": [1]}, "values": ' + values + b"}", qos=1)
     publisher.publish("sensors/n/vibration", payload(Xt[1], id="after"), qos=1).wait_for_publish(5)
-    assert results.json(1)[0][1]["id"] == "after"
-    refused = [body for _, body in errors.json(2)]
-    assert [(e["error"], e["id"]) for e in refused] == [("bad_id", None), ("bad_id", None)]
-    assert "JSON array" in refused[0]["detail"] and "JSON object" in refused[1]["detail"]
-    assert rt.thread.is_alive() and _stats(rt)["errors"] == {"bad_id": 2}
+    answered = [body for _, body in results.json(2)]
+    assert [a["id"] for a in answered] == [{"seq": [1]}, "after"]  # a flat object is still an id
+    ((_, refused),) = errors.json(1)
+    assert refused["error"] == "bad_id" and refused["id"] is None and "nested" in refused["detail"]
+    assert rt.thread.is_alive() and _stats(rt)["errors"] == {"bad_id": 1}
+
+
+# -- what an input carries besides its payload --------------------------------------------------------------------
+
+
+def _user_properties(total_bytes: int) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for i in range(total_bytes // 100):
+        props.UserProperty = (f"k{i}", "v" * 90)
+    return props
+
+
+def test_an_input_with_too_many_properties_is_refused_and_the_next_served(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data
+):
+    """User properties are the sender's to choose and paho unpacks every one into Python objects."""
+    _, _, Xt, _ = vibration_data
+    rt = start_runtime(route_config(broker.url, vibration_bundle, client_id="t-props", qos=1))
+    results, errors = collector("results/#"), collector("errors/#")
+    publisher.publish("sensors/p/vibration", payload(Xt[0], id="heavy"), qos=1, properties=_user_properties(20_000))
+    publisher.publish("sensors/p/vibration", payload(Xt[1], id="light"), qos=1, properties=_user_properties(1_000))
+    assert results.json(1)[0][1]["id"] == "light"
+    ((_, refused),) = errors.json(1)
+    assert refused["error"] == "too_large" and "MQTT properties" in refused["detail"]
+    assert rt.thread.is_alive()
+
+
+def test_the_byte_bound_counts_topics_and_properties_not_only_payloads(
+    broker, start_runtime, publisher, vibration_bundle, vibration_data
+):
+    """Tiny payloads on long topics with many properties: each holds ~250 KB while it waits, which the
+    queue's byte bound (1 MB here) must see; it once counted the payload only, and all of them were kept."""
+    _, _, Xt, _ = vibration_data
+    text = route_config(
+        broker.url,
+        vibration_bundle,
+        client_id="t-propbytes",
+        max_batch=4096,
+        max_delay_ms=60_000,
+        max_payload_bytes=1024,
+        max_queue_bytes=1_000_000,
+    )
+    rt = start_runtime(text)
+    body, level = payload(Xt[0]), "x" * 30_000
+    for i in range(40):
+        publisher.publish(f"sensors/{level}{i}/vibration", body, qos=0, properties=_user_properties(7_000))
+    _wait(lambda: _stats(rt)["received"] == 40)
+    queue = _stats(rt)["queue"]
+    assert queue["bytes"] <= 1_000_000 and queue["depth"] <= 4
+    assert _stats(rt)["dropped"]["queue_full"] >= 36

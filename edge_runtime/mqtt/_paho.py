@@ -96,6 +96,7 @@ class LazyProperties(Properties):
         if buffer[:1] == b"\x00":  # property length 0: the common case, nothing to build
             return self, 1
         result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "packed_bytes", result[1])  # what a stranger sent: the runtime bounds it
         return result
 
 
@@ -116,6 +117,18 @@ def _install_lazy_properties() -> list[str]:
 
 
 INSTALLED_IN = _install_lazy_properties()
+
+
+def property_bytes(props: Properties | None) -> int:
+    """How many bytes of properties a received message carried (0 for none)."""
+    if props is None:
+        return 0
+    size = getattr(props, "packed_bytes", None)
+    if size is None:
+        if isinstance(props, LazyProperties) and "names" not in vars(props):
+            return 0  # never unpacked past the empty table
+        size = len(props.pack())  # type: ignore[no-untyped-call]  # a paho without our hook: measure
+    return int(size)
 
 
 def new_properties(packet_type: int) -> Properties:

@@ -74,7 +74,19 @@ Callback = Callable[[], None]
 class Inbound:
     """One input as the runtime sees it: paho's message with its topic decoded once, and its connection."""
 
-    __slots__ = ("topic", "payload", "qos", "mid", "dup", "retain", "properties", "generation", "waiting", "ahead")
+    __slots__ = (
+        "topic",
+        "payload",
+        "qos",
+        "mid",
+        "dup",
+        "retain",
+        "properties",
+        "property_bytes",
+        "generation",
+        "waiting",
+        "ahead",
+    )
 
     def __init__(self, msg: mqtt.MQTTMessage, topic: str, generation: int):
         self.topic = topic
@@ -84,6 +96,7 @@ class Inbound:
         self.dup: bool = bool(msg.dup)
         self.retain: bool = bool(msg.retain)
         self.properties: Properties | None = getattr(msg, "properties", None)
+        self.property_bytes = _paho.property_bytes(self.properties)  # as sent: user properties can be many
         self.generation = generation
         self.waiting = 0  # answers still to be made safe before the input may be acknowledged (runtime's count)
         self.ahead: Any = None  # (decoder, future) while the runtime decodes it ahead of its batch

@@ -11,7 +11,8 @@ Overload policies (``overflow``), each counted by the caller under the reason re
   a full queue then drops the oldest, as ``drop_oldest`` does.
 ``deadline`` (seconds, optional) gives up inputs that waited longer than that (``expired``): stale work
 is not served late. The queue is bounded in inputs (``max_queue``) and, when ``max_bytes`` is given, in
-payload bytes: a flood of large inputs costs at most that much memory, whatever their number.
+bytes (as the caller counts an input: the runtime counts payload, topic and properties): a flood of
+large inputs costs at most that much memory, whatever their number.
 """
 
 from __future__ import annotations

@@ -67,6 +67,12 @@ log = logging.getLogger("edge_runtime")
 SHUTDOWN_SERVE_S = 0.5
 SHUTDOWN_DRAIN_S = 2.0
 
+# MQTT v5 properties an input may carry (bytes on the wire): a response topic, correlation data and a few user
+# properties fit many times over. Unpacked, they cost up to ~30x that in Python objects (a tuple of two str
+# per user property), which is what an input's size in the queue's byte bound counts.
+MAX_PROPERTY_BYTES = 8192
+_PROPERTY_COST = 32
+
 # Input topics remembered with the routes they match, and rendered answer topics per route, at most (bytes).
 _ROUTE_CACHE_BYTES = 4 << 20
 _RENDERED_BYTES = 1 << 20
@@ -137,7 +143,7 @@ def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
 def _max_packet(config: Config) -> int:
     """The largest packet we accept (MQTT v5 Maximum Packet Size): the largest payload a route takes, plus the
     longest topic and room for properties. The broker drops anything bigger before it reaches us."""
-    return max(r.max_payload_bytes for r in config.routes) + MAX_TOPIC_BYTES + 8192
+    return max(r.max_payload_bytes for r in config.routes) + MAX_TOPIC_BYTES + MAX_PROPERTY_BYTES
 
 
 class Runtime:
@@ -512,12 +518,18 @@ class Runtime:
             return
         inbound.waiting = len(routes)
         now = time.monotonic()
-        size = len(inbound.payload)
+        payload_size, property_size = len(inbound.payload), inbound.property_bytes
+        # What it holds while it waits: payload, topic and unpacked properties, all the sender's to choose.
+        size = payload_size + len(topic) + _PROPERTY_COST * property_size
         for route in routes:
             route.stats.received += 1
             limit = route.config.max_payload_bytes
-            if size > limit:  # refused on arrival, before it is queued
-                detail = f"payload is {size} bytes; this route accepts at most {limit}"
+            if payload_size > limit or property_size > MAX_PROPERTY_BYTES:  # refused before it is queued
+                detail = (
+                    f"payload is {payload_size} bytes; this route accepts at most {limit}"
+                    if payload_size > limit
+                    else f"MQTT properties are {property_size} bytes; at most {MAX_PROPERTY_BYTES} are accepted"
+                )
                 self._publish_error(route, inbound, PayloadError("too_large", detail))
                 continue
             given_up = route.batcher.offer(inbound, now, topic, size)

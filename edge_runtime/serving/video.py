@@ -50,6 +50,7 @@ class FrameInput(Inbound):
         self.dup = False
         self.retain = False
         self.properties = None
+        self.property_bytes = 0
         self.generation = 0
         self.waiting = 0
         self.ahead = None
