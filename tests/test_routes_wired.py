@@ -187,6 +187,34 @@ def test_frames_waiting_for_a_batch_count_their_bytes(broker, start_runtime, cli
     assert nbytes >= depth * 100_000  # at least 100 KB a frame, whatever the clip's size
 
 
+@pytest.mark.broker
+def test_a_route_that_cannot_publish_waits_instead_of_spinning(start_runtime, clip, tmp_path):
+    """The broker is gone and the outgoing queue is within one batch of full: a due batch cannot be served,
+    and the loop must sleep on its socket and sources, not turn at full speed for the whole outage."""
+    from edge_runtime.devtools.broker import free_port, start_broker
+
+    path, _ = clip
+    port = free_port()
+    broker = start_broker(port, kind="mosquitto", workdir=tmp_path / "b")
+    try:
+        text = _video_config(f"mqtt://127.0.0.1:{port}", "t-nospin", str(path))
+        text = text.replace('client_id = "t-nospin"\n', 'client_id = "t-nospin"\nmax_outgoing = 20\n')
+        text = text.replace("max_batch = 1\n", "max_batch = 3\n").replace(
+            "realtime = false", "realtime = true\nloop = true"
+        )
+        rt = start_runtime(text)
+        broker.stop()
+        link = rt.runtime.link
+        _wait(lambda: not link.connected and link.state()["outgoing"] > 20 - 3, timeout=30)
+        cpu, wall = time.process_time(), time.monotonic()
+        time.sleep(2.0)
+        used = (time.process_time() - cpu) / (time.monotonic() - wall)
+        assert used < 0.5, f"the runtime used {used:.0%} of a core while it could not publish"
+        assert rt.thread.is_alive()
+    finally:
+        broker.stop()
+
+
 def test_a_bad_source_is_reported_and_the_rest_keeps_serving(
     broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
 ):

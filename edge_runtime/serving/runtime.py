@@ -346,11 +346,12 @@ class Runtime:
     def _wait(self, now: float) -> float:
         """How long the loop may wait for the socket: until the next batch is due, at most half a second."""
         timeout = min(0.5, self._metrics_due - now)
-        if not self.link.has_room():
-            return timeout  # nothing can be served until the broker takes what waits
+        link = self.link
         for r in self.routes:
             due = r.batcher.next_due()
-            if due is not None:
+            # A due batch whose results would not fit cannot be served (backpressure): waiting for it would
+            # spin the loop for as long as the broker is away. The socket (or a source) wakes the loop.
+            if due is not None and link.has_room(r.config.max_batch):
                 timeout = min(timeout, max(0.0, due - now))
         return max(0.0, timeout)
 
