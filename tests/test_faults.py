@@ -588,3 +588,41 @@ def test_v5_falls_back_to_3_1_1_only_when_refused_and_is_tried_again(
         assert results.json(1)[0][1]["id"] == "again"
     finally:
         proxy.close()
+
+
+class _BrokenPipe:
+    """A socket whose writes fail as a reset connection's do (fault injection: the rest is the real socket)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def send(self, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_a_write_that_fails_in_our_buffer_is_a_lost_connection_not_a_crash(broker, collector):
+    """EPIPE while our send buffer is full used to propagate out of Link.publish (and end the runtime's loop);
+    it is a lost connection: the link reconnects and what was not acknowledged leaves again."""
+    from edge_runtime.mqtt import _paho
+    from edge_runtime.mqtt.client import broker_config
+    from edge_runtime.mqtt.link import Link
+
+    got = collector("big/#")
+    link = Link(broker_config(broker.url), on_message=lambda _m: None)
+    link.connect()
+    try:
+        buffered = _paho.socket_of(link.client)
+        buffered._sock = _BrokenPipe(buffered._sock)
+        safe: list[int] = []
+        for i in range(3):  # 600 KB each: the third finds our 1 MB buffer full and flushes it
+            assert link.publish(f"big/{i}", bytes(600_000), 1, on_safe=lambda i=i: safe.append(i))
+        deadline = time.monotonic() + 20
+        while len(safe) < 3 and time.monotonic() < deadline:
+            link.poll(0.05)
+        assert sorted(safe) == [0, 1, 2] and link.counters["disconnects"] >= 1
+        assert sorted(m.topic for m in got.take(3, timeout=10)) == ["big/0", "big/1", "big/2"]
+    finally:
+        link.close()

@@ -497,8 +497,13 @@ class Link:
             if isinstance(sock, _BufferedSocket):
                 sock.flush()
         except OSError as err:
-            log.warning("write to %s failed: %s", self.broker.url, err)
-            _paho.connection_lost(client)
+            self._write_failed(client, err)
+
+    def _write_failed(self, client: mqtt.Client, err: OSError) -> None:
+        """Our buffer's write failed (EPIPE, ECONNRESET), which paho cannot see: the connection is lost, and
+        what was in flight leaves again on the next one."""
+        log.warning("write to %s failed: %s", self.broker.url, err)
+        _paho.connection_lost(client)
 
     # -- traffic ----------------------------------------------------------------------------
 
@@ -545,7 +550,11 @@ class Link:
             if msg.qos and len(inflight) >= self._window:
                 break
             if isinstance(sock, _BufferedSocket) and not sock.room():
-                sock.flush()
+                try:
+                    sock.flush()
+                except OSError as err:
+                    self._write_failed(client, err)
+                    return
                 if not sock.room():
                     break
             try:
