@@ -27,7 +27,7 @@ OVERFLOW_POLICIES: tuple[Overflow, ...] = get_args(Overflow)
 # Why an input was given up without an answer; counted per route under this name. ``bad_topic``: its result
 # or error topic cannot be published on (too long, say); ``shutdown``: it arrived or waited while stopping
 # (never acknowledged, so the broker redelivers a QoS 1 input).
-DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown", "bad_topic"]
+DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown", "bad_topic", "outgoing_full"]
 DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 # The ``error`` field of a message on a route's error topic: short, stable, for machines.

@@ -626,3 +626,82 @@ def test_a_write_that_fails_in_our_buffer_is_a_lost_connection_not_a_crash(broke
         assert sorted(m.topic for m in got.take(3, timeout=10)) == ["big/0", "big/1", "big/2"]
     finally:
         link.close()
+
+
+class _StalledUplinkProxy:
+    """Pipes a client to a real Mosquitto; while ``hold`` is set, nothing the client sends is passed on (a
+    stalled uplink): the broker still delivers inputs, but never sees, nor acknowledges, the results."""
+
+    def __init__(self, broker_port: int):
+        self.broker_port = broker_port
+        self.hold = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.conns: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.broker_port))
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, self.hold), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b, hold):
+        try:
+            while True:
+                if hold is not None and hold.is_set():
+                    time.sleep(0.02)
+                    continue
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.server.close()
+        for s in self.conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def test_errors_for_qos0_inputs_never_grow_the_outgoing_queue_past_its_bound(
+    broker, start_runtime, vibration_bundle, vibration_data, publisher
+):
+    """Errors are answered on arrival, before backpressure can hold inputs back. Published at the route's
+    QoS 1 they were never dropped: a flood of bad QoS 0 inputs while results could not leave grew the
+    outgoing queue without bound. Now they are dropped and counted (outgoing_full) once it is full."""
+    _, _, Xt, _ = vibration_data
+    proxy = _StalledUplinkProxy(broker.port)
+    try:
+        text = route_config(
+            f"mqtt://127.0.0.1:{proxy.port}", vibration_bundle, client_id="t-errbound", qos=1, max_payload_bytes=2000
+        )
+        rt = start_runtime(text.replace('client_id = "t-errbound"\n', 'client_id = "t-errbound"\nmax_outgoing = 50\n'))
+        proxy.hold.set()
+        for i in range(40):  # results: 20 in flight (Mosquitto's window), then 20 waiting
+            publisher.publish("sensors/e/vibration", payload(Xt[i % len(Xt)], id=i), qos=0)
+        for _ in range(400):  # too large: each answered with an error at once
+            publisher.publish("sensors/e/vibration", b"x" * 3000, qos=0)
+        stats = rt.runtime.stats
+        deadline = time.monotonic() + 20
+        while stats()["routes"]["sensors/+/vibration"]["received"] < 440 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        route = stats()["routes"]["sensors/+/vibration"]
+        assert route["received"] == 440
+        assert rt.runtime.link.state()["outgoing"] <= 50
+        assert route["errors"] == {"too_large": 400}
+        # all but what fit in the queue's bound and the broker's window (20 in flight)
+        assert route["dropped"].get("outgoing_full", 0) >= 400 - 50 - 20
+        proxy.hold.clear()  # the uplink comes back: what was kept leaves
+        assert rt.thread.is_alive()
+    finally:
+        proxy.close()

@@ -742,6 +742,12 @@ class Runtime:
             snapshots.publish(annotate, inbound.topic, frame, result)
 
     def _send(self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any) -> bool:
+        if not inbound.qos and not self.link.has_room():
+            # An answer to a QoS 0 input may be lost as the input may; it may never grow the outgoing queue
+            # past its bound (errors are answered on arrival, before backpressure can hold them back).
+            route.stats.dropped["outgoing_full"] += 1
+            self._answered(inbound)
+            return False
         on_safe = functools.partial(self._answered, inbound)
         if self.link.publish(topic, payload, route.config.qos, properties=props, on_safe=on_safe):
             return True
