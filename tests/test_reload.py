@@ -81,3 +81,26 @@ def test_reload_on_the_control_topic(
     body = status.json_until(lambda b: "reload" in b)
     assert body["reload"] == {"model": "m", "ok": True, "serving": "7"}
     assert _ask(publisher, results, vibration_data)["version"] == "7"
+
+
+def test_a_bundle_the_routes_cannot_use_leaves_the_old_model_serving(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
+    """The bundle verifies, but a route cannot use it (a drift reference of another format): the swap used to
+    raise on the loop thread, after the engine had been replaced, and end the runtime."""
+    _version_copy(vibration_bundle, tmp_path / "v1", "1")
+    current = tmp_path / "current"
+    os.symlink(tmp_path / "v1", current)
+    status = collector("edge-runtime/reload-3/status")
+    results = collector("results/+/vibration")
+    rt = start_runtime(route_config(broker.url, current, client_id="reload-3", qos=1))
+    status.json_until(lambda b: b["state"] == "online")
+    _version_copy(vibration_bundle, tmp_path / "v2", "2")
+    manifest = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    manifest["reference"] = {"format": 999}
+    (tmp_path / "v2" / "manifest.json").write_text(json.dumps(manifest))
+    _swap_symlink(current, tmp_path / "v2")
+    body = status.json_until(lambda b: b.get("reload", {}).get("ok") is False)
+    assert body["reload"]["serving"] == "1" and "cannot serve this config" in body["reload"]["reason"]
+    assert _ask(publisher, results, vibration_data)["version"] == "1"
+    assert rt.thread.is_alive() and rt.runtime.engines["m"].manifest.version == "1"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..bundle.manifest import Manifest
 from ..config import RouteConfig
 from ..engines import InferenceEngine as Engine
 from ..monitoring.capture import CaptureWriter
@@ -49,7 +50,8 @@ class RouteMonitors:
         self.drift: DriftMonitor | None = None
         self.shadow: ShadowRunner | None = None
         self.capture: CaptureWriter | None = None
-        self.model_changed(engine)
+        self._shadow_manifest: Manifest | None = None
+        self.model_changed(engine, self.prepare(engine))
         if shadow is not None and config.shadow is not None:
             problem = incompatibility(engine.manifest, shadow.manifest)
             if problem is not None:
@@ -57,6 +59,7 @@ class RouteMonitors:
 
                 raise ConfigError(f"shadow model {config.shadow!r}: {problem}", key="routes.shadow")
             task, manifest = shadow.task, shadow.manifest
+            self._shadow_manifest = manifest
             self.shadow = ShadowRunner(
                 lambda rows, metas: task.results(manifest, shadow.run(rows), list(metas)),
                 model=config.shadow,
@@ -69,19 +72,28 @@ class RouteMonitors:
                 c.dir, max_mb=c.max_mb, fraction=c.fraction, low_confidence=c.low_confidence, drift=c.drift
             )
 
-    def model_changed(self, engine: Engine) -> None:
+    def prepare(self, engine: Engine) -> DriftMonitor | None:
+        """What ``engine`` needs here, changing nothing: its drift monitor (None without a reference). Raises
+        ValueError for a reference this runtime cannot read, or a shadow model it no longer matches."""
+        if self._shadow_manifest is not None:
+            problem = incompatibility(engine.manifest, self._shadow_manifest)
+            if problem is not None:
+                raise ValueError(f"shadow model {self.config.shadow!r}: {problem}")
+        reference = (engine.manifest.model_extra or {}).get("reference")
+        c = self.config
+        if reference and c.drift_window:
+            return DriftMonitor(
+                reference, window=c.drift_window, threshold=c.drift_threshold, route=self.route, model=c.model
+            )
+        return None
+
+    def model_changed(self, engine: Engine, drift: DriftMonitor | None) -> None:
         """A (new) model serves the route: close an open alert, and measure against the new reference."""
         if self.drift is not None:
             for event in self.drift.retire():
                 self._alert(event)
         self.images = hasattr(engine.task, "annotate")  # image tasks: capture the frames as received
-        reference = (engine.manifest.model_extra or {}).get("reference")
-        c = self.config
-        self.drift = None
-        if reference and c.drift_window:
-            self.drift = DriftMonitor(
-                reference, window=c.drift_window, threshold=c.drift_threshold, route=self.route, model=c.model
-            )
+        self.drift = drift
 
     def _alert(self, event: dict[str, Any]) -> None:
         log.warning("route %s: %s (score %s)", self.route, event.get("kind"), event.get("score"))

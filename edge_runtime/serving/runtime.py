@@ -419,25 +419,43 @@ class Runtime:
 
     def _swap(self, outcome: Outcome) -> None:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
-        name, engine = outcome.model, outcome.engine
+        name, engine, reason = outcome.model, outcome.engine, outcome.reason
+        plans: list[tuple[Route, Decoder, Any]] = []
+        if engine is not None:
+            try:  # everything the routes need from the new model, before anything changes
+                plans = self._plan_swap(name, engine)
+            except Exception as err:  # noqa: BLE001 - a bundle that cannot serve this config leaves the old one
+                engine, reason = None, f"the new bundle cannot serve this config: {_first_line(err)}"
+                log.warning("model %s not reloaded: %s", name, reason)
         if engine is None:
             self.announcer.last_reload = {
                 "model": name,
                 "ok": False,
-                "reason": outcome.reason,
+                "reason": reason,
                 "serving": self.engines[name].manifest.version,
             }
         else:
             self.engines[name] = engine
-            for route in self.routes:
-                if route.config.model == name:
-                    route.engine, route.decoder = engine, _decoder(engine, route.config)
-                    if route.monitors is not None:
-                        route.monitors.model_changed(engine)
+            for route, decoder, drift in plans:
+                route.engine, route.decoder = engine, decoder
+                if route.monitors is not None:
+                    route.monitors.model_changed(engine, drift)
             self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:
             self._announce()
+
+    def _plan_swap(self, name: str, engine: Engine) -> list[tuple[Route, Decoder, Any]]:
+        """Per route serving model ``name``: its decoder and drift monitor for ``engine``. Raises if the new
+        model cannot serve a route as configured (another task, a reference or shadow it does not match)."""
+        serving = self.engines[name].task.name
+        if engine.task.name != serving:
+            raise ValueError(f"its task is {engine.task.name}, the routes serve a {serving}; restart to change it")
+        return [
+            (route, _decoder(engine, route.config), route.monitors.prepare(engine) if route.monitors else None)
+            for route in self.routes
+            if route.config.model == name
+        ]
 
     def snapshot(self) -> RuntimeSnapshot:
         """Everything counted so far: per route, per model, and the link's counters (see observability)."""
