@@ -429,3 +429,49 @@ def test_one_object_reported_twice_under_two_labels_is_one_track_unless_class_aw
     assert tracks() == 1
     assert tracks(merge_iou=None) == 2
     assert TrackingConfig(track=True, tracker={"class_aware": True}).build("c").tracker.merge_iou is None
+
+
+def test_cameras_named_by_publishers_are_announced_once_each_and_boundedly():
+    """An MQTT camera route's cameras are named by whoever publishes: each new name was announced (retained
+    discovery config on the broker) every time it came back into the tracker's LRU, and without bound."""
+    import paho.mqtt.client as mqtt
+
+    from edge_runtime.config import parse_config
+    from edge_runtime.mqtt.link import Inbound
+    from edge_runtime.serving.observers import ServedBatch
+    from edge_runtime.serving.video import TrackingObserver
+
+    config = parse_config(
+        '[broker]\nurl = "mqtt://127.0.0.1:1883"\nclient_id = "t"\n[homeassistant]\ndiscovery = true\n'
+        '[[models]]\nname = "d"\nbundle = "b"\n'
+        '[[routes]]\nmodel = "d"\nsubscribe = "cameras/+/frames"\npublish = "det/{1}"\ntrack = true\n'
+        'events = "events/{1}"\n'
+    )
+    published: list[tuple[str, bool]] = []
+    observer = TrackingObserver(
+        config.routes[0],
+        publish=lambda topic, _payload, _qos, retain: published.append((topic, retain)),
+        node="t",
+        discovery_prefix="homeassistant",
+    )
+
+    def frame_from(camera: str) -> None:
+        topic = f"cameras/{camera}/frames"
+        inbound = Inbound(mqtt.MQTTMessage(topic=topic.encode()), topic, 0)
+        observer.observe(
+            ServedBatch("r", "d", [inbound], [None], [0.0], None, None, [None], [_result([])], 0.0, 0.0, 0.0, 0.0)
+        )
+
+    def announced() -> int:
+        return sum(1 for topic, retain in published if retain and topic.startswith("homeassistant/"))
+
+    frame_from("door")
+    assert announced() == 1
+    for i in range(100):  # more than the tracker keeps: "door" is closed, then comes back
+        frame_from(f"c{i}")
+    before = announced()
+    frame_from("door")
+    assert announced() == before  # announced once, whatever the LRU did
+    for i in range(3000):
+        frame_from(f"{'x' * 100}{i}")
+    assert announced() < 1000  # bounded in bytes of names, not one per name forever

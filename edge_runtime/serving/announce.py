@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..tasks.codecs import encode
+from .bounded import FirstSeen
 from .homeassistant import discovery_message
 
 __all__ = ["Announcer", "OFFLINE"]
@@ -32,8 +33,7 @@ class Announcer:
         self.status_topic = f"edge-runtime/{client_id}/status"
         self._publish = publish
         self._prefix = discovery_prefix
-        self._announced: set[str] = set()
-        self._announced_bytes = 0
+        self._announced = FirstSeen(_MAX_ANNOUNCED_BYTES)
         self.last_reload: dict[str, Any] | None = None
 
     def online(self, models: dict[str, str], *, sources: dict[str, Any] | None = None) -> None:
@@ -52,12 +52,8 @@ class Announcer:
 
         Only ever called with a route's own result topic, never a requester's response topic.
         """
-        if self._prefix is None or topic in self._announced:
+        if self._prefix is None or not self._announced.first(topic):
             return
-        if self._announced_bytes + len(topic) > _MAX_ANNOUNCED_BYTES:
-            return
-        self._announced.add(topic)
-        self._announced_bytes += len(topic)
         message = discovery_message(
             prefix=self._prefix, node=self.client_id, result_topic=topic, task=task, model=model, version=version
         )

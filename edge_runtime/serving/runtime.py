@@ -49,6 +49,7 @@ from ..topics import MAX_TOPIC_BYTES, TopicFilter, TopicTemplate
 from ..vocabulary import DropReason
 from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
+from .bounded import ENTRY_OVERHEAD
 from .control import parse_control
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
@@ -515,9 +516,10 @@ class Runtime:
         routes = self._route_cache.get(topic)
         if routes is None:
             routes = [r for r in self.routes if r.filter is not None and r.filter.match(topic) is not None]
-            if self._route_cache_bytes + len(topic) <= _ROUTE_CACHE_BYTES:
+            cost = len(topic) + ENTRY_OVERHEAD
+            if self._route_cache_bytes + cost <= _ROUTE_CACHE_BYTES:
                 self._route_cache[topic] = routes
-                self._route_cache_bytes += len(topic)
+                self._route_cache_bytes += cost
         return routes
 
     def _take(self, inbound: Inbound) -> None:
@@ -733,7 +735,7 @@ class Runtime:
         if topic is None:
             captures = route.captures(inbound.topic) if template.needs_captures else []
             topic = template.render(captures, inbound.topic)
-            size = len(topic) + len(inbound.topic)
+            size = len(topic) + len(inbound.topic) + ENTRY_OVERHEAD
             if route.rendered_bytes + size <= _RENDERED_BYTES:
                 route.rendered[key] = topic
                 route.rendered_bytes += size

@@ -21,8 +21,10 @@ from ..mqtt.link import Inbound
 from ..sources.capture import VideoSource
 from ..sources.slot import Frame
 from ..tasks.codecs import encode
+from ..topics import TopicFilter
 from ..tracking.config import render_topic
 from ..tracking.events import Emitted, ObjectEvents
+from .bounded import FirstSeen
 from .homeassistant_events import line_count_discovery, object_events_discovery, zone_occupancy_discovery
 from .observers import ServedBatch
 
@@ -35,6 +37,8 @@ Publish = Callable[[str, bytes, int, bool], object]  # (topic, payload, qos, ret
 # Cameras (input topics) a tracking route keeps a tracker for, at most: an MQTT route's cameras are named by
 # whoever publishes, so the count is bounded; the least recently seen is closed first.
 _MAX_TRACKED_CAMERAS = 64
+# Camera names announced to Home Assistant (retained discovery topics), at most this many bytes of names.
+_MAX_ANNOUNCED_BYTES = 256 << 10
 
 
 class FrameInput(Inbound):
@@ -106,6 +110,8 @@ class TrackingObserver:
         self._publish = publish
         self._node, self._prefix = node, discovery_prefix
         self._cameras: OrderedDict[str, ObjectEvents] = OrderedDict()
+        self._announced = FirstSeen(_MAX_ANNOUNCED_BYTES)  # retained on the broker: never one per new name forever
+        self._filter = TopicFilter(config.subscribe) if config.subscribe is not None else None
         self.events = 0
 
     def _events_for(self, camera: str) -> ObjectEvents:
@@ -120,20 +126,18 @@ class TrackingObserver:
             self._cameras.move_to_end(camera)
         return ev
 
-    def _camera(self, inbound: Inbound, config: RouteConfig) -> str:
+    def _camera(self, inbound: Inbound) -> str:
         """A source's name, or what an MQTT camera topic's first wildcard matched (else the whole topic)."""
-        if isinstance(inbound, FrameInput) or config.subscribe is None:
+        if isinstance(inbound, FrameInput) or self._filter is None:
             return inbound.topic
-        from ..topics import TopicFilter
-
-        captures = TopicFilter(config.subscribe).match(inbound.topic) or [inbound.topic]
+        captures = self._filter.match(inbound.topic) or [inbound.topic]
         return captures[0] if captures else inbound.topic
 
     def observe(self, batch: ServedBatch) -> None:
         for inbound, answer in zip(batch.inputs, batch.answers):
             if not isinstance(answer, dict) or "detections" not in answer:
                 continue
-            camera = self._camera(inbound, self.config)
+            camera = self._camera(inbound)
             ts = inbound.timestamp if isinstance(inbound, FrameInput) else None
             self._emit(camera, self._events_for(camera).process(answer, timestamp=ts))
 
@@ -166,7 +170,7 @@ class TrackingObserver:
 
     def _announce(self, camera: str) -> None:
         """Home Assistant discovery for a camera's events, zones and lines (discovery on), once per camera."""
-        if self._prefix is None:
+        if self._prefix is None or not self._announced.first(camera):
             return
         c, node, prefix = self.config, self._node, self._prefix
         messages = [
