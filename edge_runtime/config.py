@@ -537,10 +537,22 @@ def _check_references(config: Config, text: str, path: str) -> None:
         if route.subscribe is not None:
             subscribed[route.subscribe] = i
     broker = config.broker
+    where: tuple[str | int, ...]
+    i, widest = max(enumerate(config.routes), key=lambda ir: ir[1].max_batch)
+    if broker.max_outgoing < widest.max_batch:
+        where = ("broker", "max_outgoing")
+        raise ConfigError(
+            f"{broker.max_outgoing} is below routes[{i}].max_batch ({widest.max_batch}): a batch is served only "
+            "when all its results fit in the outgoing queue, so that route would never be served; "
+            f"raise it to at least {widest.max_batch}",
+            path=path,
+            key=_dotted(where),
+            line=_find_line(text, where),
+        )
     reliable = [(i, r) for i, r in enumerate(config.routes) if r.qos == 1]
     if broker.protocol == "5" and reliable:
         if broker.session_expiry_s == 0:
-            where: tuple[str | int, ...] = ("broker", "session_expiry_s")
+            where = ("broker", "session_expiry_s")
             raise ConfigError(
                 f"0 with qos 1 routes (routes[{reliable[0][0]}]): the broker would drop the session, and the "
                 "inputs it holds, whenever the runtime restarts; keep the default (3600) or use qos 0",

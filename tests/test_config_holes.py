@@ -55,6 +55,7 @@ SECOND_ROUTE = '\n[[routes]]\nsubscribe = "sensors/+/vibration"\nmodel = "vibrat
             "max_batch",
         ),
         ('client_id = "edge-1"', 'client_id = "e"\nsession_expiry_s = 0', "broker.session_expiry_s", 4, "restarts"),
+        ('client_id = "edge-1"', 'client_id = "e"\nmax_outgoing = 31', "broker.max_outgoing", 4, "never be served"),
         ("127.0.0.1:1883", "127.0.0.1:0", "broker.url", 2, "port 0"),
         ("qos = 1", "qos = 1\n" + SECOND_ROUTE, "routes[1].subscribe", 21, "already subscribes"),
         ("interval_s = 10", 'interval_s = 10\ntopic = "metrics/+/x"', "metrics.topic", 7, "without wildcards"),
@@ -79,6 +80,7 @@ def test_each_hole_is_one_line_naming_the_key(old, new, key, line, words):
         ('client_id = "edge-1"', 'client_id = "e"\nprotocol = "3.1.1"\nreceive_maximum = 1\nsession_expiry_s = 0'),
         ("max_delay_ms = 2", "max_delay_ms = 2\ndeadline_ms = 2.5"),
         ('client_id = "edge-1"', 'client_id = "edge-1"\nreceive_maximum = 32'),
+        ('client_id = "edge-1"', 'client_id = "edge-1"\nmax_outgoing = 32'),
     ],
 )
 def test_what_is_right_stays_accepted(change):
