@@ -705,3 +705,25 @@ def test_errors_for_qos0_inputs_never_grow_the_outgoing_queue_past_its_bound(
         assert rt.thread.is_alive()
     finally:
         proxy.close()
+
+
+def test_an_input_is_acknowledged_once_and_only_while_it_is_held(broker, publisher):
+    """A second ack of an input (or one after its packet id was reused by the broker) must not PUBACK the id
+    again: it would acknowledge whichever input holds that id now, before its result is safe."""
+    from edge_runtime.mqtt.client import broker_config
+    from edge_runtime.mqtt.link import Link
+
+    got: list = []
+    link = Link(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
+    link.connect()
+    try:
+        publisher.publish("acks/a", b"a", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            link.poll(0.05)
+        (first,) = got
+        link.ack(first)
+        link.ack(first)
+        assert link.counters["acks_not_held"] == 1 and link.state()["held_inputs"] == 0
+    finally:
+        link.close()

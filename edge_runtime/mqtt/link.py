@@ -614,6 +614,11 @@ class Link:
         if inbound.generation < self._epoch:
             self.counters["acks_skipped_new_session"] += 1
             return
+        if self._held.get(inbound.mid) is not inbound:
+            # Acknowledged already, or its packet id now belongs to another input: a PUBACK now would
+            # acknowledge that one before its result is safe.
+            self.counters["acks_not_held"] += 1
+            return
         client = self.client
         if not self._connack or client is None:
             self._deferred_acks.append(inbound)
