@@ -333,3 +333,18 @@ def test_the_byte_bound_counts_topics_and_properties_not_only_payloads(
     queue = _stats(rt)["queue"]
     assert queue["bytes"] <= 1_000_000 and queue["depth"] <= 4
     assert _stats(rt)["dropped"]["queue_full"] >= 36
+
+
+def test_a_flood_of_bad_inputs_is_answered_and_counted_but_logged_once_per_interval(
+    broker, start_runtime, collector, publisher, vibration_bundle, caplog
+):
+    """Every refused input used to write a WARNING line: anyone can fill a device's SD card with bad JSON."""
+    rt = start_runtime(route_config(broker.url, vibration_bundle, client_id="t-logflood"))
+    errors = collector("errors/#")
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        for i in range(300):
+            publisher.publish("sensors/f/vibration", b"{not json" + str(i).encode())
+        assert len(errors.take(300, timeout=20)) == 300
+    assert _stats(rt)["errors"] == {"bad_json": 300}
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 <= len(refused) <= 2, [r.getMessage() for r in refused]

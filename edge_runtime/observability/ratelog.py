@@ -18,7 +18,7 @@ class RateLimitedLog:
         self._next: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, kind: str, msg: str, *args: Any, exc_info: bool = False) -> None:
+    def log(self, kind: str, msg: str, *args: Any, exc_info: bool = False, extra: dict[str, Any] | None = None) -> None:
         now = time.monotonic()
         if now < self._next.get(kind, 0.0):
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
@@ -27,4 +27,4 @@ class RateLimitedLog:
         left_out = self._suppressed.pop(kind, 0)
         if left_out:
             msg += f" ({left_out} more like this in the last {self._interval:g}s not logged)"
-        self._logger.log(self._level, msg, *args, exc_info=exc_info)
+        self._logger.log(self._level, msg, *args, exc_info=exc_info, extra=extra)

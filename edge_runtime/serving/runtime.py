@@ -787,16 +787,20 @@ class Runtime:
 
     def _publish_error(self, route: Route, inbound: Inbound, err: PayloadError) -> None:
         route.stats.errors[err.code] += 1
-        # One line per refused input, with what an operator needs to find it; overload is counted, not logged.
-        log.log(
-            logging.DEBUG if err.code == "overloaded" else logging.WARNING,
-            "route %s: input %r from %s refused: %s",
-            route.name,
-            err.id,
-            inbound.topic[:200],
-            err,
-            extra={"route": route.name, "id": err.id, "code": err.code, "topic": inbound.topic[:200]},
-        )
+        # What an operator needs to find the input, at most once per interval per route and code: anyone can
+        # send bad inputs as fast as the broker takes them, and logs live on an SD card. Every one is counted
+        # and answered on the error topic; overload is counted only.
+        if err.code != "overloaded":
+            shown_id = repr(err.id)[:100]
+            self._ratelog.log(
+                f"refused:{route.name}:{err.code}",  # routes and codes are fixed by the config and the code
+                "route %s: input %s from %s refused: %s",
+                route.name,
+                shown_id,
+                inbound.topic[:200],
+                err,
+                extra={"route": route.name, "id": shown_id, "code": err.code, "topic": inbound.topic[:200]},
+            )
         topic, props, _ = self._target(route, route.errors, inbound)
         body = {"id": err.id, "error": err.code, "detail": err.detail, "topic": inbound.topic}
         try:
