@@ -65,6 +65,24 @@ class TopicFilter:
                 return None
         return captures if len(parts) == len(self.levels) else None
 
+    def overlaps(self, other: TopicFilter) -> bool:
+        """Whether some topic matches both filters: a broker then delivers an input once per subscription."""
+        a, b = self.levels, other.levels
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else None
+            y = b[i] if i < len(b) else None
+            if x in ("+", "#") or y in ("+", "#"):
+                if i == 0 and ((x or "").startswith("$") or (y or "").startswith("$")):
+                    return False  # a leading wildcard never matches a $ topic
+                if x == "#" or y == "#":
+                    return True  # "a/#" also matches "a"
+                if x is None or y is None:
+                    return False
+                continue
+            if x != y:  # two literals, or one filter is longer than the other
+                return False
+        return True
+
 
 class TopicTemplate:
     """A result topic such as ``results/{1}/vibration``.

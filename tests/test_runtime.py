@@ -162,3 +162,24 @@ def test_sigterm_finishes_accepted_batches(broker, vibration_bundle, vibration_d
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_overlapping_routes_serve_each_input_once_each(
+    broker, vibration_bundle, vibration_data, start_runtime, collector, publisher
+):
+    """A broker sends one copy per matching subscription (Mosquitto does): each copy used to go to every
+    route, so two overlapping routes served every input twice each. Subscription identifiers send each copy
+    to its own route; the QoS 1 copy is answered at QoS 1 before it is acknowledged."""
+    _, _, Xt, _ = vibration_data
+    text = route_config(broker.url, vibration_bundle, client_id="t-overlap", qos=1, publish="results/a/{1}")
+    text += '[[routes]]\nmodel = "m"\nsubscribe = "sensors/#"\npublish = "results/b/{1}"\nqos = 0\n'
+    rt = start_runtime(text)
+    results = collector("results/#")
+    publisher.publish("sensors/o/vibration", payload(Xt[0], id="once"), qos=1).wait_for_publish(5)
+    got = results.json(2)
+    time.sleep(0.5)  # a duplicate would arrive within this
+    assert sorted(topic for topic, _ in got) == ["results/a/o", "results/b/o/vibration"]
+    assert results.messages.empty()
+    served = {name: r["results"] for name, r in rt.runtime.stats()["routes"].items()}
+    assert served == {"sensors/+/vibration": 1, "sensors/#": 1}
+    assert rt.runtime.link.state()["held_inputs"] == 0  # acknowledged, once both answers were safe

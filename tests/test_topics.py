@@ -37,3 +37,23 @@ def test_template_fills_wildcards_and_topic():
 def test_bad_templates_are_refused(bad):
     with pytest.raises(ValueError):
         TopicTemplate(bad, wildcards=2)
+
+
+@pytest.mark.parametrize(
+    "a,b,overlap",
+    [
+        ("a/+", "a/#", True),
+        ("a/+", "a/b", True),
+        ("a/#", "a", True),  # '#' matches its parent level too
+        ("#", "a", True),
+        ("$share/g/a/+", "a/x", True),
+        ("a/+", "b/+", False),
+        ("a", "a/+", False),
+        ("a/+/c", "a/b/d", False),
+        ("#", "$SYS/x", False),  # a leading wildcard never matches a $ topic
+        ("+/x", "$SYS/x", False),
+    ],
+)
+def test_filters_overlap_when_some_topic_matches_both(a, b, overlap):
+    assert TopicFilter(a).overlaps(TopicFilter(b)) is overlap
+    assert TopicFilter(b).overlaps(TopicFilter(a)) is overlap

@@ -136,6 +136,13 @@ def new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+def subscribe_properties(subscription_id: int) -> Properties:
+    """SUBSCRIBE properties naming the subscription: each message it delivers carries the id back."""
+    props = new_properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = subscription_id
+    return props
+
+
 def connect_properties(*, session_expiry: int, receive_maximum: int, maximum_packet_size: int | None) -> Properties:
     """CONNECT properties: how long the broker keeps our session, how many unacknowledged QoS 1 inputs it may
     send us, and (so that a huge message is refused by the broker, not buffered by us) the largest packet."""

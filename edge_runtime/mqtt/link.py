@@ -203,12 +203,17 @@ class Link:
         *,
         on_message: Callable[[Inbound], None],
         subscriptions: Iterable[tuple[str, int]] = (),
+        subscription_ids: bool = False,
         persistent: bool = False,
         will: tuple[str, bytes] | None = None,
         max_packet: int | None = None,
     ):
         self.broker = broker
         self.subscriptions = list(subscriptions)
+        # MQTT v5: subscription i (from 1) is made with Subscription Identifier i, so that each copy of an input
+        # says which subscription it came through (a broker sends one copy per overlapping subscription).
+        self.subscription_ids = subscription_ids
+        self._subacks: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until its SUBACK
         self.persistent = persistent
         self._on_message = on_message
         self._will = will
@@ -355,16 +360,29 @@ class Link:
             self._held.pop(inbound.mid, None)
             self._answered_dups.add(inbound.mid)
         self._deferred_acks.clear()
-        if self.subscriptions:
-            client.subscribe(self.subscriptions)  # every time: a resumed session keeps yesterday's subscriptions
+        # Every time: a resumed session keeps yesterday's subscriptions, which may not be today's.
+        self._subacks = {}
+        packets: list[tuple[list[tuple[str, int]], Properties | None]]
+        if self.subscription_ids and self.protocol == MQTTProtocolVersion.MQTTv5:
+            packets = [
+                ([(flt, qos)], _paho.subscribe_properties(i)) for i, (flt, qos) in enumerate(self.subscriptions, 1)
+            ]
         else:
+            packets = [(self.subscriptions, None)] if self.subscriptions else []
+        for subscriptions, sub_props in packets:
+            _, mid = client.subscribe(subscriptions, properties=sub_props)
+            if mid is None:
+                return  # the connection is gone already: the next one subscribes again
+            self._subacks[mid] = [flt for flt, _ in subscriptions]
+        if not self._subacks:
             self._ready()
 
-    def _handle_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
-        failed = [(f, r) for (f, _), r in zip(self.subscriptions, reasons) if getattr(r, "is_failure", False)]
-        for flt, r in failed:
-            log.error("broker refused the subscription %r: %s", flt, r)
-        self._ready()
+    def _handle_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        for flt, r in zip(self._subacks.pop(mid, []), reasons):
+            if getattr(r, "is_failure", False):
+                log.error("broker refused the subscription %r: %s", flt, r)
+        if not self._subacks:  # inputs flow once every subscription is in place
+            self._ready()
 
     def _ready(self) -> None:
         if self.connected:

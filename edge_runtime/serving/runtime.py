@@ -248,11 +248,22 @@ class Runtime:
             lambda name: _load_engine(config, name, self.profile),
             watched={m.name for m in config.models if m.watch},
         )
+        subscribed = [r for r in self.routes if r.filter is not None]
+        # Overlapping filters: the broker sends one copy of an input per subscription it matches, each at that
+        # subscription's QoS. With MQTT v5 subscription identifiers each copy goes to its own route only
+        # (served once per route, a QoS 1 copy by a QoS 1 route); without them, every copy to every route.
+        overlapping = any(
+            a.filter is not None and b.filter is not None and a.filter.overlaps(b.filter)
+            for i, a in enumerate(subscribed)
+            for b in subscribed[i + 1 :]
+        )
+        self._by_subscription = {i: r for i, r in enumerate(subscribed, start=1)} if overlapping else None
         self.link = Link(
             config.broker,
             on_message=self._accept,
-            subscriptions=[(r.config.subscribe, r.config.qos) for r in self.routes if r.config.subscribe is not None]
+            subscriptions=[(r.filter.text, r.config.qos) for r in subscribed if r.filter is not None]
             + [(self.control_topic, 1)],
+            subscription_ids=overlapping,
             persistent=any(r.config.qos > 0 for r in self.routes),
             will=(self.status_topic, OFFLINE),
             max_packet=_max_packet(config),
@@ -512,7 +523,13 @@ class Runtime:
             self._ratelog.log("accept", "input on %r could not be taken", inbound.topic[:200], exc_info=True)
             self.link.ack(inbound)
 
-    def _routes_for(self, topic: str) -> list[Route]:
+    def _routes_for(self, inbound: Inbound) -> list[Route]:
+        by_subscription = self._by_subscription
+        if by_subscription is not None and inbound.properties is not None:
+            ids = getattr(inbound.properties, "SubscriptionIdentifier", None)
+            if ids:  # this copy came through these subscriptions (the control topic's is not a route's)
+                return [by_subscription[i] for i in ids if i in by_subscription]
+        topic = inbound.topic
         routes = self._route_cache.get(topic)
         if routes is None:
             routes = [r for r in self.routes if r.filter is not None and r.filter.match(topic) is not None]
@@ -528,7 +545,7 @@ class Runtime:
             self.link.ack(inbound)  # a request for work, not work to answer
             parse_control(inbound.payload, self.reloader.request, retained=inbound.retain, log=self._ratelog)
             return
-        routes = self._routes_for(topic)
+        routes = self._routes_for(inbound)
         if self._closing:  # not acknowledged: the broker redelivers a QoS 1 input to our next session
             for route in routes:
                 route.stats.received += 1
@@ -769,7 +786,10 @@ class Runtime:
             self._answered(inbound)
             return False
         on_safe = functools.partial(self._answered, inbound)
-        if self.link.publish(topic, payload, route.config.qos, properties=props, on_safe=on_safe):
+        # A QoS 1 input is answered at QoS 1 even on a QoS 0 route (it can reach one through an overlapping
+        # subscription): it is acknowledged only once its answer is acknowledged.
+        qos = route.config.qos or inbound.qos
+        if self.link.publish(topic, payload, qos, properties=props, on_safe=on_safe):
             return True
         # Unpublishable (a topic too long or with wildcards, rendered from the input's topic): counted and
         # acknowledged, or it would come back after every restart.
