@@ -70,3 +70,23 @@ def test_bad_options_are_refused_at_once(kw):
     args = dict(max_batch=1, max_delay=0, max_queue=1) | kw
     with pytest.raises(ValueError):
         Batcher(**args)
+
+
+def test_latest_only_lets_superseded_inputs_go_behind_a_waiting_head():
+    """One camera's frame waits at the head while another camera floods: each superseded frame stayed in
+    the deque (payload and all) until it reached the head, so memory grew with the traffic, not the bound."""
+    import tracemalloc
+
+    b = Batcher(max_batch=1000, max_delay=60, max_queue=10, overflow="latest_only")
+    b.offer(b"head", 0.0, key="a")
+    tracemalloc.start()
+    try:
+        for i in range(5000):
+            b.offer(bytes(10_000) + str(i).encode(), 0.0, key="b")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(b) == 2
+    assert held < 5_000_000, f"{held / 1e6:.0f} MB held for 2 live inputs"
+    batch, _ = b.take(1.0)
+    assert [p.item[:4] for p in batch] == [b"head", bytes(4)]

@@ -60,6 +60,7 @@ class Batcher(Generic[T]):
         self.overflow, self.deadline_s = overflow, deadline
         self._queue: deque[Pending[T]] = deque()
         self._live = 0
+        self._dead = 0  # superseded entries still in the deque (skipped when they reach the head)
         self.bytes = 0  # payload bytes of the live inputs
         self._latest: dict[Hashable, Pending[T]] = {}
         self.high_water = 0  # the most inputs ever waiting at once: never above max_queue
@@ -76,8 +77,14 @@ class Batcher(Generic[T]):
             if older is not None and older.live:
                 older.live = False
                 self._live -= 1
+                self._dead += 1
                 self.bytes -= older.nbytes
                 given_up.append((older.item, "superseded"))
+                if self._dead > self._live + 64:
+                    # Superseded entries behind a live head keep their inputs (payloads) alive: drop them
+                    # once they outnumber the live ones, so memory follows the bound, not the traffic.
+                    self._queue = deque(p for p in self._queue if p.live)
+                    self._dead = 0
         if self._full(nbytes):
             if self.overflow == "reject":
                 return [*given_up, (item, "rejected")]
@@ -99,6 +106,7 @@ class Batcher(Generic[T]):
         q = self._queue
         while q and not q[0].live:
             q.popleft()
+            self._dead -= 1
 
     def _pop_live(self) -> Pending[T]:
         self._skip_dead()
