@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -219,3 +220,25 @@ def test_nhwc_bgr_with_mean_and_std():
     _, row, meta = ImageDecoder(manifest, max_bytes=10**6).decode(encode_frame(img, "png"))
     assert row.shape == (32, 48, 3) and (meta.width, meta.height) == (96, 64)
     np.testing.assert_allclose(row[0, 0], [(50 - 10) / 2, (100 - 20) / 2, (150 - 30) / 2])
+
+
+def test_frames_two_routes_wait_for_are_decoded_ahead_by_the_route_that_counts_them(
+    broker, start_runtime, collector, publisher
+):
+    """Over MQTT 3.1.1 (no subscription identifiers) both overlapping routes serve one input: a frame
+    decoded ahead by one route and served first by the other took one off the wrong route's count, so one
+    route's read-ahead stopped for good and the other's was unbounded."""
+    text = _config(broker, MODELS / "shapes-detector", "cam-two", max_batch=2, max_delay_ms=20)
+    text = text.replace('client_id = "cam-two"\n', 'client_id = "cam-two"\nprotocol = "3.1.1"\n')
+    text += '[[routes]]\nmodel = "m"\nsubscribe = "cameras/#"\npublish = "all/{1}"\nmax_batch = 2\nmax_delay_ms = 20\n'
+    rt = start_runtime(text)
+    results = collector("detections/#", "all/#")
+    rng = np.random.default_rng(3)
+    frames = [encode_frame(draw_scene(rng, 160, 120)[0]) for _ in range(3)]
+    for i in range(24):
+        publisher.publish("cameras/yard/frames", frames[i % 3], qos=0)
+    results.take(2 * 24, timeout=60)  # each frame served by both routes
+    deadline = time.monotonic() + 5
+    while any(r.ahead for r in rt.runtime.routes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.ahead for r in rt.runtime.routes] == [0, 0]

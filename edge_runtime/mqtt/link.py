@@ -99,7 +99,7 @@ class Inbound:
         self.property_bytes = _paho.property_bytes(self.properties)  # as sent: user properties can be many
         self.generation = generation
         self.waiting = 0  # answers still to be made safe before the input may be acknowledged (runtime's count)
-        self.ahead: Any = None  # (decoder, future) while the runtime decodes it ahead of its batch
+        self.ahead: Any = None  # (route, decoder, future) while the runtime decodes it ahead of its batch
 
 
 class _Outgoing:

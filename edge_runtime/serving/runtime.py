@@ -404,7 +404,7 @@ class Runtime:
             if left:
                 route.stats.dropped["shutdown"] += len(left)
             for inbound in left:
-                self._forget_ahead(route, inbound)
+                self._forget_ahead(inbound)
             if route.video is not None:
                 route.video.stop()
         self._decode_ahead.close()
@@ -596,18 +596,19 @@ class Runtime:
             )
         else:
             future = self._decode_ahead.submit(decoder.decode, inbound.payload, inbound.properties)
-        inbound.ahead = (decoder, future)
+        inbound.ahead = (route, decoder, future)  # the route whose count it is in, whichever route serves it
         route.ahead += 1
 
-    def _forget_ahead(self, route: Route, inbound: Inbound) -> None:
+    def _forget_ahead(self, inbound: Inbound) -> None:
         if inbound.ahead is not None:
-            inbound.ahead[1].cancel()
+            owner, _, future = inbound.ahead
+            future.cancel()
             inbound.ahead = None
-            route.ahead -= 1
+            owner.ahead -= 1
 
     def _give_up(self, route: Route, inbound: Inbound, reason: DropReason) -> None:
         """An input the overload policy gave up: counted by reason; ``reject`` also answers it."""
-        self._forget_ahead(route, inbound)
+        self._forget_ahead(inbound)
         if reason == "rejected":
             self._publish_error(route, inbound, PayloadError("overloaded", "the route's queue is full; input refused"))
             return
@@ -632,10 +633,10 @@ class Runtime:
             ahead, inbound.ahead = inbound.ahead, None
             try:
                 if ahead is not None:
-                    route.ahead -= 1
+                    ahead[0].ahead -= 1
                     self._decode_ahead.used += 1
-                if ahead is not None and ahead[0] is route.decoder:  # decoded while the last batch ran
-                    msg_id, row, meta = ahead[1].result()
+                if ahead is not None and ahead[1] is route.decoder:  # decoded while the last batch ran
+                    msg_id, row, meta = ahead[2].result()
                 elif decode_array is not None and isinstance(inbound, FrameInput):  # already decoded by the source
                     msg_id, row, meta = decode_array(inbound.image, id=inbound.frame_id, timestamp=inbound.timestamp)
                 else:
@@ -654,7 +655,8 @@ class Runtime:
         engine = route.engine
         if route.prefetch:  # the next batch's frames are decoded while this one is in the model
             for nxt in route.batcher.head(route.config.max_batch):
-                self._ahead(route, nxt)
+                if nxt.waiting == 1:  # an input other routes wait for too is decoded by each in its turn
+                    self._ahead(route, nxt)
         t1 = time.monotonic()
         metas = [meta for _, _, meta in accepted]
         answers, stacked, outputs = self._infer(route, rows, metas)
