@@ -655,12 +655,11 @@ class _StalledUplinkProxy:
     def _pipe(a, b, hold):
         try:
             while True:
-                if hold is not None and hold.is_set():
-                    time.sleep(0.02)
-                    continue
                 data = a.recv(65536)
                 if not data:
                     break
+                while hold is not None and hold.is_set():  # held, even what was read as it was set
+                    time.sleep(0.02)
                 b.sendall(data)
         except OSError:
             pass
@@ -727,3 +726,31 @@ def test_an_input_is_acknowledged_once_and_only_while_it_is_held(broker, publish
         assert link.counters["acks_not_held"] == 1 and link.state()["held_inputs"] == 0
     finally:
         link.close()
+
+
+def test_packet_ids_that_wrap_round_never_acknowledge_the_wrong_message(broker):
+    """paho numbers QoS 0 and QoS 1 messages from one counter that wraps at 65,535, and reports a QoS 0 write
+    through on_publish: with one QoS 1 result unacknowledged for 65,535 publishes, the write that reused its
+    id was taken for its PUBACK, and its input acknowledged before the result was safe."""
+    from edge_runtime.mqtt.client import broker_config
+    from edge_runtime.mqtt.link import Link
+
+    proxy = _StalledUplinkProxy(broker.port)
+    link = Link(broker_config(f"mqtt://127.0.0.1:{proxy.port}"), on_message=lambda _m: None)
+    try:
+        link.connect()
+        proxy.hold.set()  # nothing reaches the broker: the QoS 1 message stays unacknowledged
+        safe: list[str] = []
+        link.publish("wrap/first", b"1", 1, on_safe=lambda: safe.append("first"))
+        for _ in range(65_535):
+            link.publish("wrap/x", b"", 0)
+            link.poll(0)
+        assert safe == [] and link.counters["waits_for_packet_id"] > 0
+        proxy.hold.clear()
+        deadline = time.monotonic() + 20
+        while (not safe or link.pending_out()) and time.monotonic() < deadline:
+            link.poll(0.05)
+        assert safe == ["first"] and link.pending_out() == 0
+    finally:
+        link.close()
+        proxy.close()

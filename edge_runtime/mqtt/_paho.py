@@ -25,6 +25,7 @@ __all__ = [
     "replace_socket",
     "close_socket",
     "connection_lost",
+    "next_mid",
     "new_properties",
     "connect_properties",
     "LazyProperties",
@@ -37,6 +38,7 @@ _REQUIRED = {
     "_sock": "the socket, which link.py wraps in a buffer (no public setter)",
     "_sock_close": "closes the socket without sending DISCONNECT (a connection that got no CONNACK)",
     "_loop_rc_handle": "tells paho its connection is lost when our buffered write fails",
+    "_last_mid": "the packet id paho gave last: QoS 0 and 1 share the counter, which wraps at 65535",
 }
 
 
@@ -66,6 +68,12 @@ def close_socket(client: mqtt.Client) -> None:
     """Close without DISCONNECT: a connection that got no CONNACK, or one already known to be dead."""
     if client.socket() is not None:
         client._sock_close()
+
+
+def next_mid(client: mqtt.Client) -> int:
+    """The packet id paho will give the next message (its counter runs 1..65535, then wraps)."""
+    last: int = client._last_mid
+    return last % 65535 + 1
 
 
 def connection_lost(client: mqtt.Client) -> None:

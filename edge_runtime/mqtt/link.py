@@ -567,6 +567,11 @@ class Link:
             msg = out[0]
             if msg.qos and len(inflight) >= self._window:
                 break
+            if inflight and _paho.next_mid(client) in inflight:
+                # paho's packet ids wrapped round to one still unacknowledged: its write (a QoS 0 one too
+                # fires on_publish) would be taken for that message's PUBACK. Wait for the broker.
+                self.counters["waits_for_packet_id"] += 1
+                break
             if isinstance(sock, _BufferedSocket) and not sock.room():
                 try:
                     sock.flush()
