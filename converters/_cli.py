@@ -91,7 +91,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     task.add_argument("--conf-threshold", metavar="F", help="detections scoring below F are dropped (default 0.25)")
     task.add_argument("--iou-threshold", metavar="F", help="NMS overlap above which boxes of a class merge")
+    conv.add_argument(
+        "--signing-key-env",
+        metavar="VAR",
+        help="sign the bundle with the HMAC key in this environment variable (the runtime's signing_key_env)",
+    )
     conv.set_defaults(handler=_convert)
+
+    sign = sub.add_parser("sign", help="sign a bundle for runtimes that check signatures (signing_key_env)")
+    sign.add_argument("bundle", type=Path, help="bundle directory (replaced in one step, like convert -o)")
+    sign.add_argument("--key-env", metavar="VAR", required=True, help="environment variable holding the HMAC key")
+    sign.set_defaults(handler=_sign)
+
+
+def _signing_key(var: str, flag: str) -> bytes:
+    import os
+
+    from edge_runtime.errors import EdgeRuntimeError
+
+    value = os.environ.get(var)
+    if not value:
+        raise EdgeRuntimeError(f"{flag}: environment variable {var} is not set; export it with the signing key")
+    return value.encode()
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from edge_runtime.bundle import sign_bundle
+
+    key = _signing_key(args.key_env, "--key-env")
+    bundle = sign_bundle(args.bundle, key)
+    print(f"signed {args.bundle} ({bundle.manifest.name} version {bundle.manifest.version})", file=sys.stderr)
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -119,6 +149,7 @@ def _convert(args: argparse.Namespace) -> int:
         }
     )
     check_writable_dir(args.output, "-o/--output")
+    key = _signing_key(args.signing_key_env, "--signing-key-env") if args.signing_key_env else None
     bundle = convert(
         args.source,
         args.output,
@@ -137,6 +168,10 @@ def _convert(args: argparse.Namespace) -> int:
         batch_sizes=args.batch_sizes,
         reference=args.reference,
     )
+    if key is not None:
+        from edge_runtime.bundle import sign_bundle
+
+        bundle = sign_bundle(args.output, key)
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
     print(format_report(report))

@@ -66,6 +66,34 @@ def test_signature_is_checked_when_a_key_is_configured(bundle_copy):
         load_bundle(bundle_copy, signing_key=b"k")
 
 
+def test_bundles_are_signed_from_the_cli_for_runtimes_that_check(bundle_copy, vibration_model, tmp_path):
+    """signing_key_env asked for a signed bundle, and the error said `edge-runtime sign`, which did not exist."""
+    import os
+
+    env = {**os.environ, "EDGE_SIGNING_KEY": "s3cret"}
+
+    def cli(*args, env=env):
+        return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, env=env)
+
+    with pytest.raises(BundleError, match="edge-runtime sign") as refused:
+        load_bundle(bundle_copy, signing_key=b"s3cret")
+    assert "--key-env" in str(refused.value)
+    done = cli("sign", str(bundle_copy), "--key-env", "EDGE_SIGNING_KEY")
+    assert done.returncode == 0, done.stderr
+    assert load_bundle(bundle_copy, signing_key=b"s3cret").manifest.signature
+    with pytest.raises(BundleError, match="signature does not match"):
+        load_bundle(bundle_copy, signing_key=b"other")
+
+    missing = cli("sign", str(bundle_copy), "--key-env", "EDGE_NO_SUCH_KEY")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "EDGE_NO_SUCH_KEY" in missing.stderr
+
+    source = tmp_path / "model.joblib"
+    joblib.dump(vibration_model, source)
+    converted = cli("convert", str(source), "-o", str(tmp_path / "signed"), "--signing-key-env", "EDGE_SIGNING_KEY")
+    assert converted.returncode == 0, converted.stderr
+    assert load_bundle(tmp_path / "signed", signing_key=b"s3cret").manifest.signature
+
+
 def test_manifest_not_matching_model_is_refused(bundle_copy):
     path = bundle_copy / "manifest.json"
     manifest = json.loads(path.read_text())

@@ -6,7 +6,7 @@ half a bundle. Both layers below the serving core: they import nothing of it.
 
 from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, TensorSpec, VerifiedFiles, sign_manifest
 from .verify import NUMPY_TYPES, is_current, load_bundle, use_bundle, verified_files
-from .write import write_bundle
+from .write import sign_bundle, write_bundle
 
 __all__ = [
     "Bundle",
@@ -17,6 +17,7 @@ __all__ = [
     "use_bundle",
     "is_current",
     "verified_files",
+    "sign_bundle",
     "NUMPY_TYPES",
     "write_bundle",
     "sign_manifest",

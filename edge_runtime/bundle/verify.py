@@ -150,7 +150,8 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
     if signing_key is not None:
         if not manifest.signature:
             raise BundleError(
-                "unsigned, but a signing key is configured; sign it with `edge-runtime sign`", bundle=where
+                "unsigned, but a signing key is configured; sign it with `edge-runtime sign BUNDLE --key-env VAR`",
+                bundle=where,
             )
         if not hmac.compare_digest(sign_manifest(raw, signing_key), manifest.signature):
             raise BundleError(

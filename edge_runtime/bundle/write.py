@@ -32,9 +32,9 @@ from typing import Any
 from ..errors import BundleError
 from ._swap import exchange
 from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, sign_manifest
-from .verify import _identity, load_bundle
+from .verify import _identity, load_bundle, use_bundle
 
-__all__ = ["write_bundle"]
+__all__ = ["write_bundle", "sign_bundle"]
 
 log = logging.getLogger("edge_runtime.bundle")
 
@@ -219,3 +219,16 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     except OSError as err:  # the new bundle is in place; what is left is only disk space
         log.warning("could not remove the old bundle %s: %s", path, err)
+
+
+def sign_bundle(path: str | os.PathLike[str], signing_key: bytes) -> Bundle:
+    """Sign the bundle at ``path``: verified as it is, then written again with the manifest's HMAC signature,
+    replacing it in one step as ``write_bundle`` does (a signed bundle is re-signed with the new key)."""
+
+    def read(bundle: Bundle) -> tuple[dict[str, Any], bytes, dict[str, bytes]]:
+        raw = json.loads((bundle.path / MANIFEST).read_text(encoding="utf-8"))
+        extra = {name: (bundle.path / name).read_bytes() for name in bundle.manifest.files}
+        return raw, bundle.model_path.read_bytes(), extra
+
+    manifest, model, extra = use_bundle(path, read)
+    return write_bundle(path, model, manifest, signing_key=signing_key, extra_files=extra)
