@@ -71,28 +71,34 @@ class BrokerConfig(_Strict):
         None, description="Name of the environment variable that holds the password (never the password itself)."
     )
     ca_file: Path | None = Field(
-        None, strict=False, description="CA certificate for mqtts://; the system's CAs when absent."
+        None, strict=False, description="CA certificate (PEM) for mqtts:// only; the system's CAs when absent."
     )
-    cert_file: Path | None = Field(None, strict=False, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(None, strict=False, description="Client private key for mutual TLS.")
+    cert_file: Path | None = Field(
+        None, strict=False, description="Client certificate (PEM) for mutual TLS: mqtts:// only, with key_file."
+    )
+    key_file: Path | None = Field(
+        None, strict=False, description="Client private key (PEM) for mutual TLS, with cert_file."
+    )
     session_expiry_s: int = Field(
         3600,
         ge=0,
         le=2**32 - 1,
-        description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away.",
+        description="How long the broker keeps our session (and queued QoS 1 inputs) while we are away. "
+        "Not 0 with qos 1 routes on MQTT v5.",
     )
     receive_maximum: int = Field(
         1024,
         ge=1,
         le=65535,
-        description="QoS 1 inputs the broker may send before we acknowledge (MQTT v5): above max_batch, "
-        "or batches starve.",
+        description="QoS 1 inputs the broker may send before we acknowledge (MQTT v5): at least the largest "
+        "max_batch of the qos 1 routes, or batches starve.",
     )
     max_outgoing: int = Field(
         10_000,
         ge=1,
         le=10_000_000,
-        description="Results held while the broker is away; beyond it they are dropped and counted (never silently).",
+        description="Results held while the broker is away; beyond it they are dropped and counted (never silently). "
+        "At least the largest max_batch of the routes.",
     )
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
 
@@ -194,7 +200,7 @@ def _ssl_reason(err: BaseException) -> str:
 
 class ModelConfig(_Strict):
     name: str = Field(
-        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to."
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Name that routes refer to; unique."
     )
     bundle: Path = Field(
         strict=False, description="Bundle directory (model.onnx + manifest.json), relative to the config file."
@@ -221,21 +227,32 @@ class ModelConfig(_Strict):
 
 class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
     subscribe: str | None = Field(
-        None, description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed); or a `source`."
+        None,
+        description="MQTT topic filter (+ and # wildcards, $share/<group>/ allowed). A route takes `subscribe` or "
+        "`source`, not both; two routes cannot subscribe to the same filter.",
     )
     source: str | None = Field(
         None,
         description="Read frames from a camera instead of MQTT: rtsp://..., http(s)://... (MJPEG), /dev/videoN "
-        "or a video file (relative to the config file). {1} in the topics is the source's name.",
+        "or a video file (relative to the config file). {1} in the topics is the source's name. Instead of "
+        "`subscribe`.",
     )
     source_name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The source's name; default: from the source."
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Sources: the source's name ({1} in the topics); default: from the source.",
     )
-    fps: float | None = Field(5.0, gt=0, le=120, description="Frames per second taken from the source (newest only).")
+    fps: float | None = Field(
+        5.0, gt=0, le=120, description="Sources: frames per second taken from the source (newest only)."
+    )
     realtime: bool = Field(True, description="Video files: their own speed (true) or as fast as served (false).")
     loop: bool = Field(False, description="Video files: start again at the end.")
-    username_env: str | None = Field(None, description="Source credentials: environment variable with the user.")
-    password_env: str | None = Field(None, description="Source credentials: environment variable with the password.")
+    username_env: str | None = Field(
+        None, description="rtsp:// and http(s):// sources: environment variable holding the user name."
+    )
+    password_env: str | None = Field(
+        None, description="rtsp:// and http(s):// sources: environment variable holding the password."
+    )
     model: str = Field(description="Name of a [[models]] entry.")
     publish: str = Field(
         description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic."
@@ -243,9 +260,14 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
     errors: str | None = Field(
         None, description="Error topic (same placeholders); default: the result topic + '/error'."
     )
-    max_batch: int = Field(32, ge=1, le=4096, description="A batch closes at this many rows...")
+    max_batch: int = Field(
+        32, ge=1, le=4096, description="A batch closes at this many rows, or max_delay_ms after its first row."
+    )
     max_delay_ms: float = Field(
-        2.0, ge=0, le=60_000, description="...or this long after its first row. 0: take what is waiting."
+        2.0,
+        ge=0,
+        le=60_000,
+        description="A batch closes this long after its first row, or at max_batch rows. 0: take what is waiting.",
     )
     qos: int = Field(
         0,
@@ -279,7 +301,8 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
         None,
         gt=0,
         le=3_600_000,
-        description="Inputs that waited longer than this are dropped (counted), not served late.",
+        description="Inputs that waited longer than this are dropped (counted), not served late. Above "
+        "max_delay_ms; default: no deadline.",
     )
     max_payload_bytes: int = Field(
         1_000_000, ge=1, le=256 * 1024 * 1024, description="Larger inputs are refused before decoding."
@@ -396,7 +419,10 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
 
 class MetricsConfig(_Strict):
     interval_s: float = Field(10.0, ge=0, le=86_400, description="Publish the runtime's metrics this often; 0: never.")
-    topic: str | None = Field(None, description="Metrics topic; default: edge-runtime/<client_id>/metrics.")
+    topic: str | None = Field(
+        None,
+        description="Metrics topic: a plain topic (no +, #, or leading $); default: edge-runtime/<client_id>/metrics.",
+    )
     prometheus_port: int | None = Field(
         None,
         ge=1,
@@ -451,12 +477,26 @@ class HomeAssistantConfig(_Strict):
 
 
 class Config(_Strict):
-    broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    device: DeviceConfig = Field(default_factory=DeviceConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
-    models: Annotated[list[ModelConfig], Field(min_length=1)]
-    routes: Annotated[list[RouteConfig], Field(min_length=1)]
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="The MQTT broker and how to connect to it.")
+    device: DeviceConfig = Field(
+        default_factory=DeviceConfig,
+        description="The board the runtime runs on: its profile gives the defaults of ONNX Runtime's threads, "
+        "max_queue and the queue byte budget.",
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="The runtime's own metrics, published on MQTT and, if asked for, served for Prometheus.",
+    )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery of the result topics."
+    )
+    models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(
+        description="The models to serve: one entry per model bundle."
+    )
+    routes: Annotated[list[RouteConfig], Field(min_length=1)] = Field(
+        description="What to serve: each route takes inputs from an MQTT topic filter or a camera, runs one model on "
+        "them in batches and publishes the results."
+    )
 
 
 def parse_config(text: str, *, path: str = "config", base_dir: Path | None = None) -> Config:

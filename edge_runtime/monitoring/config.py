@@ -64,8 +64,8 @@ class MonitoringFields(_Strict):
         1000,
         ge=0,
         le=1_000_000,
-        description="Rows in the drift window (used when the bundle has reference statistics); 0: off. "
-        "Under a few hundred rows the scores are noisy.",
+        description="Rows in the drift window (used when the bundle has reference statistics): 0 (off) or at least "
+        "100. Under a few hundred rows the scores are noisy.",
     )
     drift_threshold: float = Field(
         0.2,
@@ -76,7 +76,7 @@ class MonitoringFields(_Strict):
     )
     shadow: str | None = Field(
         None,
-        description="A model of [[models]] to also run on a share of the inputs, "
+        description="A model of [[models]] (not the route's own) to also run on a share of the inputs, "
         "compared with the live results and never delaying them.",
     )
     shadow_fraction: float = Field(0.1, gt=0, le=1, description="Share of the inputs the shadow runs on.")
@@ -86,7 +86,11 @@ class MonitoringFields(_Strict):
         le=10,
         description="Regressors: relative difference within which shadow and live values agree.",
     )
-    capture: CaptureConfig | None = Field(None, description="Sample capture to disk; off when absent.")
+    capture: CaptureConfig | None = Field(
+        None,
+        description="Sample capture to disk: inputs and results kept in a size-capped ring, for retraining. "
+        "Off when absent; when present, set fraction, low_confidence or drift.",
+    )
 
     @model_validator(mode="after")
     def _window(self) -> MonitoringFields:

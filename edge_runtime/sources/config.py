@@ -3,7 +3,7 @@
 ```toml
 [[routes]]
 source = "rtsp://cam.local:554/stream1"     # or "/dev/video0", "clips/door.mp4", "http://cam/mjpeg"
-name = "driveway"                           # {1} in the route's topics; default: from the source
+source_name = "driveway"                    # {1} in the route's topics; default: from the source
 fps = 5                                     # frames per second delivered (the newest only)
 username_env = "CAM_USER"                   # credentials come from the environment, never the file
 password_env = "CAM_PASSWORD"

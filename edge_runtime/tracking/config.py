@@ -53,10 +53,14 @@ class TrackerConfig(_Strict):
         ge=0,
         le=1,
         description="Detections below high_score but at least this keep existing tracks alive "
-        "(ByteTrack's second pass); lower ones are ignored.",
+        "(ByteTrack's second pass); lower ones are ignored. Not above high_score.",
     )
     new_track_score: float | None = Field(
-        None, ge=0, le=1, description="A new object needs a detection at least this confident; default: high_score."
+        None,
+        ge=0,
+        le=1,
+        description="A new object needs a detection at least this confident (not below high_score); "
+        "default: high_score.",
     )
     match_iou: float = Field(
         0.3, gt=0, le=1, description="Least IoU of predicted and detected box to match (first pass)."
@@ -74,7 +78,7 @@ class TrackerConfig(_Strict):
         gt=0,
         le=1,
         description="Detections of different labels overlapping this much are one object (per-class "
-        "NMS reports some objects twice); the most confident is kept. None: keep all. Ignored with class_aware.",
+        "NMS reports some objects twice); the most confident is kept. Ignored with class_aware.",
     )
     max_tracks: int = Field(
         256, ge=1, le=100_000, description="Objects tracked at once per source; more are counted and ignored."
@@ -92,14 +96,16 @@ class TrackerConfig(_Strict):
 class _Shape(_Strict):
     name: str = Field(pattern=_NAME, description="Name used in events, topics ({zone}/{line}) and Home Assistant.")
     units: Literal["relative", "pixels"] = Field(
-        "relative", description="relative: x and y from 0 to 1 of the frame's width and height; pixels: frame pixels."
+        "relative",
+        description="relative: x and y from 0 to 1 of the frame's width and height; pixels: frame pixels "
+        "(not negative).",
     )
     anchor: Literal["bottom_center", "center"] = Field(
         "bottom_center",
         description="The point of a box that must be inside: bottom_center (where it stands) or center.",
     )
     labels: list[str] | None = Field(None, min_length=1, description="Only objects with these labels; default: all.")
-    points: list[Point]  # each kind of shape says how many
+    points: list[Point] = Field(description="The shape's points [[x, y], ...].")  # each kind of shape says how many
 
     @model_validator(mode="after")
     def _relative_range(self) -> _Shape:
@@ -132,11 +138,13 @@ class ZoneConfig(_Shape):
 
 
 class LineConfig(_Shape):
-    points: list[Point] = Field(min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]].")
+    points: list[Point] = Field(
+        min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]]; they must differ."
+    )
     forward: str = Field(
         "in", pattern=_NAME, description="Name of a crossing from the left to the right of first->second point."
     )
-    backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way.")
+    backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way; not forward's.")
 
     @model_validator(mode="after")
     def _distinct(self) -> LineConfig:
@@ -171,14 +179,30 @@ class TrackingConfig(_Strict):
     track: bool = Field(
         False, description="Track detections across frames and publish object events (detector routes)."
     )
-    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
-    zones: list[ZoneConfig] = Field(default_factory=list, max_length=64)
-    lines: list[LineConfig] = Field(default_factory=list, max_length=64)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="How detections become objects.")
+    zones: list[ZoneConfig] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Areas of the frame: objects' events say which zones they are in, and each zone's occupancy "
+        "is published. Zones need track = true; their names are unique per route.",
+    )
+    lines: list[LineConfig] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Counting lines: crossings are reported in the objects' events and counted per direction. "
+        "Lines need track = true; their names are unique per route.",
+    )
     events: str = Field("events/{1}", description="Topic of the object events; {1} (or {source}): the source's name.")
     occupancy: str | None = Field(
-        "events/{1}/zones/{zone}", description="Retained per-zone counts, published on change; None: off."
+        "events/{1}/zones/{zone}",
+        description="Topic of each zone's object counts, retained, published on change; needs {zone} "
+        "(the zone's name); {1} or {source}: the source's name.",
     )
-    counts: str | None = Field("events/{1}/lines/{line}", description="Retained per-line crossing counts; None: off.")
+    counts: str | None = Field(
+        "events/{1}/lines/{line}",
+        description="Topic of each line's crossing counts, retained, published on change; needs {line} "
+        "(the line's name); {1} or {source}: the source's name.",
+    )
     update_interval_s: float | None = Field(
         None,
         gt=0,
