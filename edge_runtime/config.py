@@ -6,12 +6,14 @@ Every error names the key (``routes[0].max_batch``) and, where it can be found, 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import ssl
 import sys
+import types
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -513,7 +515,7 @@ def parse_config(text: str, *, path: str = "config", base_dir: Path | None = Non
         key = _dotted(first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the README for the keys each table takes)"
+            message = _unknown_key(first["loc"])
         elif first["type"] == "missing":
             message = "missing: this key is required"
         raise ConfigError(message, path=path, key=key or None, line=_find_line(text, first["loc"])) from err
@@ -631,6 +633,46 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             update["source"] = str(base / (r.source or ""))
         routes.append(r.model_copy(update=update) if update else r)
     return config.model_copy(update={"broker": broker, "models": models, "routes": routes})
+
+
+def _unknown_key(loc: tuple[str | int, ...]) -> str:
+    """The message for a key no table of that name takes: the closest key it does take, or all of them when few."""
+    model: type[BaseModel] = Config
+    table = ""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        nested = _nested_table(field.annotation) if field is not None else None
+        if nested is None:  # not a table of ours: say no more than that the key is unknown
+            return "unknown key (check the spelling; CONFIG.md lists the keys each table takes)"
+        model, array = nested
+        path = f"{table.strip('[]')}.{part}" if table else part
+        table = f"[[{path}]]" if array else f"[{path}]"
+    where = table or "the top level"
+    keys = list(model.model_fields)
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, keys, n=1)
+    if not close:  # `high` for high_score: a unique key it begins
+        close = [k for k in keys if k.startswith(key)][:2]
+    if len(close) == 1:
+        return f"unknown key: did you mean {close[0]}? (CONFIG.md lists the keys {where} takes)"
+    if len(keys) <= 8:
+        return f"unknown key: {where} takes {', '.join(keys)} (see CONFIG.md)"
+    return f"unknown key (check the spelling; CONFIG.md lists the keys {where} takes)"
+
+
+def _nested_table(annotation: object) -> tuple[type[BaseModel], bool] | None:
+    """The model of a table-valued field, and whether it is an array of tables; None for a plain key."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        return _nested_table(inner[0]) if len(inner) == 1 else None
+    if get_origin(annotation) is list:
+        item = _nested_table(get_args(annotation)[0])
+        return (item[0], True) if item is not None and not item[1] else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

@@ -13,7 +13,8 @@ from typing import Any, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from edge_runtime.config import Config
+from edge_runtime.config import Config, parse_config
+from edge_runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,3 +154,36 @@ def test_the_tool_checks_and_writes(tmp_path):
     assert tool.main(["--output", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == tool.render()
     assert tool.main(["--check", "--output", str(out)]) == 0
+
+
+GOOD = '[[models]]\nname = "m"\nbundle = "b"\n\n[[routes]]\nsubscribe = "a/+"\nmodel = "m"\npublish = "r/{1}"\n'
+
+
+@pytest.mark.parametrize(
+    "extra,key,words",
+    [
+        ("qoss = 1", "routes[0].qoss", "did you mean qos? (CONFIG.md lists the keys [[routes]] takes)"),
+        ("[routes.tracker]\nhigh = 0.5", "routes[0].tracker.high", "did you mean high_score?"),
+        ('[routes.capture]\ndir = "d"\nfraction = 0.1\nmax_MB = 1', "routes[0].capture.max_MB", "max_mb?"),
+        (
+            'track = true\n[[routes.zones]]\nname = "z"\npoints = [[0, 0], [1, 0], [1, 1]]\nunit = "pixels"',
+            "routes[0].zones[0].unit",
+            "did you mean units? (CONFIG.md lists the keys [[routes.zones]] takes)",
+        ),
+        ("[metrics]\nfoo = 1", "metrics.foo", "[metrics] takes interval_s, topic, prometheus_port, prometheus_host"),
+        ("zzz = 1", "routes[0].zzz", "unknown key (check the spelling; CONFIG.md lists the keys [[routes]] takes)"),
+        ("[brokr]\nurl = 1", "brokr", "did you mean broker?"),
+    ],
+)
+def test_an_unknown_key_points_to_config_md(extra, key, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + extra, path="edge.toml")
+    assert info.value.key == key
+    assert str(info.value).startswith("edge.toml:") and "unknown key" in str(info.value)
+    assert words in str(info.value)
+    assert "README" not in str(info.value)
+
+
+def test_a_password_key_is_pointed_to_password_env():
+    with pytest.raises(ConfigError, match="did you mean password_env"):
+        parse_config('[broker]\npassword = "x"\n' + GOOD)
