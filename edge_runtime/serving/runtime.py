@@ -813,10 +813,10 @@ class Runtime:
         # send bad inputs as fast as the broker takes them, and logs live on an SD card. Every one is counted
         # and answered on the error topic; overload is counted only.
         if err.code != "overloaded":
-            shown_id = repr(err.id)[:100]
+            shown_id = _shown_id(err.id)
             self._ratelog.log(
                 f"refused:{route.name}:{err.code}",  # routes and codes are fixed by the config and the code
-                "route %s: input %s from %s refused: %s",
+                "route %s: input %r from %s refused: %s",
                 route.name,
                 shown_id,
                 inbound.topic[:200],
@@ -830,6 +830,13 @@ class Runtime:
         except TypeError:  # an id orjson cannot write back; the error itself still goes out
             payload = encode({**body, "id": None})
         self._send(route, inbound, topic, payload, props)
+
+
+def _shown_id(msg_id: object) -> object:
+    """An input's id as a log line shows it: numbers as they are, anything else cut to 100 characters."""
+    if msg_id is None or isinstance(msg_id, (int, float)):
+        return msg_id
+    return (msg_id if isinstance(msg_id, str) else repr(msg_id))[:100]
 
 
 def _first_line(err: BaseException) -> str:
