@@ -13,7 +13,7 @@ import ssl
 import sys
 import types
 from pathlib import Path
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, NoReturn, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -542,76 +542,54 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _check_references(config: Config, text: str, path: str) -> None:
     """Checks across tables, reported like field errors: with the key and its line."""
+
+    def refuse(loc: tuple[str | int, ...], message: str) -> NoReturn:
+        raise ConfigError(message, path=path, key=_dotted(loc), line=_find_line(text, loc))
+
     seen: set[str] = set()
     for i, model in enumerate(config.models):
         if model.name in seen:
-            loc = ("models", i, "name")
-            raise ConfigError(
-                f"model name {model.name!r} is used twice; names must be unique",
-                path=path,
-                key=_dotted(loc),
-                line=_find_line(text, loc),
-            )
+            refuse(("models", i, "name"), f"model name {model.name!r} is used twice; names must be unique")
         seen.add(model.name)
     subscribed: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.model not in seen:
-            loc = ("routes", i, "model")
-            raise ConfigError(
-                f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}",
-                path=path,
-                key=_dotted(loc),
-                line=_find_line(text, loc),
-            )
+            refuse(("routes", i, "model"), f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}")
         problem = check_monitoring(route, route.model, seen)
         if problem is not None:
-            loc = ("routes", i, "shadow")
-            raise ConfigError(problem.removeprefix("shadow: "), path=path, key=_dotted(loc), line=_find_line(text, loc))
+            refuse(("routes", i, "shadow"), problem.removeprefix("shadow: "))
         if route.subscribe is not None and route.subscribe in subscribed:
-            loc = ("routes", i, "subscribe")
-            raise ConfigError(
+            refuse(
+                ("routes", i, "subscribe"),
                 f"routes[{subscribed[route.subscribe]}] already subscribes to {route.subscribe!r}: the broker "
                 "keeps one subscription per filter, so one of the two would never see an input; merge them",
-                path=path,
-                key=_dotted(loc),
-                line=_find_line(text, loc),
             )
         if route.subscribe is not None:
             subscribed[route.subscribe] = i
     broker = config.broker
-    where: tuple[str | int, ...]
     i, widest = max(enumerate(config.routes), key=lambda ir: ir[1].max_batch)
     if broker.max_outgoing < widest.max_batch:
-        where = ("broker", "max_outgoing")
-        raise ConfigError(
+        refuse(
+            ("broker", "max_outgoing"),
             f"{broker.max_outgoing} is below routes[{i}].max_batch ({widest.max_batch}): a batch is served only "
             "when all its results fit in the outgoing queue, so that route would never be served; "
             f"raise it to at least {widest.max_batch}",
-            path=path,
-            key=_dotted(where),
-            line=_find_line(text, where),
         )
     reliable = [(i, r) for i, r in enumerate(config.routes) if r.qos == 1]
     if broker.protocol == "5" and reliable:
         if broker.session_expiry_s == 0:
-            where = ("broker", "session_expiry_s")
-            raise ConfigError(
+            refuse(
+                ("broker", "session_expiry_s"),
                 f"0 with qos 1 routes (routes[{reliable[0][0]}]): the broker would drop the session, and the "
                 "inputs it holds, whenever the runtime restarts; keep the default (3600) or use qos 0",
-                path=path,
-                key=_dotted(where),
-                line=_find_line(text, where),
             )
         i, widest = max(reliable, key=lambda ir: ir[1].max_batch)
         if broker.receive_maximum < widest.max_batch:
-            where = ("broker", "receive_maximum")
-            raise ConfigError(
+            refuse(
+                ("broker", "receive_maximum"),
                 f"{broker.receive_maximum} is below routes[{i}].max_batch ({widest.max_batch}): the broker stops "
                 "sending qos 1 inputs at receive_maximum unacknowledged ones, so that batch could never fill; "
                 f"raise it to at least {widest.max_batch}",
-                path=path,
-                key=_dotted(where),
-                line=_find_line(text, where),
             )
 
 
