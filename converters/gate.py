@@ -53,6 +53,7 @@ THREAD_GAIN = 0.15  # an extra thread must make a candidate at least this much f
 # (measured here: the same session timed in alternation with itself differed by up to 25% under load).
 MIN_GAIN = 0.05
 DETECTION_IOU = 0.5  # a candidate's box matches fp32's when of the same class and overlapping this much
+NO_BOX_SCORE_TOLERANCE = 0.01  # when fp32 finds no boxes: how far a candidate's score may be from fp32's
 
 
 @dataclass
@@ -248,6 +249,8 @@ def _score(
         found, ref = _detections(outputs, manifest), _detections(reference, manifest)
         matched = sum(match_detections(f, r) for f, r in zip(found, ref))
         n_found, n_ref = sum(map(len, found)), sum(map(len, ref))
+        if not n_ref:
+            return _score_without_boxes(outputs, reference, manifest, candidate, n_found)
         precision = matched / n_found if n_found else 1.0
         recall = matched / n_ref if n_ref else 1.0
         candidate.detection = {
@@ -265,6 +268,35 @@ def _score(
     # A row agrees when every value is within 1% of the fp32 output's scale.
     tol = 0.01 * (np.abs(ref).max() or 1.0)
     return round(float(np.mean(np.all(np.abs(out - ref) <= tol, axis=1))) * 100, 3)
+
+
+def _score_without_boxes(
+    outputs: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    candidate: Candidate,
+    n_found: int,
+) -> float:
+    """Percent of frames whose every score is within ``NO_BOX_SCORE_TOLERANCE`` of fp32's.
+
+    When fp32 finds no box on any frame, precision and recall of boxes are a vacuous 100 % that any
+    candidate passes whatever it computed; the scores (objectness and classes) are what can still be
+    compared.
+    """
+    from edge_runtime.bundle.image_spec import DetectorSpec
+
+    layout = DetectorSpec.model_validate(manifest.get("detector") or {}).format
+    name = manifest["outputs"][0]["name"]
+    out, ref = np.asarray(outputs[name], np.float32), np.asarray(reference[name], np.float32)
+    # yolov8: (frames, 4 + classes, anchors); yolov5: (frames, anchors, 5 + classes)
+    out, ref = (out[:, 4:, :], ref[:, 4:, :]) if layout == "yolov8" else (out[..., 4:], ref[..., 4:])
+    agree = np.all(np.abs(out - ref).reshape(len(ref), -1) <= NO_BOX_SCORE_TOLERANCE, axis=1)
+    candidate.detection = {"boxes": n_found, "fp32_boxes": 0, "compared": "scores"}
+    candidate.notes.append(
+        "fp32 finds no boxes on these frames: compared the scores instead (every one within "
+        f"{NO_BOX_SCORE_TOLERANCE}); give --validation frames on which the model finds objects"
+    )
+    return round(float(np.mean(agree)) * 100, 3)
 
 
 def _bundle(model: bytes, manifest: dict[str, Any], directory: Path, candidate: Candidate):
@@ -359,7 +391,7 @@ def run_gate(
             for c in mine:
                 bundle = _bundle(result.model, manifest, Path(tmp) / mode, c)
                 c.notes, c.size_bytes = list(result.notes), len(result.model)
-                say(f"{step} on {c.engine}: checking its outputs")
+                say(f"{step} on {c.engine}{' ' + c.precision if c.precision else ''}: checking its outputs")
                 try:
                     opened = {t: open_engine(bundle, engine=c.engine, threads=t) for t in counts}
                     outputs = _run_all(opened[counts[0]], validation)  # outputs do not depend on threads
@@ -371,6 +403,8 @@ def run_gate(
                     c.reason = f"{c.engine} cannot run it: {_first_line(err)}"
                     continue
                 measured.append((c, opened, result.model))
+        if any((c.detection or {}).get("compared") == "scores" for c, _, _ in measured):
+            say("note: fp32 finds no boxes on these frames, so candidates are compared on their scores")
         configs = [(c, t, b) for c, engines, _ in measured for t in counts for b in batch_sizes]
         say(
             f"measuring {len(measured)} candidate(s) x {len(counts)} thread count(s) x batch "

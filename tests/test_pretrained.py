@@ -617,3 +617,26 @@ def test_both_engines_satisfy_the_protocol(yolov8_bundle):
     for kind in available_engines():
         engine = open_engine(yolov8_bundle, engine=kind, threads=1)
         assert isinstance(engine, InferenceEngine) and engine.name == kind and engine.threads == 1
+
+
+def test_detector_gate_compares_scores_when_fp32_finds_no_boxes():
+    """Validation frames on which fp32 finds nothing make box agreement a vacuous 100 %: an int8 or bf16
+    candidate would pass whatever it computed. The gate then compares the class scores themselves."""
+    from converters.gate import Candidate, _score
+
+    rng = np.random.default_rng(0)
+    frames, classes, anchors = 3, 2, 50
+    ref = np.concatenate(
+        [rng.uniform(0, 64, (frames, 4, anchors)), np.full((frames, classes, anchors), 0.01)], axis=1
+    ).astype(np.float32)
+    off = ref.copy()
+    off[0, 4, 7] = 0.2  # still under the 0.25 confidence threshold: no box either way
+    manifest = {"task": "detector", "outputs": [{"name": "output0"}], "detector": {"format": "yolov8"}}
+
+    same = Candidate("none", engine="openvino")
+    assert _score({"output0": ref.copy()}, {"output0": ref}, None, manifest, same) == 100.0
+    assert same.detection["fp32_boxes"] == 0 and same.detection["compared"] == "scores"
+    assert any("finds no boxes" in n for n in same.notes)
+
+    moved = Candidate("static")
+    assert _score({"output0": off}, {"output0": ref}, None, manifest, moved) == pytest.approx(66.667)
