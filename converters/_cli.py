@@ -201,7 +201,9 @@ def format_report(report: dict) -> str:
         acc = c.get("accuracy")
         det = c.get("detection")
         acc_text = "-" if acc is None else f"{acc:g}"
-        if det:
+        if det and det.get("compared") == "scores":
+            acc_text += " (scores: fp32 found no boxes)"
+        elif det:
             acc_text += f" (P {det['precision']:g} R {det['recall']:g})"
         engine = c.get("engine", "onnxruntime") + (f" {c['precision']}" if c.get("precision") else "")
         rows.append(

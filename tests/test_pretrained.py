@@ -640,3 +640,8 @@ def test_detector_gate_compares_scores_when_fp32_finds_no_boxes():
 
     moved = Candidate("static")
     assert _score({"output0": off}, {"output0": ref}, None, manifest, moved) == pytest.approx(66.667)
+
+    from converters._cli import format_report
+
+    rows = [{"mode": c.mode, "accuracy": 100.0, "detection": c.detection, "reason": ""} for c in (same, moved)]
+    assert "(scores: fp32 found no boxes)" in format_report({"candidates": rows})
