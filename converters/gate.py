@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.engines import thread_counts
+from edge_runtime.errors import first_line
 
 from ._registry import ConversionError
 from .quantize import MODES, QuantizeConfig, quantize, unsupported_reason
@@ -320,11 +321,6 @@ def _run_all(engine: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def run_gate(
     model: bytes,
     manifest: dict[str, Any],
@@ -385,7 +381,7 @@ def run_gate(
             except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
                 for c in mine:
                     c.reason = (
-                        str(err) if isinstance(err, ConversionError) else f"could not be built: {_first_line(err)}"
+                        str(err) if isinstance(err, ConversionError) else f"could not be built: {first_line(err)}"
                     )
                 continue
             for c in mine:
@@ -400,7 +396,7 @@ def run_gate(
                         reference = outputs
                     c.accuracy = _score(outputs, reference, labels, manifest, c)
                 except Exception as err:  # noqa: BLE001 - an engine that cannot run a candidate is reported
-                    c.reason = f"{c.engine} cannot run it: {_first_line(err)}"
+                    c.reason = f"{c.engine} cannot run it: {first_line(err)}"
                     continue
                 measured.append((c, opened, result.model))
         if any((c.detection or {}).get("compared") == "scores" for c, _, _ in measured):
@@ -421,7 +417,7 @@ def run_gate(
                 budget_s=budget_s,
             )
         except Exception as err:
-            raise ConversionError(f"timing the candidates failed: {_first_line(err)}") from err
+            raise ConversionError(f"timing the candidates failed: {first_line(err)}") from err
         for c, _engines, model_bytes in measured:
             latency = {t: {str(b): ms for (cc, tt, b), ms in zip(configs, p50) if cc is c and tt == t} for t in counts}
             c.threads, c.threads_reason = pick_threads(latency)

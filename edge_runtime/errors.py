@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .vocabulary import ErrorCode
 
-__all__ = ["EdgeRuntimeError", "ConfigError", "BundleError", "PayloadError", "BrokerError", "UnknownNameError"]
+__all__ = [
+    "EdgeRuntimeError",
+    "ConfigError",
+    "BundleError",
+    "PayloadError",
+    "BrokerError",
+    "UnknownNameError",
+    "first_line",
+]
 
 
 class EdgeRuntimeError(Exception):
@@ -69,3 +77,9 @@ class UnknownNameError(EdgeRuntimeError, LookupError):
         if hint:
             message += f" {hint}"
         super().__init__(message)
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception as one line for a log, a report or an error message: its first line, else its type."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]

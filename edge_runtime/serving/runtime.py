@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from ..bundle import use_bundle
 from ..config import Config, RouteConfig
 from ..engines import InferenceEngine as Engine
 from ..engines import open_engine
-from ..errors import ConfigError, PayloadError
+from ..errors import ConfigError, PayloadError, first_line
 from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
 from ..observability.ratelog import RateLimitedLog
@@ -53,7 +54,7 @@ from .bounded import ENTRY_OVERHEAD
 from .control import parse_control
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
-from .prefetch import DecodeAhead
+from .prefetch import DecodeAhead, ModelThread
 from .reload import Outcome, Reloader
 from .snapshots import Snapshots
 from .video import FrameInput, TrackingObserver, VideoInput
@@ -221,7 +222,9 @@ class Runtime:
                 )
             self.routes.append(route)
         self._videos = [r for r in self.routes if r.video is not None]
+        self._wake_fds = [r.video.fileno() for r in self._videos if r.video is not None]
         self._decode_ahead = DecodeAhead()
+        self._model_thread = ModelThread()
         self._next_tick = 0.0
         self._route_cache: dict[str, list[Route]] = {}
         self._route_cache_bytes = 0
@@ -308,7 +311,7 @@ class Runtime:
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
         link, stop, reloads = self.link, self._stop, self.reloader.outcomes
-        wake = [r.video.fileno() for r in self._videos if r.video is not None]
+        wake = self._wake_fds
         while not stop.is_set():
             if not reloads.empty():
                 self._swap(reloads.get())
@@ -324,6 +327,13 @@ class Runtime:
             if self._videos:
                 self._take_frames()
             self._serve_round()
+
+    def _meanwhile(self, timeout: float, wake: Sequence[int]) -> None:
+        """While a model runs: new inputs are read (and frames decoded ahead), acknowledgements and keep-alives
+        handled. No batch is served and no reload applied here, and a lost connection is re-made by the loop."""
+        self.link.poll(timeout, reconnect=False, wake=[*wake, *self._wake_fds])
+        if self._videos:
+            self._take_frames()
 
     def _take_frames(self) -> None:
         """Each video source's newest frame, into its route's queue (never more than one waits in a slot)."""
@@ -408,6 +418,7 @@ class Runtime:
             if route.video is not None:
                 route.video.stop()
         self._decode_ahead.close()
+        self._model_thread.close()
         for route in self.routes:
             for observer in route.observers:
                 try:
@@ -437,7 +448,7 @@ class Runtime:
             try:  # everything the routes need from the new model, before anything changes
                 plans = self._plan_swap(name, engine)
             except Exception as err:  # noqa: BLE001 - a bundle that cannot serve this config leaves the old one
-                engine, reason = None, f"the new bundle cannot serve this config: {_first_line(err)}"
+                engine, reason = None, f"the new bundle cannot serve this config: {first_line(err, 500)}"
                 log.warning("model %s not reloaded: %s", name, reason)
         if engine is None:
             self.announcer.last_reload = {
@@ -720,23 +731,26 @@ class Runtime:
         engine = route.engine
         try:
             stacked = np.stack(rows)
-            outputs = engine.run(stacked)
+            if route.prefetch:  # a CNN's tens of milliseconds: the socket is read meanwhile (prefetch.py)
+                outputs = self._model_thread.run(engine.run, stacked, meanwhile=self._meanwhile)
+            else:
+                outputs = engine.run(stacked)
             results = engine.task.results(engine.manifest, outputs, metas)
             if len(results) != len(rows):
                 raise ValueError(f"the task returned {len(results)} results for {len(rows)} rows")
             return list(results), stacked, outputs
         except Exception as err:  # noqa: BLE001 - whatever the model or task raises, each row gets its own answer
             if len(rows) == 1:
-                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
-                return [PayloadError("inference_failed", _first_line(err))], None, None
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, first_line(err, 500))
+                return [PayloadError("inference_failed", first_line(err, 500))], None, None
         answers: list[dict[str, Any] | PayloadError] = []
         for row, meta in zip(rows, metas):
             try:
                 (result,) = engine.task.results(engine.manifest, engine.run(row[np.newaxis]), [meta])
                 answers.append(result)
             except Exception as err:  # noqa: BLE001
-                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, _first_line(err))
-                answers.append(PayloadError("inference_failed", _first_line(err)))
+                self._ratelog.log("infer", "inference failed on route %s: %s", route.name, first_line(err, 500))
+                answers.append(PayloadError("inference_failed", first_line(err, 500)))
         return answers, None, None
 
     def _target(self, route: Route, template: TopicTemplate, inbound: Inbound) -> tuple[str, Any, bool]:
@@ -765,7 +779,7 @@ class Runtime:
             payload = encode(body)
         except TypeError as err:  # orjson's JSONEncodeError: one input's error, never the loop's
             self._ratelog.log("encode", "route %s: a result could not be encoded", route.name, exc_info=True)
-            failed = PayloadError("internal", f"the result could not be encoded: {_first_line(err)}")
+            failed = PayloadError("internal", f"the result could not be encoded: {first_line(err, 500)}")
             self._publish_error(route, inbound, failed)
             return
         topic, props, own = self._target(route, route.publish, inbound)
@@ -837,8 +851,3 @@ def _shown_id(msg_id: object) -> object:
     if msg_id is None or isinstance(msg_id, (int, float)):
         return msg_id
     return (msg_id if isinstance(msg_id, str) else repr(msg_id))[:100]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:500]
