@@ -218,3 +218,28 @@ def test_bench_e2e_data_that_does_not_fit_the_model_is_one_line(tmp_path, vibrat
     for data, words in (("wrong.npy", "the model takes"), ("text.npy", "not a readable .npy array")):
         out = cli("bench", "e2e", "--config", config, "--data", tmp_path / data, "--duration", "1")
         one_line_error(out, f"--data {tmp_path / data}", words)
+
+
+# -- bench camera --baseline-model ----------------------------------------------------------------------
+
+
+def test_camera_bench_baseline_model_is_checked_before_anything_runs(tmp_path, vibration_bundle):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    one_line_error(cli("bench", "camera", "--baseline-model", junk), "ONNX Runtime cannot load it")
+    other = vibration_bundle / json.loads((vibration_bundle / "manifest.json").read_text())["model_file"]
+    one_line_error(cli("bench", "camera", "--baseline-model", other), "does not take this bundle's frames")
+    one_line_error(
+        cli("bench", "camera", "--source", "synthetic", "--baseline-model", DETECTOR / "model.onnx"),
+        "drop --source and --no-stages",
+    )
+
+
+def test_camera_bench_runs_bare_onnx_runtime_on_the_baseline_model():
+    pytest.importorskip("cv2")
+    from edge_runtime.bench.camera import measure_stages
+
+    model = DETECTOR / json.loads((DETECTOR / "manifest.json").read_text())["model_file"]
+    out, bare = measure_stages(DETECTOR, width=160, height=120, threads=1, duration=0.2, frames=2, baseline_model=model)
+    assert out["baseline_model"] == str(model)
+    bare["onnxruntime_all_cores"]()

@@ -199,6 +199,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip the bare-engine and per-stage measurement on the same frames",
     )
+    c.add_argument(
+        "--baseline-model",
+        type=Path,
+        help="bare ONNX Runtime runs this ONNX file instead of the bundle's (e.g. the fp32 export a quantized "
+        "bundle was converted from), so that served frames/s are compared with it in the same run",
+    )
     c.add_argument("--json", type=Path, help="also write the report as JSON")
     c.set_defaults(handler=_camera)
 
@@ -342,6 +348,11 @@ def _camera(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     w, h = args.size
+    if args.baseline_model is not None and (args.source or not args.stages):
+        raise EdgeRuntimeError(
+            "--baseline-model is compared with served frames/s in the stages measurement: "
+            "drop --source and --no-stages, or drop --baseline-model"
+        )
     if args.source:
         from .source import SourceBenchOptions, bench_source, format_source_report
 
@@ -377,6 +388,7 @@ def _camera(args: argparse.Namespace) -> int:
         threads=args.threads,
         policies=policies,
         stages=args.stages,
+        baseline_model=args.baseline_model,
     )
     report = bench_camera(options, progress=_progress)
     _done()

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from ..devtools.broker import start_broker
-from ..errors import EdgeRuntimeError
+from ..errors import EdgeRuntimeError, first_line
 from ..mqtt.client import connect_client
 from ..observability.schemas import ResultMessage, parse
 from .runtime_child import running_runtime
@@ -53,6 +53,8 @@ class CameraBenchOptions:
     policies: tuple[str, ...] = ("drop_oldest", "latest_only")
     threads: int | None = None  # the model's threads in the runtime's config; default: what the bundle measured
     stages: bool = True  # also measure the bare engine and each stage in-process on the same frames
+    # bare ONNX Runtime runs this file instead of the bundle's (e.g. the fp32 export a quantized bundle came from)
+    baseline_model: Path | None = None
 
 
 def _rss_mb(pid: int) -> float:
@@ -245,6 +247,9 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
         if measured:  # serve with what the converter measured (the runtime's config override, as a user would)
             options = replace(options, threads=measured)
     report["threads"] = options.threads
+    if options.baseline_model is not None:
+        _check_baseline(options.baseline_model, options.bundle)
+        report["baseline_model"] = str(options.baseline_model)
     with start_broker(workdir=workdir / "broker") as broker:
         for policy in options.policies:
             report["policies"][policy] = _run_policy(broker.url, policy, options, workdir, progress)
@@ -257,6 +262,7 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
                 height=options.height,
                 threads=options.threads,
                 duration=min(options.duration, 6.0),
+                baseline_model=options.baseline_model,
             )
             phases = max(2, min(6, round(options.duration / 4)))
             t = _served_vs_bare(
@@ -279,7 +285,14 @@ def bench_camera(options: CameraBenchOptions, *, progress: Callable[[str], None]
 
 
 def measure_stages(
-    bundle_path: Path, *, width: int, height: int, threads: int | None, duration: float = 4.0, frames: int = 16
+    bundle_path: Path,
+    *,
+    width: int,
+    height: int,
+    threads: int | None,
+    duration: float = 4.0,
+    frames: int = 16,
+    baseline_model: Path | None = None,
 ) -> tuple[dict, dict[str, Callable[[], None]]]:
     """Per-frame p50 of each stage the runtime goes through on the same frames, and the bare runners.
 
@@ -287,7 +300,8 @@ def measure_stages(
     engine on a batch of one, as a camera route at ``latest_only`` serves), postprocess (results and JSON).
     Bare runners (each call runs the next preprocessed frame): ``session.run`` alone, ONNX Runtime with all
     of this machine's cores (default options, and with spinning off), and the bundle's own engine (recorded
-    at convert time) with ``threads``.
+    at convert time) with ``threads``. ONNX Runtime runs ``baseline_model`` when given (the same input), else
+    the bundle's model file.
     """
     import os
 
@@ -352,13 +366,24 @@ def measure_stages(
 
         return run_next
 
-    bare = {
-        "onnxruntime_all_cores": cycling(bare_session(bundle.model_path, cores)),
-        "onnxruntime_all_cores_no_spin": cycling(bare_session(bundle.model_path, cores, spinning=False)),
-        "engine": cycling(engine.run),
-    }
-    for run in bare.values():  # first runs allocate and pick kernels
-        run()
+    baseline = Path(baseline_model) if baseline_model is not None else bundle.model_path
+    out["baseline_model"] = str(baseline)
+    try:
+        bare = {
+            "onnxruntime_all_cores": cycling(bare_session(baseline, cores)),
+            "onnxruntime_all_cores_no_spin": cycling(bare_session(baseline, cores, spinning=False)),
+            "engine": cycling(engine.run),
+        }
+        for run in bare.values():  # first runs allocate and pick kernels
+            run()
+    except Exception as err:
+        if baseline_model is None:
+            raise
+        raise EdgeRuntimeError(
+            f"--baseline-model {baseline_model}: ONNX Runtime cannot run it on this bundle's frames "
+            f"({first_line(err)}); "
+            "give the ONNX file the bundle was converted from"
+        ) from err
     return out, bare
 
 
@@ -385,7 +410,7 @@ def format_camera_report(report: dict) -> str:
             f"(runtime config threads = {report.get('threads') or 'device profile default'}):"
         )
         lines.append(
-            f"  served {t['served_fps']:g} frames/s; bare onnxruntime {model['cores']} threads "
+            f"  served {t['served_fps']:g} frames/s; bare onnxruntime{_baseline_name(report)} {model['cores']} threads "
             f"{t['onnxruntime_all_cores_fps']:g} (spinning off {t['onnxruntime_all_cores_no_spin_fps']:g}); "
             f"the bundle's engine ({model['engine']} {model.get('precision') or ''}, "
             f"{model['threads']} thread(s)) {t['engine_fps']:g}"
@@ -406,3 +431,30 @@ def format_camera_report(report: dict) -> str:
                 "model's (raise --fps or --cameras)"
             )
     return "\n".join(lines)
+
+
+def _baseline_name(report: dict) -> str:
+    """`` (on FILE)`` when bare ONNX Runtime ran another file than the bundle's model."""
+    given = report.get("baseline_model")
+    return f" (on {Path(given).name})" if given else ""
+
+
+def _check_baseline(model: Path, bundle_path: Path) -> None:
+    """Before anything runs: ``model`` opens in ONNX Runtime and takes the bundle's frames (its input shape)."""
+    import onnxruntime as ort
+
+    from ..bundle import load_bundle
+
+    try:
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise EdgeRuntimeError(
+            f"--baseline-model {model}: ONNX Runtime cannot load it ({first_line(err)}); give an .onnx file"
+        ) from err
+    want = load_bundle(bundle_path).manifest.row_shape()
+    have = tuple(d if isinstance(d, int) and d > 0 else None for d in session.get_inputs()[0].shape[1:])
+    if len(want) != len(have) or any(a is not None and b is not None and a != b for a, b in zip(want, have)):
+        raise EdgeRuntimeError(
+            f"--baseline-model {model}: its input {list(have)} does not take this bundle's frames {list(want)}; "
+            "give the ONNX file the bundle was converted from"
+        )
