@@ -330,10 +330,10 @@ class Runtime:
 
     def _meanwhile(self, timeout: float, wake: Sequence[int]) -> None:
         """While a model runs: new inputs are read (and frames decoded ahead), acknowledgements and keep-alives
-        handled. No batch is served and no reload applied here, and a lost connection is re-made by the loop."""
-        self.link.poll(timeout, reconnect=False, wake=[*wake, *self._wake_fds])
-        if self._videos:
-            self._take_frames()
+        handled. No batch is served and no reload applied here, and a lost connection is re-made by the loop.
+        Video sources wait for the loop: their slot holds the newest frame, and a file replayed as fast as it
+        is served reads its next frame only when this one is taken (taken here, one would supersede the other)."""
+        self.link.poll(timeout, reconnect=False, wake=wake)
 
     def _take_frames(self) -> None:
         """Each video source's newest frame, into its route's queue (never more than one waits in a slot)."""
