@@ -211,16 +211,40 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
 # -- #13: a backlog served while the runtime is killed, a broker that stops reading, sessions -----------------
 
 
-def _queue_backlog(port: int, rows, count: int, *, client_id: str, config, log) -> None:
+def _queue_backlog(port: int, rows, count: int, *, client_id: str, config, log, publish=None) -> None:
     """Start the runtime once (its session now subscribes), stop it cleanly, then queue ``count`` QoS 1 inputs
-    for its persistent session while it is away."""
+    for its persistent session while it is away (sensor rows, or what ``publish(port, count)`` sends)."""
     proc = _start_runtime(config, log)
     try:
         _wait_subscribed(port, client_id)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
-    publish_stream(port, rows, count=count, rate=20_000)
+    if publish is not None:
+        publish(port, count)
+    else:
+        publish_stream(port, rows, count=count, rate=20_000)
+
+
+def _kill_mid_backlog_then_restart(port: int, config, log, ids: set, answered_before_kill: int) -> Results:
+    """Serve the queued backlog, SIGKILL the runtime once ``answered_before_kill`` results are seen, start it
+    again, and check that every one of ``ids`` is answered. The results, for more checks."""
+    results = Results(port)
+    procs = [_start_runtime(config, log)]
+    try:
+        seen = _kill_when(results, procs[0], answered_before_kill)
+        assert seen < len(ids), "the backlog was served before the kill: the test proves nothing"
+        procs.append(_start_runtime(config, log))
+        results.wait_for(len(ids), timeout=60)
+        missing = ids - results.ids
+        assert not missing, f"{len(missing)} inputs never answered (killed after {seen}), e.g. {sorted(missing)[:10]}"
+        return results
+    finally:
+        results.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
 
 
 def _kill_when(results: Results, proc: subprocess.Popen, answered: int, timeout: float = 30) -> int:
@@ -270,30 +294,8 @@ def test_a_camera_route_killed_while_serving_a_backlog_loses_no_frame(own_broker
     )
     count = 800
     with open(tmp_path / "runtime.log", "wb") as log:
-        proc = _start_runtime(config, log)
-        try:
-            _wait_subscribed(port, "t-cam-kill")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
-        _publish_frames(port, count)
-        results = Results(port)
-        procs = [_start_runtime(config, log)]
-        try:
-            seen = _kill_when(results, procs[0], 150)
-            assert seen < count, "the backlog was served before the kill: the test proves nothing"
-            procs.append(_start_runtime(config, log))
-            results.wait_for(count, timeout=60)
-            missing = {str(i) for i in range(count)} - results.ids
-            assert not missing, (
-                f"{len(missing)} frames never answered (killed after {seen}), e.g. {sorted(missing)[:10]}"
-            )
-        finally:
-            results.close()
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-                    p.wait(20)
+        _queue_backlog(port, None, count, client_id="t-cam-kill", config=config, log=log, publish=_publish_frames)
+        _kill_mid_backlog_then_restart(port, config, log, {str(i) for i in range(count)}, 150)
 
 
 @pytest.mark.parametrize("answered_before_kill", [1, 300, 1700])
@@ -307,26 +309,10 @@ def test_runtime_killed_while_serving_a_backlog_loses_nothing(
     count = 2000
     with open(tmp_path / "runtime.log", "wb") as log:
         _queue_backlog(port, Xt, count, client_id="t-backlog", config=config, log=log)
-        results = Results(port)
-        procs = [_start_runtime(config, log)]
-        try:
-            seen = _kill_when(results, procs[0], answered_before_kill)
-            assert seen < count, "the backlog was served before the kill: the test proves nothing"
-            procs.append(_start_runtime(config, log))
-            results.wait_for(count, timeout=60)
-            missing = set(range(count)) - results.ids
-            assert not missing, (
-                f"{len(missing)} inputs never answered (killed after {seen}), e.g. {sorted(missing)[:10]}"
-            )
-            # Repeats are stated: redelivered inputs are answered with "repeat": true.
-            if results.duplicates:
-                assert results.repeat_ids & results.duplicate_ids, "repeats came without the repeat flag"
-        finally:
-            results.close()
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-                    p.wait(20)
+        results = _kill_mid_backlog_then_restart(port, config, log, set(range(count)), answered_before_kill)
+    # Repeats are stated: redelivered inputs are answered with "repeat": true.
+    if results.duplicates:
+        assert results.repeat_ids & results.duplicate_ids, "repeats came without the repeat flag"
 
 
 def test_broker_restarted_while_a_backlog_is_served_loses_nothing(
