@@ -219,8 +219,12 @@ def _done() -> None:
         print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Before minutes of measuring: can the reports (JSON, plot, CSV, Markdown) be written where asked?"""
+def _check_files(args: argparse.Namespace) -> None:
+    """Before minutes of measuring: is the config there, and can the reports (JSON, plot, CSV, Markdown) be
+    written where asked?"""
+    config = getattr(args, "config", None)
+    if config is not None and not config.is_file():
+        raise EdgeRuntimeError(f"no config file at {config}; pass --config PATH (see examples/bench-forest.toml)")
     for option in ("json", "plot", "csv", "markdown", "profile", "py_spy"):
         path = getattr(args, option, None)
         if path is not None:
@@ -232,7 +236,7 @@ def _model(args: argparse.Namespace) -> int:
     from ..errors import EdgeRuntimeError
     from .model import bench_model, format_model_report
 
-    _check_outputs(args)
+    _check_files(args)
     engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else None
     for name in engines or ():
         try:
@@ -258,11 +262,9 @@ def _model(args: argparse.Namespace) -> int:
 def _e2e(args: argparse.Namespace) -> int:
     from .e2e import E2EOptions, bench_e2e, format_e2e_report, plot_e2e_report, write_csv
 
-    _check_outputs(args)
+    _check_files(args)
     if args.warmup_burst is not None and args.warmup_burst < 0:
         raise EdgeRuntimeError("--warmup-burst must be 0 or more")
-    if not args.config.is_file():
-        raise EdgeRuntimeError(f"no config file at {args.config}; pass --config PATH (see examples/bench-forest.toml)")
     options = E2EOptions(
         config=args.config,
         rate=args.rate,
@@ -318,9 +320,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _suite(args: argparse.Namespace) -> int:
     from .suite import SuiteOptions, format_suite, run_suite, suite_markdown
 
-    _check_outputs(args)
-    if not args.config.is_file():
-        raise EdgeRuntimeError(f"no config file at {args.config}; pass --config PATH (see examples/bench-forest.toml)")
+    _check_files(args)
     options = SuiteOptions(
         config=args.config,
         rates=args.rates,
@@ -346,7 +346,7 @@ def _camera(args: argparse.Namespace) -> int:
     from ..errors import EdgeRuntimeError
     from .camera import DEFAULT_DETECTOR, CameraBenchOptions, bench_camera, format_camera_report
 
-    _check_outputs(args)
+    _check_files(args)
     w, h = args.size
     if args.baseline_model is not None and (args.source or not args.stages):
         raise EdgeRuntimeError(
@@ -372,7 +372,7 @@ def _camera(args: argparse.Namespace) -> int:
         _done()
         print(format_source_report(sreport))
         if args.json:
-            args.json.write_text(json.dumps(sreport, indent=1))
+            write_output(args.json, json.dumps(sreport, indent=1), "--json")
         return 0
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     if not policies or set(policies) - {"drop_oldest", "latest_only"}:
