@@ -243,3 +243,8 @@ def test_camera_bench_runs_bare_onnx_runtime_on_the_baseline_model():
     out, bare = measure_stages(DETECTOR, width=160, height=120, threads=1, duration=0.2, frames=2, baseline_model=model)
     assert out["baseline_model"] == str(model)
     bare["onnxruntime_all_cores"]()
+
+
+@pytest.mark.parametrize("kind", ["e2e", "suite"])
+def test_bench_without_its_config_file_is_one_line(tmp_path, kind):
+    one_line_error(cli("bench", kind, "--config", tmp_path / "missing.toml"), "no config file at", "--config PATH")
