@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -33,18 +32,15 @@ from typing import Any
 import numpy as np
 
 from devices.detect import profile_for
-from devices.profiles import DeviceProfile
 
 from .. import __version__
-from ..bundle import use_bundle
 from ..config import Config, RouteConfig
 from ..engines import InferenceEngine as Engine
-from ..engines import open_engine
 from ..errors import ConfigError, PayloadError, first_line
 from ..mqtt.link import Inbound, Link, publish_properties
 from ..observability.metrics import RouteSnapshot, RouteStats, RuntimeSnapshot
 from ..observability.ratelog import RateLimitedLog
-from ..tasks import Decoder, Task
+from ..tasks import Decoder
 from ..tasks.codecs import encode
 from ..topics import MAX_TOPIC_BYTES, TopicFilter, TopicTemplate
 from ..vocabulary import DropReason
@@ -52,6 +48,7 @@ from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
 from .bounded import ENTRY_OVERHEAD
 from .control import parse_control
+from .models import load_engine, route_decoder
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
 from .prefetch import DecodeAhead, ModelThread
@@ -112,36 +109,6 @@ class Route:
         return self.filter.match(topic) or []
 
 
-def _load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
-    """Load, verify and warm up one model: used at start and for every reload."""
-    m = next(m for m in config.models if m.name == name)
-    key = None
-    if m.signing_key_env:
-        value = os.environ.get(m.signing_key_env)
-        if not value:
-            raise ConfigError(
-                f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
-            )
-        key = value.encode()
-    default, spinning = profile.ort.intra_op_threads, profile.ort.allow_spinning
-    # Threads: the config's, else what the converter measured, else the profile's. The engine: the one the
-    # bundle was measured fastest with, or ONNX Runtime where that one is not installed (with a warning).
-    # use_bundle: if the directory is swapped between verification and the session, both are done again.
-    engine = use_bundle(
-        m.bundle,
-        lambda b: open_engine(b, threads=m.threads, default_threads=default, spinning=spinning),
-        signing_key=key,
-    )
-    if m.warmup:
-        engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
-    return engine
-
-
-def _decoder(engine: Engine, rc: RouteConfig) -> Decoder:
-    task: Task = engine.task
-    return task.decoder(engine.manifest, max_bytes=rc.max_payload_bytes)
-
-
 def _max_packet(config: Config) -> int:
     """The largest packet we accept (MQTT v5 Maximum Packet Size): the largest payload a route takes, plus the
     longest topic and room for properties. The broker drops anything bigger before it reaches us."""
@@ -155,7 +122,7 @@ class Runtime:
         self.config = config
         # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
-        self.engines = {m.name: _load_engine(config, m.name, self.profile) for m in config.models}
+        self.engines = {m.name: load_engine(config, m.name, self.profile) for m in config.models}
         budget = self.profile.queue_budget_mb * (1 << 20) // len(config.routes)
         self.routes: list[Route] = []
         client_id = config.broker.client_id
@@ -181,7 +148,7 @@ class Runtime:
                 raise ConfigError(
                     f"track needs a detector; {rc.model!r} is a {engine.task.name}", key=f"routes[{i}].track"
                 )
-            if rc.source is not None and not hasattr(_decoder(engine, rc), "decode_array"):
+            if rc.source is not None and not hasattr(route_decoder(engine, rc), "decode_array"):
                 raise ConfigError(
                     f"a video source needs an image model; {rc.model!r} is a {engine.task.name}",
                     key=f"routes[{i}].source",
@@ -193,7 +160,7 @@ class Runtime:
                 publish=TopicTemplate(rc.publish, wildcards=wildcards),
                 errors=TopicTemplate(rc.error_topic, wildcards=wildcards),
                 reply_to=[TopicFilter(f) for f in rc.reply_to],
-                decoder=_decoder(engine, rc),
+                decoder=route_decoder(engine, rc),
                 snapshots=snapshots,
                 batcher=Batcher(
                     max_batch=rc.max_batch,
@@ -248,7 +215,7 @@ class Runtime:
         self._prometheus: Any = None
         self.reloader = Reloader(
             {m.name: m.bundle for m in config.models},
-            lambda name: _load_engine(config, name, self.profile),
+            lambda name: load_engine(config, name, self.profile),
             watched={m.name for m in config.models if m.watch},
         )
         subscribed = [r for r in self.routes if r.filter is not None]
@@ -475,7 +442,7 @@ class Runtime:
         if engine.task.name != serving:
             raise ValueError(f"its task is {engine.task.name}, the routes serve a {serving}; restart to change it")
         return [
-            (route, _decoder(engine, route.config), route.monitors.prepare(engine) if route.monitors else None)
+            (route, route_decoder(engine, route.config), route.monitors.prepare(engine) if route.monitors else None)
             for route in self.routes
             if route.config.model == name
         ]
