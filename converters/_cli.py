@@ -96,11 +96,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="VAR",
         help="sign the bundle with the HMAC key in this environment variable (the runtime's signing_key_env)",
     )
+    conv.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="FILE",
+        help="sign the bundle with this Ed25519 private key (`edge-runtime keys new`; devices trust its .pub)",
+    )
     conv.set_defaults(handler=_convert)
 
-    sign = sub.add_parser("sign", help="sign a bundle for runtimes that check signatures (signing_key_env)")
+    sign = sub.add_parser(
+        "sign", help="sign a bundle for runtimes that check signatures ([trust] public_keys, signing_key_env)"
+    )
     sign.add_argument("bundle", type=Path, help="bundle directory (replaced in one step, like convert -o)")
-    sign.add_argument("--key-env", metavar="VAR", required=True, help="environment variable holding the HMAC key")
+    sign.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 private key file (`edge-runtime keys new`)")
+    sign.add_argument("--key-env", metavar="VAR", help="environment variable holding an HMAC key")
     sign.set_defaults(handler=_sign)
 
 
@@ -115,12 +124,27 @@ def _signing_key(var: str, flag: str) -> bytes:
     return value.encode()
 
 
+def _private_key(path: Path, flag: str):
+    from edge_runtime.bundle.signing import read_signing_key
+    from edge_runtime.errors import ConfigError, EdgeRuntimeError
+
+    try:
+        return read_signing_key(path)
+    except ConfigError as err:
+        raise EdgeRuntimeError(f"{flag}: {err.message}") from None
+
+
 def _sign(args: argparse.Namespace) -> int:
     from edge_runtime.bundle import sign_bundle
+    from edge_runtime.errors import EdgeRuntimeError
 
-    key = _signing_key(args.key_env, "--key-env")
-    bundle = sign_bundle(args.bundle, key)
-    print(f"signed {args.bundle} ({bundle.manifest.name} version {bundle.manifest.version})", file=sys.stderr)
+    if args.key is None and args.key_env is None:
+        raise EdgeRuntimeError("say how to sign: --key FILE (Ed25519, `edge-runtime keys new`) or --key-env VAR (HMAC)")
+    private = _private_key(args.key, "--key") if args.key is not None else None
+    hmac_key = _signing_key(args.key_env, "--key-env") if args.key_env else None
+    bundle = sign_bundle(args.bundle, hmac_key, private_key=private)
+    by = f", key {private.key_id}" if private is not None else ""
+    print(f"signed {args.bundle} ({bundle.manifest.name} version {bundle.manifest.version}{by})", file=sys.stderr)
     return 0
 
 
@@ -150,6 +174,7 @@ def _convert(args: argparse.Namespace) -> int:
     )
     check_writable_dir(args.output, "-o/--output")
     key = _signing_key(args.signing_key_env, "--signing-key-env") if args.signing_key_env else None
+    private = _private_key(args.sign_key, "--sign-key") if args.sign_key is not None else None
     bundle = convert(
         args.source,
         args.output,
@@ -168,10 +193,10 @@ def _convert(args: argparse.Namespace) -> int:
         batch_sizes=args.batch_sizes,
         reference=args.reference,
     )
-    if key is not None:
+    if key is not None or private is not None:
         from edge_runtime.bundle import sign_bundle
 
-        bundle = sign_bundle(args.output, key)
+        bundle = sign_bundle(args.output, key, private_key=private)
     m = bundle.manifest
     report = json.loads((bundle.path / "report.json").read_text())
     print(format_report(report))

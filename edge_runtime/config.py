@@ -13,17 +13,21 @@ import ssl
 import sys
 import types
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
+from .fleet.config import FleetConfig
 from .monitoring.config import MonitoringFields, check_monitoring
 from .sources.config import SourceConfig
 from .topics import TopicFilter, TopicTemplate
 from .tracking.config import TrackingConfig
 from .vocabulary import Overflow
+
+if TYPE_CHECKING:
+    from .bundle.signing import TrustedKeys
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +41,7 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "RouteConfig",
+    "TrustConfig",
     "load_config",
     "parse_config",
 ]
@@ -478,6 +483,27 @@ class HomeAssistantConfig(_Strict):
     )
 
 
+class TrustConfig(_Strict):
+    public_keys: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Ed25519 public keys this device trusts: .pub files written by `edge-runtime keys new` (relative "
+        "to the config file) or ed25519:<base64>. When given, every bundle must be signed by one of them "
+        "(`edge-runtime sign DIR --key FILE`), and so must fleet releases.",
+    )
+
+    def trusted(self) -> TrustedKeys | None:
+        """The keys, read and checked (ConfigError naming trust.public_keys otherwise); None when none are given."""
+        if not self.public_keys:
+            return None
+        from .bundle.signing import TrustedKeys, read_public_key
+
+        try:
+            return TrustedKeys(read_public_key(k) for k in self.public_keys)
+        except ConfigError as err:
+            raise ConfigError(err.message, key="trust.public_keys") from None
+
+
 class Config(_Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="The MQTT broker and how to connect to it.")
     device: DeviceConfig = Field(
@@ -491,6 +517,16 @@ class Config(_Strict):
     )
     homeassistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery of the result topics."
+    )
+    trust: TrustConfig = Field(
+        default_factory=TrustConfig,
+        description="Public keys that bundles and fleet releases must be signed with (Ed25519): a device holds "
+        "no secret that could sign a model.",
+    )
+    fleet: FleetConfig | None = Field(
+        None,
+        description="Model releases delivered over MQTT to a group of devices, tried on canaries and promoted or "
+        "rolled back on the device (README: Fleet releases). Needs [trust] public_keys.",
     )
     models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(
         description="The models to serve: one entry per model bundle."
@@ -524,6 +560,7 @@ def parse_config(text: str, *, path: str = "config", base_dir: Path | None = Non
         config = _resolve_paths(config, base_dir)
     try:
         config.broker.tls_context()  # missing or broken certificate files: said now, not at the first connect
+        config.trust.trusted()  # and key files
     except ConfigError as err:
         loc = tuple(err.key.split(".")) if err.key else ()
         raise ConfigError(err.message, path=path, key=err.key, line=_find_line(text, loc)) from None
@@ -566,6 +603,17 @@ def _check_references(config: Config, text: str, path: str) -> None:
             )
         if route.subscribe is not None:
             subscribed[route.subscribe] = i
+    fleet = config.fleet
+    if fleet is not None:
+        if not config.trust.public_keys:
+            refuse(
+                ("fleet", "group"),
+                "a fleet needs [trust] public_keys: releases are accepted only when signed by a key the device "
+                "trusts (make one with `edge-runtime keys new`)",
+            )
+        unknown = sorted(set(fleet.models or ()) - seen)
+        if unknown:
+            refuse(("fleet", "models"), f"no model named {unknown[0]!r}; defined: {', '.join(sorted(seen))}")
     broker = config.broker
     i, widest = max(enumerate(config.routes), key=lambda ir: ir[1].max_batch)
     if broker.max_outgoing < widest.max_batch:
@@ -601,6 +649,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={k: absolute(getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")}
     )
     models = [m.model_copy(update={"bundle": absolute(m.bundle)}) for m in config.models]
+    keys = [k if k.startswith("ed25519:") else str(absolute(Path(k))) for k in config.trust.public_keys]
+    trust = config.trust.model_copy(update={"public_keys": keys})
+    fleet = config.fleet.model_copy(update={"dir": absolute(config.fleet.dir)}) if config.fleet else None
     routes = []
     for r in config.routes:
         update: dict[str, object] = {}
@@ -610,7 +661,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if source is not None and source.kind == "file" and not Path(r.source or "").is_absolute():
             update["source"] = str(base / (r.source or ""))
         routes.append(r.model_copy(update=update) if update else r)
-    return config.model_copy(update={"broker": broker, "models": models, "routes": routes})
+    return config.model_copy(
+        update={"broker": broker, "models": models, "routes": routes, "trust": trust, "fleet": fleet}
+    )
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:

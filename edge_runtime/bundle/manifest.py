@@ -19,7 +19,10 @@ __all__ = [
     "Manifest",
     "TensorSpec",
     "VerifiedFiles",
+    "KeySignature",
     "sign_manifest",
+    "canonical_manifest",
+    "SIGNATURE_FIELDS",
     "MANIFEST",
     "MODEL",
     "FORMAT_VERSION",
@@ -37,6 +40,12 @@ class TensorSpec(BaseModel):
     shape: list[int | str | None] = Field(
         description="Dimensions; None or a name for a dynamic axis (the first is the batch)."
     )
+
+
+class KeySignature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_id: str = Field(max_length=64, description="First 16 hex digits of the sha256 of the raw public key.")
+    signature: str = Field(max_length=200, description="Ed25519 signature of the canonical manifest, base64.")
 
 
 class Manifest(BaseModel):
@@ -67,6 +76,9 @@ class Manifest(BaseModel):
     softmax: bool = Field(False, description="Image classifiers: the model outputs logits; apply softmax.")
     engine: EngineSpec | None = Field(None, description="The engine and settings measured as fastest.")
     signature: str | None = None
+    key_signature: KeySignature | None = Field(
+        None, description="Ed25519 signature of the manifest (bundle/signing.py): which key, and the signature."
+    )
 
     def row_shape(self) -> tuple[int | None, ...]:
         """The first input's shape without its batch axis; None for a dynamic dimension."""
@@ -99,10 +111,16 @@ class Bundle:
         return self.path / self.manifest.model_file
 
 
-def _canonical(manifest: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in manifest.items() if k != "signature"}
+# The fields that sign the manifest, left out of what they sign: an HMAC ``signature`` and an Ed25519
+# ``key_signature`` (bundle/signing.py) each cover everything else, so either can be added without the other.
+SIGNATURE_FIELDS = ("signature", "key_signature")
+
+
+def canonical_manifest(manifest: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the manifest without its signatures, as sorted, compact JSON."""
+    body = {k: v for k, v in manifest.items() if k not in SIGNATURE_FIELDS}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def sign_manifest(manifest: dict[str, Any], key: bytes) -> str:
-    return hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
+    return hmac.new(key, canonical_manifest(manifest), hashlib.sha256).hexdigest()

@@ -31,6 +31,7 @@ from ..errors import BundleError
 from ._onnx_walker import ExternalTensor, ModelInfo, OnnxFormatError, external_data_problem, inspect_model
 from .image_spec import image_manifest_problem
 from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, VerifiedFiles, sign_manifest
+from .signing import TrustedKeys, check_manifest_key_signature
 
 __all__ = ["load_bundle", "use_bundle", "is_current", "verified_files", "sha256_file", "NUMPY_TYPES"]
 
@@ -80,8 +81,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> Bundle:
+def load_bundle(
+    path: str | os.PathLike[str], *, signing_key: bytes | None = None, trusted_keys: TrustedKeys | None = None
+) -> Bundle:
     """Read a bundle and verify it; raise BundleError saying what is wrong and how to fix it.
+
+    With ``signing_key`` the manifest must carry a valid HMAC signature; with ``trusted_keys`` a valid
+    Ed25519 signature by one of those keys (one by another key is refused, naming its id).
 
     A read that a concurrent swap (``write_bundle``) cut in two is done again: what is returned was read
     from one directory, and ``identity`` says which. The bytes verified (model and external data) stay on
@@ -92,7 +98,7 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
     for attempt in range(_ATTEMPTS):
         before = _identity(root)
         try:
-            bundle = _load(root, signing_key)
+            bundle = _load(root, signing_key, trusted_keys)
         except (BundleError, OSError):
             # Missing (mid-swap, in the two-rename fallback) or changed while read: look again; else it is real.
             if attempt == _ATTEMPTS - 1 or (before is not None and _identity(root) == before):
@@ -104,7 +110,13 @@ def load_bundle(path: str | os.PathLike[str], *, signing_key: bytes | None = Non
     raise BundleError(f"replaced {_ATTEMPTS} times while it was being read; try again", bundle=str(root))
 
 
-def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, signing_key: bytes | None = None) -> T:
+def use_bundle(
+    path: str | os.PathLike[str],
+    use: Callable[[Bundle], T],
+    *,
+    signing_key: bytes | None = None,
+    trusted_keys: TrustedKeys | None = None,
+) -> T:
     """``use(load_bundle(path))``, done again if the bundle was swapped before ``use`` returned.
 
     For callers that read the bundle's files after verification (``Engine`` itself does not: it builds its
@@ -112,7 +124,7 @@ def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, sign
     one. ``use`` may raise BundleError or OSError for a file that a swap took away; that is tried again too.
     """
     for attempt in range(_ATTEMPTS):
-        bundle = load_bundle(path, signing_key=signing_key)
+        bundle = load_bundle(path, signing_key=signing_key, trusted_keys=trusted_keys)
         try:
             result = use(bundle)
         except (BundleError, OSError):
@@ -125,7 +137,7 @@ def use_bundle(path: str | os.PathLike[str], use: Callable[[Bundle], T], *, sign
     raise BundleError(f"replaced {_ATTEMPTS} times while it was being loaded; try again", bundle=str(path))
 
 
-def _load(root: Path, signing_key: bytes | None) -> Bundle:
+def _load(root: Path, signing_key: bytes | None, trusted_keys: TrustedKeys | None) -> Bundle:
     where = str(root)
     if not root.is_dir():
         raise BundleError("no such directory (build one with `edge-runtime convert MODEL -o DIR`)", bundle=where)
@@ -157,6 +169,8 @@ def _load(root: Path, signing_key: bytes | None) -> Bundle:
             raise BundleError(
                 "signature does not match: the bundle was changed after signing, or the key is wrong", bundle=where
             )
+    if trusted_keys is not None:
+        check_manifest_key_signature(raw, manifest.key_signature, trusted_keys, where)
     files, info, checked = _read_verified(root, manifest, where)
     for name, expected in manifest.files.items():
         if name in checked:

@@ -31,7 +31,8 @@ from typing import Any
 
 from ..errors import BundleError
 from ._swap import exchange
-from .manifest import FORMAT_VERSION, MANIFEST, MODEL, Bundle, Manifest, sign_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, MODEL, SIGNATURE_FIELDS, Bundle, Manifest, sign_manifest
+from .signing import SigningKey, TrustedKeys, sign_manifest_with_key
 from .verify import _identity, load_bundle, use_bundle
 
 __all__ = ["write_bundle", "sign_bundle"]
@@ -54,13 +55,18 @@ def write_bundle(
     manifest: dict[str, Any],
     *,
     signing_key: bytes | None = None,
+    private_key: SigningKey | None = None,
+    hmac_signature: str | None = None,
     extra_files: dict[str, bytes] | None = None,
     check: Callable[[Bundle], object] | None = None,
 ) -> Bundle:
     """Write model and manifest (sha256 filled in) as a new bundle that replaces ``out_dir`` in one step.
 
-    ``check`` is called with the verified new bundle (at its temporary place) before it replaces the old
-    one; it refuses by raising (``converters`` passes ``Engine``: ONNX Runtime must load it).
+    Signed with the HMAC ``signing_key`` and/or the Ed25519 ``private_key`` (bundle/signing.py); an HMAC
+    ``hmac_signature`` made already is kept when no ``signing_key`` is given (``sign --key`` adds a key
+    signature to an HMAC-signed bundle). ``check`` is called with the verified new bundle (at its temporary
+    place) before it replaces the old one; it refuses by raising (``converters`` passes ``Engine``: ONNX
+    Runtime must load it).
     """
     out = Path(out_dir)
     fields = dict(manifest)
@@ -68,10 +74,16 @@ def write_bundle(
     fields["model_file"] = MODEL
     fields["sha256"] = hashlib.sha256(model_bytes).hexdigest()
     fields["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted((extra_files or {}).items())}
-    fields.pop("signature", None)
+    for name in SIGNATURE_FIELDS:
+        fields.pop(name, None)
     Manifest.model_validate(fields)  # refuse to write what the runtime would refuse to read
     if signing_key is not None:
         fields["signature"] = sign_manifest(fields, signing_key)
+    elif hmac_signature is not None:
+        fields["signature"] = hmac_signature
+    if private_key is not None:
+        fields["key_signature"] = sign_manifest_with_key(fields, private_key)
+    trusted = TrustedKeys([private_key.public_raw]) if private_key is not None else None
     files = {
         MODEL: model_bytes,
         **(extra_files or {}),
@@ -84,7 +96,7 @@ def write_bundle(
     try:
         _write_files(tmp, files)
         try:
-            verified = load_bundle(tmp, signing_key=signing_key)
+            verified = load_bundle(tmp, signing_key=signing_key, trusted_keys=trusted)
             if check is not None:
                 check(verified)
         except BundleError as err:  # name the bundle the user asked for, not the temporary directory
@@ -221,9 +233,14 @@ def _remove(path: Path) -> None:
         log.warning("could not remove the old bundle %s: %s", path, err)
 
 
-def sign_bundle(path: str | os.PathLike[str], signing_key: bytes) -> Bundle:
-    """Sign the bundle at ``path``: verified as it is, then written again with the manifest's HMAC signature,
-    replacing it in one step as ``write_bundle`` does (a signed bundle is re-signed with the new key)."""
+def sign_bundle(
+    path: str | os.PathLike[str], signing_key: bytes | None = None, *, private_key: SigningKey | None = None
+) -> Bundle:
+    """Sign the bundle at ``path``: verified as it is, then written again with the manifest's HMAC signature
+    and/or Ed25519 key signature, replacing it in one step as ``write_bundle`` does (a signed bundle is
+    re-signed with the new key; an HMAC signature is kept when only a private key is given)."""
+    if signing_key is None and private_key is None:
+        raise ValueError("sign_bundle needs an HMAC signing_key or a private_key")
 
     def read(bundle: Bundle) -> tuple[dict[str, Any], bytes, dict[str, bytes]]:
         raw = json.loads((bundle.path / MANIFEST).read_text(encoding="utf-8"))
@@ -231,4 +248,12 @@ def sign_bundle(path: str | os.PathLike[str], signing_key: bytes) -> Bundle:
         return raw, bundle.model_path.read_bytes(), extra
 
     manifest, model, extra = use_bundle(path, read)
-    return write_bundle(path, model, manifest, signing_key=signing_key, extra_files=extra)
+    return write_bundle(
+        path,
+        model,
+        manifest,
+        signing_key=signing_key,
+        private_key=private_key,
+        hmac_signature=manifest.get("signature") if isinstance(manifest.get("signature"), str) else None,
+        extra_files=extra,
+    )

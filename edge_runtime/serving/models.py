@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from devices.profiles import DeviceProfile
 
@@ -16,8 +17,9 @@ from ..tasks import Decoder, Task
 __all__ = ["load_engine", "route_decoder"]
 
 
-def load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
-    """Load, verify and warm up one model: used at start and for every reload."""
+def load_engine(config: Config, name: str, profile: DeviceProfile, *, bundle: Path | None = None) -> Engine:
+    """Load, verify and warm up one model: used at start and for every reload (``bundle``: another directory
+    than the configured one, a fleet release's)."""
     m = next(m for m in config.models if m.name == name)
     key = None
     if m.signing_key_env:
@@ -32,9 +34,10 @@ def load_engine(config: Config, name: str, profile: DeviceProfile) -> Engine:
     # bundle was measured fastest with, or ONNX Runtime where that one is not installed (with a warning).
     # use_bundle: if the directory is swapped between verification and the session, both are done again.
     engine = use_bundle(
-        m.bundle,
+        bundle or m.bundle,
         lambda b: open_engine(b, threads=m.threads, default_threads=default, spinning=spinning),
         signing_key=key,
+        trusted_keys=config.trust.trusted(),
     )
     if m.warmup:
         engine.warm_up(tuple({1} | {r.max_batch for r in config.routes if r.model == name}))
