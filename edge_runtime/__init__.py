@@ -7,7 +7,15 @@ start with ``_`` are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import BrokerError, BundleError, ConfigError, EdgeRuntimeError, PayloadError, UnknownNameError
+from .errors import (
+    BrokerError,
+    BundleError,
+    ConfigError,
+    EdgeRuntimeError,
+    PayloadError,
+    ReleaseError,
+    UnknownNameError,
+)
 
 try:
     __version__: str = version("edge-runtime")
@@ -21,5 +29,6 @@ __all__ = [
     "BundleError",
     "PayloadError",
     "BrokerError",
+    "ReleaseError",
     "UnknownNameError",
 ]

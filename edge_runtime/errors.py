@@ -14,6 +14,7 @@ __all__ = [
     "BundleError",
     "PayloadError",
     "BrokerError",
+    "ReleaseError",
     "UnknownNameError",
     "first_line",
 ]
@@ -56,6 +57,14 @@ class PayloadError(EdgeRuntimeError):
 
 class BrokerError(EdgeRuntimeError):
     """The broker could not be started or reached."""
+
+
+class ReleaseError(EdgeRuntimeError):
+    """A fleet release (record, chunk or archive) that must not be used. ``release`` is its id when known."""
+
+    def __init__(self, message: str, *, release: str | None = None):
+        self.release = release
+        super().__init__(message)
 
 
 class UnknownNameError(EdgeRuntimeError, LookupError):

@@ -18,6 +18,7 @@ DEVICE_CODE = (
     "edge_runtime.engines",
     "edge_runtime.tasks",
     "edge_runtime.bundle",
+    "edge_runtime.fleet",
     "edge_runtime.observability",
     "edge_runtime.config",
     "edge_runtime.topics",
@@ -48,6 +49,8 @@ RULES = [
         ("edge_runtime.serving",),
         "a lower layer imports the serving core",
     ),
+    # The fleet agent reaches the runtime only through its Host interface (fleet/host.py); serving uses it.
+    (("edge_runtime.fleet",), ("edge_runtime.serving",), "the fleet agent imports the serving core"),
     (
         ("devices",),
         ("edge_runtime.serving", "edge_runtime.devtools", "edge_runtime.bench"),

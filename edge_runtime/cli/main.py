@@ -22,6 +22,7 @@ __all__ = ["main", "build_parser", "setup_logging", "JsonFormatter"]
 COMMAND_MODULES = (
     "edge_runtime.cli.commands",
     "converters._cli",
+    "converters._release_cli",
     "devices._cli",
     "edge_runtime.bench._cli",
 )

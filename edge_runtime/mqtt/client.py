@@ -50,12 +50,14 @@ def connect_client(
     on_message: OnMessage | None = None,
     subscriptions: Iterable[tuple[str, int]] = (),
     protocol: str | None = None,
+    max_packet: int | None = None,
 ) -> mqtt.Client:
     """A plain paho client on its own network thread, connected (and subscribed) before it returns.
 
     ``broker``: a BrokerConfig (TLS and credentials as the runtime uses them) or just a URL. The client id is
     ``client_id``, or a fresh one (never the runtime's own). Speaks MQTT v5, or v3.1.1 to a broker that
-    does not answer v5. Raises BrokerError (unreachable, refused) or ConfigError (bad URL, TLS files,
+    does not answer v5. ``max_packet``: the largest packet this client takes (MQTT v5 Maximum Packet Size; the
+    broker drops a larger message for it). Raises BrokerError (unreachable, refused) or ConfigError (bad URL, TLS files,
     missing password variable), each one line.
     """
     cfg = broker_config(broker) if isinstance(broker, str) else broker
@@ -79,7 +81,10 @@ def connect_client(
             client.tls_set_context(tls)
         if on_message is not None:  # paho ignores what it returns (a lambda may return anything)
             client.on_message = cast(Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None], on_message)
-        refused = _connect(client, cfg, max(wait, 0.1), subs)
+        props = None
+        if max_packet and version == MQTTProtocolVersion.MQTTv5:
+            props = _paho.connect_properties(session_expiry=0, receive_maximum=65535, maximum_packet_size=max_packet)
+        refused = _connect(client, cfg, max(wait, 0.1), subs, props)
         if refused is None:
             if version == MQTTProtocolVersion.MQTTv311:
                 _V311_ONLY.add(cfg.url)  # later clients of this process skip the v5 probe
@@ -92,7 +97,9 @@ def connect_client(
     raise BrokerError(f"no CONNACK/SUBACK from {cfg.url} within {timeout:g}s")
 
 
-def _connect(client: mqtt.Client, cfg: BrokerConfig, wait: float, subs: list[tuple[str, int]]) -> _Refusal | None:
+def _connect(
+    client: mqtt.Client, cfg: BrokerConfig, wait: float, subs: list[tuple[str, int]], props: Any = None
+) -> _Refusal | None:
     """None once connected and subscribed; else why not (a refusal, _NO_ANSWER in time, or _CLOSED)."""
     ready = threading.Event()
     refusal: list[_Refusal] = []
@@ -117,7 +124,7 @@ def _connect(client: mqtt.Client, cfg: BrokerConfig, wait: float, subs: list[tup
     client.on_disconnect = on_disconnect
     client.on_subscribe = lambda *_: ready.set()
     try:
-        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, properties=props)
     except OSError as err:  # ssl.SSLError (a certificate the broker or we refuse) is an OSError too
         raise BrokerError(f"cannot reach the broker at {cfg.url}: {err.strerror or err}") from err
     client.loop_start()

@@ -1,0 +1,174 @@
+"""Publishing a bundle to a fleet: chunks and a signed release record, retained on the broker.
+
+``publish_release`` packs the bundle (``edge_runtime.fleet.archive``), publishes every chunk retained at
+QoS 1 and waits for the broker to acknowledge them, then the signed record (the last step: a device that
+sees the record finds every chunk). It reads the group's current record first: an older version is
+refused unless it is published as a downgrade, and the chunks and verdicts of the release it supersedes
+are cleared from the broker. Devices do the rest (``edge_runtime.fleet.agent``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edge_runtime.bundle.signing import SigningKey, TrustedKeys
+from edge_runtime.config import BrokerConfig
+from edge_runtime.errors import EdgeRuntimeError, ReleaseError
+from edge_runtime.fleet.archive import pack_bundle
+from edge_runtime.fleet.record import (
+    Plan,
+    ReleaseRecord,
+    chunk_message,
+    chunk_topic,
+    release_topic,
+    sign_record,
+    verdict_filter,
+    version_key,
+)
+from edge_runtime.mqtt.client import connect_client
+
+__all__ = ["Published", "publish_release", "DEFAULT_CHUNK_KB"]
+
+DEFAULT_CHUNK_KB = 256
+_ACK_TIMEOUT_S = 30.0
+_RETAINED_WAIT_S = 1.0  # after the SUBACK, retained messages arrive at once; this is ample on any broker
+
+
+@dataclass(frozen=True)
+class Published:
+    record: ReleaseRecord
+    superseded: ReleaseRecord | None
+    seconds: float
+
+
+def publish_release(
+    bundle: str | Path,
+    *,
+    broker: BrokerConfig | str,
+    group: str,
+    key: SigningKey,
+    model: str | None = None,
+    plan: Plan | None = None,
+    chunk_kb: int = DEFAULT_CHUNK_KB,
+    downgrade: bool = False,
+) -> Published:
+    """Publish ``bundle`` (signed with ``key``: ``edge-runtime sign DIR --key FILE``) to ``group``."""
+    started = time.monotonic()
+    try:
+        packed = pack_bundle(bundle, trusted_keys=TrustedKeys([key.public_raw]))
+    except EdgeRuntimeError as err:
+        raise EdgeRuntimeError(
+            f"{err}; the bundle must be signed with the key that publishes it (`edge-runtime sign {bundle} --key FILE`)"
+        ) from None
+    name = model or packed.manifest.name
+    archive = packed.archive
+    size = chunk_kb * 1024
+    chunks = [archive[i : i + size] for i in range(0, len(archive), size)]
+    sha = hashlib.sha256(archive).hexdigest()
+    record = ReleaseRecord(
+        fleet=group,
+        model=name,
+        version=packed.manifest.version,
+        release=sha[:16],
+        sha256=sha,
+        manifest_sha256=packed.manifest_sha256,
+        size=len(archive),
+        unpacked=packed.unpacked,
+        chunk_size=size,
+        chunks=[hashlib.sha256(c).hexdigest() for c in chunks],
+        issued=int(time.time() * 1000),
+        downgrade=downgrade,
+        plan=plan or Plan(),
+    )
+    client = connect_client(broker)
+    try:
+        current = _current_record(client, release_topic(group, name))
+        newer = current is None or version_key(record.version) > version_key(current.version)
+        if current is not None and current.release != record.release and not (newer or downgrade):
+            raise EdgeRuntimeError(
+                f"{group}/{name} is at version {current.version}; {record.version} is not newer (publish it "
+                "with --downgrade to roll the fleet back to it)"
+            )
+        if current is not None and current.issued >= record.issued:
+            raise EdgeRuntimeError(
+                f"the current release of {group}/{name} was issued at {current.issued} ms, not before this one: "
+                "is this machine's clock behind the one that published it?"
+            )
+        _publish_all(
+            client, [(chunk_topic(group, name, record.release, i), chunk_message(i, c)) for i, c in enumerate(chunks)]
+        )
+        _publish_all(client, [(release_topic(group, name), sign_record(record, key))])
+        if current is not None and current.release != record.release:
+            _clear_release(client, group, current)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return Published(record, current, time.monotonic() - started)
+
+
+def _current_record(client: Any, topic: str) -> ReleaseRecord | None:
+    """The record retained on ``topic`` now (as published: its signature is the devices' business)."""
+    found: list[bytes] = []
+    got = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == topic and msg.payload:
+            found.append(bytes(msg.payload))
+            got.set()
+
+    client.on_message = on_message
+    client.subscribe(topic, 1)
+    got.wait(_RETAINED_WAIT_S)
+    client.unsubscribe(topic)
+    client.on_message = None
+    if not found:
+        return None
+    try:
+        return ReleaseRecord.model_validate(orjson.loads(found[-1])["record"])
+    except (ValueError, KeyError, TypeError):
+        return None  # junk on the topic: replaced by this release
+
+
+def _publish_all(client: Any, messages: list[tuple[str, bytes]], *, retain: bool = True) -> None:
+    """Publish at QoS 1 and wait for every acknowledgement (a few in flight at a time)."""
+    infos = []
+    for topic, payload in messages:
+        infos.append(client.publish(topic, payload, qos=1, retain=retain))
+        if len(infos) >= 16:
+            _wait(infos.pop(0))
+    for info in infos:
+        _wait(info)
+
+
+def _wait(info: Any) -> None:
+    try:
+        info.wait_for_publish(_ACK_TIMEOUT_S)
+    except (RuntimeError, ValueError) as err:
+        raise ReleaseError(f"the broker did not take a message: {err}") from None
+    if not info.is_published():
+        raise ReleaseError(f"the broker did not acknowledge a message within {_ACK_TIMEOUT_S:g} s")
+
+
+def _clear_release(client: Any, group: str, old: ReleaseRecord) -> None:
+    """Remove what a superseded release left retained: its chunks, and the devices' verdicts on it."""
+    verdicts: list[str] = []
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.payload:
+            verdicts.append(msg.topic)
+
+    client.on_message = on_message
+    flt = verdict_filter(group, old.model, old.release)
+    client.subscribe(flt, 1)
+    time.sleep(_RETAINED_WAIT_S)
+    client.unsubscribe(flt)
+    client.on_message = None
+    topics = [chunk_topic(group, old.model, old.release, i) for i in range(len(old.chunks))]
+    _publish_all(client, [(t, b"") for t in topics + verdicts])
