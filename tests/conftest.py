@@ -21,7 +21,7 @@ import pytest
 from helpers import Collector, RunningRuntime, end_processes, live_children, reap_zombies
 
 from edge_runtime.children import PR_SET_CHILD_SUBREAPER, prctl
-from edge_runtime.devtools.broker import find_mosquitto, start_broker
+from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 from edge_runtime.mqtt.client import connect_client
 
 # Linux with /proc: processes can be watched. Elsewhere the hygiene check is skipped, not faked.
@@ -120,6 +120,21 @@ def regressor_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "diabetes"
     write_estimator_bundle(model, out, name="diabetes")
     return out
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of this test's own, persistent, that the test may stop and start again on the same port."""
+    port = free_port()
+    brokers = [start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True)]
+
+    def restart():
+        brokers[-1].stop()  # SIGTERM: Mosquitto saves sessions and queued messages
+        time.sleep(0.5)
+        brokers.append(start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True))
+
+    yield port, restart
+    brokers[-1].stop()
 
 
 @pytest.fixture

@@ -132,21 +132,6 @@ def _wait_subscribed(port, client_id, timeout=30):
         c.loop_stop()
 
 
-@pytest.fixture
-def own_broker(tmp_path):
-    """A broker of this test's own, persistent, that the test may stop and start again on the same port."""
-    port = free_port()
-    brokers = [start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True)]
-
-    def restart():
-        brokers[-1].stop()  # SIGTERM: Mosquitto saves sessions and queued messages
-        time.sleep(0.5)
-        brokers.append(start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True))
-
-    yield port, restart
-    brokers[-1].stop()
-
-
 def test_broker_restart_mid_stream_loses_nothing(own_broker, vibration_bundle, vibration_data, tmp_path):
     port, restart = own_broker
     _, _, Xt, _ = vibration_data

@@ -310,7 +310,7 @@ class FleetAgent:
             return
         if current is not None:
             self._abandon(model, f"superseded by {record.label()}")
-        ms.last_issued = record.issued
+        ms.last_issued, ms.desired = record.issued, record.version
         ms.candidate = payload.decode()
         work.record, work.canary = record, is_canary(self.device, record.plan.canary)
         if not work.canary:  # canaries judge for themselves; the rest follow their verdicts
@@ -647,7 +647,7 @@ class FleetAgent:
                 "actual": self.host.live_version(name),
                 "release": ms.live.release if ms.live else None,
                 "previous": ms.previous.version if ms.previous else None,
-                "desired": record.version if record else None,
+                "desired": ms.desired,
                 "desired_release": record.release if record else None,
                 "phase": ms.phase,
                 "canary": work.canary if record else None,

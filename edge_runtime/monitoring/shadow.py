@@ -220,6 +220,17 @@ class ShadowRunner:
             "errors": errors,
         }
 
+    def latencies(self) -> tuple[list[float], list[float]]:
+        """The per-row inference times kept (ms, the last 1024 batches): the live model's and the shadow's."""
+        with self._lock:
+            shadow_ms = list(self._shadow_ms)
+        return list(self._live_ms), shadow_ms
+
+    def counts(self) -> tuple[int, int, int]:
+        """``(rows, agreed, errors)``: rows compared, those that agreed, rows the shadow failed on."""
+        with self._lock:
+            return self.rows, self.agreed, self.errors
+
     def wait(self, timeout: float = 10.0) -> bool:
         """Block until every queued row has been compared (for tests and shutdown); False on timeout."""
         end = time.monotonic() + timeout

@@ -50,6 +50,10 @@ class RouteMonitors:
         self.drift: DriftMonitor | None = None
         self.shadow: ShadowRunner | None = None
         self.capture: CaptureWriter | None = None
+        # A fleet release's candidate (serving/fleet_host.py), beside the configured shadow; set and cleared by
+        # the loop between batches.
+        self.candidate: ShadowRunner | None = None
+        self.drift_alerts = 0  # drift alerts raised so far (the fleet's judge asks for new ones)
         self._shadow_manifest: Manifest | None = None
         self.model_changed(engine, self.prepare(engine))
         if shadow is not None and config.shadow is not None:
@@ -96,6 +100,8 @@ class RouteMonitors:
         self.drift = drift
 
     def _alert(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "drift":
+            self.drift_alerts += 1
         log.warning("route %s: %s (score %s)", self.route, event.get("kind"), event.get("score"))
         self._publish(self._alerts, encode(event), 1, False)
 
@@ -106,8 +112,9 @@ class RouteMonitors:
         if self.drift is not None:
             for event in self.drift.observe(batch.rows, batch.outputs, results):
                 self._alert(event)
-        if self.shadow is not None:
-            self.shadow.offer(batch.rows, results, metas=batch.metas, live_seconds=batch.t_inferred - batch.t_decoded)
+        for shadow in (self.shadow, self.candidate):
+            if shadow is not None:
+                shadow.offer(batch.rows, results, metas=batch.metas, live_seconds=batch.t_inferred - batch.t_decoded)
         if self.capture is not None:
             images = self.images and all(i.payload for i in batch.inputs)
             self.capture.offer(
@@ -128,6 +135,8 @@ class RouteMonitors:
             out["drift"] = self.drift.snapshot()
         if self.shadow is not None:
             out["shadow"] = self.shadow.snapshot()
+        if self.candidate is not None:
+            out["candidate"] = self.candidate.snapshot()
         if self.capture is not None:
             out["capture"] = self.capture.snapshot()
         return out

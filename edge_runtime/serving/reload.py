@@ -94,6 +94,13 @@ class Reloader:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def retarget(self, model: str, bundle: Path) -> None:
+        """Reload ``model`` from ``bundle`` from now on (a fleet release promoted): it is serving already, so its
+        swap to this directory is not taken for a change to reload."""
+        with self._lock:
+            self._bundles[model] = bundle
+            self._seen[model] = fingerprint(bundle)
+
     def request(self, model: str | None = None) -> list[str]:
         """Ask for a reload of one configured model (or all); returns the names that will be reloaded."""
         names = list(self._bundles) if model is None else [model] if model in self._bundles else []
@@ -115,16 +122,16 @@ class Reloader:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            with self._lock:
+            with self._lock:  # held while looking: a retarget is either before or after the look, never within
                 asked, self._asked = self._asked, set()
-            now = time.monotonic()
-            for name, path in self._bundles.items():
-                seen = fingerprint(path) if name in self._watched else None
-                changed = seen is not None and seen != self._seen[name]
-                if changed:
-                    self._seen[name] = seen
-                if name in asked or changed:
-                    due.setdefault(name, max(now, self._last.get(name, -1e9) + self._min_interval))
+                now = time.monotonic()
+                for name, path in self._bundles.items():
+                    seen = fingerprint(path) if name in self._watched else None
+                    changed = seen is not None and seen != self._seen[name]
+                    if changed:
+                        self._seen[name] = seen
+                    if name in asked or changed:
+                        due.setdefault(name, max(now, self._last.get(name, -1e9) + self._min_interval))
             for name in [n for n, t in due.items() if t <= now]:
                 del due[name]
                 self._last[name] = time.monotonic()

@@ -48,6 +48,7 @@ from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
 from .bounded import ENTRY_OVERHEAD
 from .control import parse_control
+from .fleet_host import FleetHost, fleet_config
 from .models import load_engine, route_decoder
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
@@ -119,6 +120,8 @@ class Runtime:
     """Serves every route of a config until ``stop()`` (or SIGINT/SIGTERM under ``run``)."""
 
     def __init__(self, config: Config):
+        configured = config
+        config = fleet_config(config)  # [fleet]: each managed model serves its live release (fleet_host.py)
         self.config = config
         # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
@@ -215,7 +218,7 @@ class Runtime:
         self._prometheus: Any = None
         self.reloader = Reloader(
             {m.name: m.bundle for m in config.models},
-            lambda name: load_engine(config, name, self.profile),
+            lambda name: load_engine(self.config, name, self.profile),  # a promoted release changes config
             watched={m.name for m in config.models if m.watch},
         )
         subscribed = [r for r in self.routes if r.filter is not None]
@@ -239,6 +242,7 @@ class Runtime:
             max_packet=_max_packet(config),
         )
         self.link.on_connected.append(self._announce)
+        self.fleet = FleetHost(self, configured) if configured.fleet is not None else None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -248,6 +252,8 @@ class Runtime:
     def start(self) -> None:
         self.link.connect()
         self.reloader.start()
+        if self.fleet is not None:
+            self.fleet.start()
         for route in self._videos:
             assert route.video is not None
             route.video.start()
@@ -277,11 +283,13 @@ class Runtime:
 
     def serve(self, *, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
-        link, stop, reloads = self.link, self._stop, self.reloader.outcomes
+        link, stop, reloads, fleet = self.link, self._stop, self.reloader.outcomes, self.fleet
         wake = self._wake_fds
         while not stop.is_set():
             if not reloads.empty():
                 self._swap(reloads.get())
+            if fleet is not None:
+                fleet.apply_pending()  # a release's shadow or promotion, between two batches like a reload
             now = time.monotonic()
             if end is not None and now >= end:
                 break
@@ -397,6 +405,8 @@ class Runtime:
                 self.publish_metrics()  # the last word on what this run did
             self.announcer.offline()
             self.link.drain(SHUTDOWN_DRAIN_S)
+        if self.fleet is not None:
+            self.fleet.close()
         self.link.close()
 
     def _announce(self) -> None:

@@ -31,6 +31,12 @@ log = logging.getLogger("edge_runtime.workers")
 
 def check_workers(config: Config, workers: int) -> None:
     """Refuse, before any worker starts, what N workers cannot share (one line naming the key)."""
+    if config.fleet is not None and workers > 1:
+        raise ConfigError(
+            f"a fleet device runs one process: its release state and downloads are its own; drop --workers {workers} "
+            "(or the [fleet] table)",
+            key="fleet",
+        )
     port = config.metrics.prometheus_port
     if port is not None and port + workers - 1 > 65535:
         raise ConfigError(
