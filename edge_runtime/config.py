@@ -102,6 +102,14 @@ class BrokerConfig(_Strict):
         description="Results held while the broker is away; beyond it they are dropped and counted (never silently). "
         "At least the largest max_batch of the routes.",
     )
+    max_outgoing_bytes: int | None = Field(
+        None,
+        ge=1 << 16,
+        le=1 << 34,
+        description="Bytes of messages held to send (results, errors, snapshots, status, events) while the broker "
+        "is slow or away; default: the device profile's outgoing budget. Results wait (no batch is served while "
+        "they would not fit); QoS 0 answers and side messages beyond it are dropped and counted.",
+    )
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
 
     @field_validator("url")
@@ -455,6 +463,13 @@ _MAX_TOPIC_BYTES = 65_535
 
 class DeviceConfig(_Strict):
     profile: str | None = Field(None, description="Device profile (`edge-runtime devices list`); default: detected.")
+    state_dir: Path | None = Field(
+        None,
+        description="Where the runtime keeps what must outlive a restart (the filters its broker session holds, so "
+        "that those a new config drops are unsubscribed). Default: $STATE_DIRECTORY (systemd's StateDirectory=), "
+        "else $XDG_STATE_HOME/edge-runtime, else ~/.local/state/edge-runtime. Unwritable: a warning, and serving "
+        "goes on.",
+    )
 
     @field_validator("profile")
     @classmethod
@@ -610,7 +625,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if source is not None and source.kind == "file" and not Path(r.source or "").is_absolute():
             update["source"] = str(base / (r.source or ""))
         routes.append(r.model_copy(update=update) if update else r)
-    return config.model_copy(update={"broker": broker, "models": models, "routes": routes})
+    device = config.device.model_copy(update={"state_dir": absolute(config.device.state_dir)})
+    return config.model_copy(update={"broker": broker, "device": device, "models": models, "routes": routes})
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:

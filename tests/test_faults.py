@@ -659,17 +659,17 @@ def test_a_write_that_fails_in_our_buffer_is_a_lost_connection_not_a_crash(broke
     it is a lost connection: the link reconnects and what was not acknowledged leaves again."""
     from edge_runtime.mqtt import _paho
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     got = collector("big/#")
-    link = Link(broker_config(broker.url), on_message=lambda _m: None)
+    link = MqttLink(broker_config(broker.url), on_message=lambda _m: None)
     link.connect()
     try:
         buffered = _paho.socket_of(link.client)
         buffered._sock = _BrokenPipe(buffered._sock)
         safe: list[int] = []
         for i in range(3):  # 600 KB each: the third finds our 1 MB buffer full and flushes it
-            assert link.publish(f"big/{i}", bytes(600_000), 1, on_safe=lambda i=i: safe.append(i))
+            assert link.publish(f"big/{i}", bytes(600_000), 1, on_done=lambda r, i=i: safe.append(i)) is None
         deadline = time.monotonic() + 20
         while len(safe) < 3 and time.monotonic() < deadline:
             link.poll(0.05)
@@ -761,10 +761,10 @@ def test_an_input_is_acknowledged_once_and_only_while_it_is_held(broker, publish
     """A second ack of an input (or one after its packet id was reused by the broker) must not PUBACK the id
     again: it would acknowledge whichever input holds that id now, before its result is safe."""
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     got: list = []
-    link = Link(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
+    link = MqttLink(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
     link.connect()
     try:
         publisher.publish("acks/a", b"a", qos=1).wait_for_publish(5)
@@ -784,15 +784,15 @@ def test_packet_ids_that_wrap_round_never_acknowledge_the_wrong_message(broker):
     through on_publish: with one QoS 1 result unacknowledged for 65,535 publishes, the write that reused its
     id was taken for its PUBACK, and its input acknowledged before the result was safe."""
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     proxy = _StalledUplinkProxy(broker.port)
-    link = Link(broker_config(f"mqtt://127.0.0.1:{proxy.port}"), on_message=lambda _m: None)
+    link = MqttLink(broker_config(f"mqtt://127.0.0.1:{proxy.port}"), on_message=lambda _m: None)
     try:
         link.connect()
         proxy.hold.set()  # nothing reaches the broker: the QoS 1 message stays unacknowledged
         safe: list[str] = []
-        link.publish("wrap/first", b"1", 1, on_safe=lambda: safe.append("first"))
+        link.publish("wrap/first", b"1", 1, on_done=lambda r: safe.append("first"))
         for _ in range(65_535):
             link.publish("wrap/x", b"", 0)
             link.poll(0)

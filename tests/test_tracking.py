@@ -434,10 +434,8 @@ def test_one_object_reported_twice_under_two_labels_is_one_track_unless_class_aw
 def test_cameras_named_by_publishers_are_announced_once_each_and_boundedly():
     """An MQTT camera route's cameras are named by whoever publishes: each new name was announced (retained
     discovery config on the broker) every time it came back into the tracker's LRU, and without bound."""
-    import paho.mqtt.client as mqtt
-
     from edge_runtime.config import parse_config
-    from edge_runtime.mqtt.link import Inbound
+    from edge_runtime.mqtt.delivery import Inbound
     from edge_runtime.serving.observers import ServedBatch
     from edge_runtime.serving.video import TrackingObserver
 
@@ -457,7 +455,7 @@ def test_cameras_named_by_publishers_are_announced_once_each_and_boundedly():
 
     def frame_from(camera: str) -> None:
         topic = f"cameras/{camera}/frames"
-        inbound = Inbound(mqtt.MQTTMessage(topic=topic.encode()), topic, 0)
+        inbound = Inbound(topic, b"")
         observer.observe(
             ServedBatch("r", "d", [inbound], [None], [0.0], None, None, [None], [_result([])], 0.0, 0.0, 0.0, 0.0)
         )

@@ -164,6 +164,8 @@ class ImageDecoder:
         p = self.pre
         self._mean = np.asarray(p.mean, np.float32) if any(p.mean) else None
         self._inv_std = (1.0 / np.asarray(p.std, np.float32)) if any(s != 1 for s in p.std) else None
+        # What one decoded, model-ready frame holds: counted against its route's byte bound while it waits.
+        self.row_nbytes = p.width * p.height * 3 * self.dtype.itemsize
 
     def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, FrameMeta]:
         msg_id = user_property(properties, "id") or user_property(properties, "frame_id")
