@@ -14,6 +14,8 @@ reach in a few seconds.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import orjson
 import pytest
 from fakelink import BrokerModel, Copy, FakeLink
@@ -34,7 +36,7 @@ CODES = [None, 0x10, 0x80, 0x97, 0x87, 0x95]  # success, no subscribers (success
 class AckMachine(RuleBasedStateMachine):
     profile = "generic-x86-64"
     bundle = ""
-    rows: list = []
+    rows: ClassVar[list] = []
 
     def __init__(self):
         super().__init__()
@@ -75,9 +77,7 @@ class AckMachine(RuleBasedStateMachine):
         self._start_runtime()
 
     def _start_runtime(self):
-        self.runtime = Runtime(
-            self.config, link=lambda spec: FakeLink(spec, self.broker, clock=lambda: self.clock[0])
-        )
+        self.runtime = Runtime(self.config, link=lambda spec: FakeLink(spec, self.broker, clock=lambda: self.clock[0]))
         self.runtime.start()
 
     def teardown(self):
