@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import sys
 import threading
 import zlib
 from typing import Any
@@ -34,7 +33,7 @@ _done = {"setup": False}
 def load_cv2() -> Any:
     """The cv2 module; raises ImportError when OpenCV is not installed."""
     with _lock:
-        if not _done["setup"] and "cv2" not in sys.modules:
+        if not _done["setup"]:  # (some of these are read when cv2 loads, others at the first capture)
             _limit_pixels()
             # Video sources: RTSP over TCP (as Frigate does: no lost UDP packets, works through NAT); FFmpeg
             # quiet (its retry noise would bury our one clear line; set 24 to see its warnings); OpenCV's
