@@ -830,7 +830,7 @@ class Runtime:
             shown_id = _shown_id(err.id)
             self._ratelog.log(
                 f"refused:{route.name}:{err.code}",  # routes and codes are fixed by the config and the code
-                "route %s: input %r from %s refused: %s",
+                "route %s: input %r from %r refused: %s",
                 route.name,
                 shown_id,
                 inbound.topic[:200],
