@@ -561,6 +561,7 @@ def _check_references(config: Config, text: str, path: str) -> None:
             refuse(("models", i, "name"), f"model name {model.name!r} is used twice; names must be unique")
         seen.add(model.name)
     subscribed: dict[str, int] = {}
+    sources: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.model not in seen:
             refuse(("routes", i, "model"), f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}")
@@ -575,6 +576,14 @@ def _check_references(config: Config, text: str, path: str) -> None:
             )
         if route.subscribe is not None:
             subscribed[route.subscribe] = i
+        elif route.name in sources:  # "source:<name>": the name is {1} in topics, a metric label, a status key
+            refuse(
+                ("routes", i, "source_name" if "source_name" in route.model_fields_set else "source"),
+                f"routes[{sources[route.name]}] reads a source named {route.name.removeprefix('source:')!r} too "
+                "(a default name is the host and the path without parameters): set source_name on one of them",
+            )
+        else:
+            sources[route.name] = i
     _check_loops(config, refuse)
     broker = config.broker
     i, widest = max(enumerate(config.routes), key=lambda ir: ir[1].max_batch)

@@ -294,7 +294,7 @@ class VideoSource:
         except ValueError as err:
             return None, Diagnosis("credentials", str(err))
         if self.kind in ("rtsp", "http"):
-            self._redactor = Redactor(self.source, password, with_credentials(self.source, user, password))
+            self._redactor = Redactor(self.source, user, password, with_credentials(self.source, user, password))
         if self.kind == "file":
             path = Path(self.source)
             if not path.exists():
