@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 from helpers import Collector, RunningRuntime, end_processes, live_children, reap_zombies
 
 from edge_runtime.children import PR_SET_CHILD_SUBREAPER, prctl
-from edge_runtime.devtools.broker import find_mosquitto, start_broker
+from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 from edge_runtime.mqtt.client import connect_client
 
 # Linux with /proc: processes can be watched. Elsewhere the hygiene check is skipped, not faked.
@@ -34,6 +35,9 @@ _BROKER_FIXTURES = {"broker", "own_broker", "secured_broker", "collector", "publ
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # What runtimes remember across restarts (their broker sessions' filters) goes to a directory of this run,
+    # inherited by every process a test starts: never the user's own state, never an earlier run's.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="edge-runtime-tests-state-")
     fn = prctl()
     if _WATCH and fn is not None:
         fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -78,6 +82,21 @@ def broker(tmp_path_factory):
     kind = "mosquitto" if find_mosquitto() else "amqtt"
     with start_broker(kind=kind, workdir=tmp_path_factory.mktemp("broker")) as b:
         yield b
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of this test's own, persistent, that the test may stop and start again on the same port."""
+    port = free_port()
+    brokers = [start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True)]
+
+    def restart():
+        brokers[-1].stop()  # SIGTERM: Mosquitto saves sessions and queued messages
+        time.sleep(0.5)
+        brokers.append(start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True))
+
+    yield port, restart
+    brokers[-1].stop()
 
 
 @pytest.fixture(scope="session")
