@@ -92,6 +92,20 @@ class TrackerConfig(_Strict):
             raise ValueError("new_track_score must not be below high_score")
         return self
 
+    def build(self) -> Tracker:
+        return Tracker(
+            high_score=self.high_score,
+            low_score=self.low_score,
+            new_track_score=self.new_track_score,
+            match_iou=self.match_iou,
+            low_match_iou=self.low_match_iou,
+            min_hits=self.min_hits,
+            lost_after_s=self.end_after_s,
+            class_aware=self.class_aware,
+            merge_iou=None if self.class_aware else self.merge_iou,
+            max_tracks=self.max_tracks,
+        )
+
 
 class _Shape(_Strict):
     name: str = Field(pattern=_NAME, description="Name used in events, topics ({zone}/{line}) and Home Assistant.")
@@ -246,22 +260,9 @@ class TrackingConfig(_Strict):
         return self
 
     def build(self, source: str, *, id_prefix: str | None = None) -> ObjectEvents:
-        t = self.tracker
-        tracker = Tracker(
-            high_score=t.high_score,
-            low_score=t.low_score,
-            new_track_score=t.new_track_score,
-            match_iou=t.match_iou,
-            low_match_iou=t.low_match_iou,
-            min_hits=t.min_hits,
-            lost_after_s=t.end_after_s,
-            class_aware=t.class_aware,
-            merge_iou=None if t.class_aware else t.merge_iou,
-            max_tracks=t.max_tracks,
-        )
         return ObjectEvents(
             source=source,
-            tracker=tracker,
+            tracker=self.tracker.build(),
             zones=[z.build() for z in self.zones],
             lines=[ln.build() for ln in self.lines],
             update_interval_s=self.update_interval_s,
