@@ -98,6 +98,72 @@ def test_low_score_detections_keep_a_track_alive_bytetrack_style():
     assert run(0.5) == [("new", "1"), ("end", "1"), ("new", "2")]  # without the second pass: split in two
 
 
+def test_a_partly_hidden_object_missed_for_a_frame_is_revived_by_low_score_detections():
+    """Half hidden behind something, an object is first missed, then seen only weakly: the weak detections
+    must carry on its track (ByteTrack's second pass), not only those of tracks matched the frame before."""
+    tracker = Tracker(lost_after_s=2.0)
+    reported = []
+    for n in range(20):
+        box = (50 + 4 * n, 50, 90 + 4 * n, 130)
+        if n == 8:
+            dets = []  # behind the pole: missed
+        elif 9 <= n < 14:
+            dets = [_det(box, score=0.3)]  # coming out, partly hidden: weak detections only
+        else:
+            dets = [_det(box)]
+        upd = tracker.update(dets, n / 10)
+        reported.append([t.id for t in upd.confirmed])
+    assert reported[0] == [] and reported[1:8] == [[1]] * 7
+    assert reported[8] == []
+    assert reported[9:] == [[1]] * 11  # the weak frames reported as the same object, and no second one
+
+
+def test_a_fast_object_is_confirmed_and_announced():
+    """A new track has no velocity yet: an object moving more than about half its width between frames (a
+    car at fps = 5) never overlapped its first box again, so it was never confirmed: no `new` event at all."""
+    events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2), id_prefix="")
+    log = []
+    for n in range(8):
+        x = 10 + 36 * n  # 36 px per frame at 5 fps for a 40 px wide box: 0.9 box widths per frame
+        out = events.process(_result([_det((x, 100, x + 40, 130), "car")]), timestamp=n / 5)
+        log += [(n, e["event"], e["id"]) for e in out.events]
+    assert log == [(1, "new", "1")]
+
+
+def test_uneven_frame_gaps_keep_one_object():
+    """Frames come when the model is free (latest_only): the tracker predicts by time, not by frame count."""
+    tracker = Tracker(min_hits=2)
+    ids = set()
+    t = 0.0
+    for n, gap in enumerate([0.1, 0.3, 0.1, 0.4, 0.2, 0.1, 0.5, 0.1, 0.2, 0.3]):
+        t += gap
+        x = 20 + 150 * t  # 150 px/s: up to 1.9 box widths between two frames
+        ids.update(tr.id for tr in tracker.update([_det((x, 60, x + 40, 100))], t).confirmed)
+        assert n == 0 or len(tracker.tracks) == 1
+    assert ids == {1}
+
+
+def test_weak_detections_make_an_object_only_when_they_add_up():
+    """Low-score detections may start a track, and an object is announced once min_hits detections in a row
+    add up to min_hits x new_track_score (1.0 by default): two at 0.5, four at 0.3. An object first seen
+    weakly (coming out from behind something) is announced at its first confident detection; what the
+    detector believes in only now and then never becomes one."""
+
+    def first_new(scores: list) -> int | None:
+        events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2), id_prefix="")
+        for n, score in enumerate(scores):
+            dets = [] if score is None else [_det((100 + n, 100, 140 + n, 180), score=score)]
+            if events.process(_result(dets), timestamp=n / 10).events:
+                return n
+        return None
+
+    assert first_new([0.9] * 10) == 1
+    assert first_new([0.15] * 4 + [0.9] * 5) == 4  # not 5: it was followed while weak
+    assert first_new([0.3] * 10) == 3
+    assert first_new([0.45, None] * 10) is None  # never twice in a row
+    assert first_new([0.12] * 8) is None
+
+
 def test_a_one_frame_false_positive_never_becomes_an_object_and_bad_boxes_are_ignored():
     events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2))
     out = events.process(

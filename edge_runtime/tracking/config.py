@@ -52,21 +52,37 @@ class TrackerConfig(_Strict):
         0.1,
         ge=0,
         le=1,
-        description="Detections below high_score but at least this keep existing tracks alive "
-        "(ByteTrack's second pass); lower ones are ignored. Not above high_score.",
+        description="Detections below high_score but at least this keep existing tracks alive, lost ones "
+        "too (ByteTrack's second pass: a partly hidden object), and may start a new one; lower ones are "
+        "ignored. Not above high_score.",
     )
     new_track_score: float | None = Field(
         None,
         ge=0,
         le=1,
-        description="A new object needs a detection at least this confident (not below high_score); "
+        description="A new object needs min_hits detections in a row whose scores add up to min_hits times "
+        "this (with 0.5: two detections at 0.5, three at 0.35 or four at 0.25). Not below high_score; "
         "default: high_score.",
     )
     match_iou: float = Field(
         0.3, gt=0, le=1, description="Least IoU of predicted and detected box to match (first pass)."
     )
-    low_match_iou: float = Field(0.5, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
-    min_hits: int = Field(2, ge=1, le=100, description="Consecutive frames with a detection before an object is 'new'.")
+    low_match_iou: float = Field(0.4, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
+    max_speed: float = Field(
+        4.0,
+        gt=0,
+        le=100,
+        description="How fast a new object may move, in its own box widths (sideways) or heights (up and "
+        "down) per second: a track seen once has no velocity yet, so its next detection is the nearest one "
+        "of a similar size within this reach. 4 covers people and town traffic (a car at 50 km/h moves about "
+        "3 of its lengths a second); raise it for faster objects.",
+    )
+    min_hits: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Consecutive frames with a detection before an object is 'new' (see new_track_score).",
+    )
     end_after_s: float = Field(2.0, ge=0, le=3600, description="An object not seen for this long ends ('end' event).")
     class_aware: bool = Field(
         False,
@@ -104,6 +120,7 @@ class TrackerConfig(_Strict):
             class_aware=self.class_aware,
             merge_iou=None if self.class_aware else self.merge_iou,
             max_tracks=self.max_tracks,
+            max_speed=self.max_speed,
         )
 
 
