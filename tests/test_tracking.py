@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,78 @@ def test_lines_count_direction_and_only_within_the_segment():
     assert gate.crossing(left, left, 320, 240) is None
     low_left, low_right = (100, 200, 120, 220), (200, 200, 220, 220)  # below the segment's end
     assert gate.crossing(low_left, low_right, 320, 240) is None
+
+
+def _crossings(line: LineConfig, start: tuple[float, float], step: tuple[float, float]) -> list[dict]:
+    """Every crossing of ``line`` by one object whose box centre moves ``step`` px per frame from ``start``."""
+    events = TrackingConfig(track=True, tracker={"min_hits": 1}, lines=[line]).build("cam", id_prefix="")
+    crossed = []
+    for n in range(30):
+        cx, cy = start[0] + step[0] * n, start[1] + step[1] * n
+        out = events.process(_result([_det((cx - 10, cy - 10, cx + 10, cy + 10))]), timestamp=n / 10)
+        crossed += [c for e in out.events for c in e.get("crossed", [])]
+    return crossed
+
+
+def test_in_direction_left_to_right_on_a_vertical_line_counts_a_left_to_right_crossing_as_in():
+    """The README's line: drawn top to bottom at x = 0.5. Without in_direction, 'in' is the left of the line
+    walking along it: the frame's right-to-left; in_direction says what a person means."""
+    vertical = {"name": "gate", "points": [[0.5, 0.0], [0.5, 1.0]], "anchor": "center"}
+    rightwards, leftwards = ((60.0, 120.0), (10.0, 0.0)), ((260.0, 120.0), (-10.0, 0.0))
+    assert _crossings(LineConfig(**vertical, in_direction="left_to_right"), *rightwards) == [
+        {"line": "gate", "direction": "in"}
+    ]
+    assert _crossings(LineConfig(**vertical, in_direction="left_to_right"), *leftwards) == [
+        {"line": "gate", "direction": "out"}
+    ]
+    assert _crossings(LineConfig(**vertical, in_direction="right_to_left"), *leftwards) == [
+        {"line": "gate", "direction": "in"}
+    ]
+    assert _crossings(LineConfig(**vertical), *rightwards) == [{"line": "gate", "direction": "out"}]  # as before
+    # Drawn the other way up, the same direction means the same thing.
+    upwards = {**vertical, "points": [[0.5, 1.0], [0.5, 0.0]]}
+    assert _crossings(LineConfig(**upwards, in_direction="left_to_right"), *rightwards)[0]["direction"] == "in"
+
+
+def test_the_readme_camera_example_counts_what_its_comment_says():
+    """The README's line said left to right was "in" while the runtime counted it "out": read it from there."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("[[routes.lines]]\nname = ") :]
+    block = block[: block.index("```")]
+    line = tomllib.loads(block)["routes"]["lines"][0]
+    assert 'left to right counts as "in"' in block and line["in_direction"] == "left_to_right"
+    config = LineConfig(**line, anchor="center")
+    assert _crossings(config, (60.0, 120.0), (10.0, 0.0)) == [{"line": "gate", "direction": "in"}]
+
+
+def test_in_direction_on_horizontal_and_slanted_lines_and_where_it_cannot_be():
+    horizontal = {"name": "door", "points": [[0.9, 0.5], [0.1, 0.5]], "anchor": "center"}
+    downwards, upwards = ((160.0, 40.0), (0.0, 10.0)), ((160.0, 200.0), (0.0, -10.0))
+    assert _crossings(LineConfig(**horizontal, in_direction="top_to_bottom"), *downwards)[0]["direction"] == "in"
+    assert _crossings(LineConfig(**horizontal, in_direction="bottom_to_top"), *upwards)[0]["direction"] == "in"
+    assert _crossings(LineConfig(**horizontal, in_direction="bottom_to_top"), *downwards)[0]["direction"] == "out"
+    # A diagonal from top left to bottom right: its left side is also its bottom side.
+    diagonal = {"name": "d", "points": [[0.0, 0.0], [1.0, 1.0]], "anchor": "center"}
+    for direction in ("left_to_right", "bottom_to_top"):
+        # From below-left of the diagonal (x = 60, y = 200) up and to the right.
+        assert _crossings(LineConfig(**diagonal, in_direction=direction), (60.0, 200.0), (8.0, -6.0)) == [
+            {"line": "d", "direction": "in"}
+        ]
+    from pydantic import ValidationError
+
+    for points, direction, words in [
+        ([[0.1, 0.5], [0.9, 0.5]], "left_to_right", "a horizontal line has no left or right side"),
+        ([[0.5, 0.0], [0.5, 1.0]], "top_to_bottom", "a vertical line has no top or bottom side"),
+        ([[0.5, 0.0], [0.5, 1.0]], "inwards", "'left_to_right', 'right_to_left', 'top_to_bottom' or 'bottom_to_top'"),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            TrackingConfig(track=True, lines=[{"name": "l", "points": points, "in_direction": direction}])
+        assert words in str(err.value), str(err.value)
 
 
 # --- tracker ----------------------------------------------------------------------------------------------

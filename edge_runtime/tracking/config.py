@@ -16,8 +16,7 @@ points = [[0.1, 0.55], [0.9, 0.55], [0.9, 1.0], [0.1, 1.0]]   # relative (0..1) 
 [[routes.lines]]
 name = "gate"
 points = [[0.5, 0.0], [0.5, 1.0]]
-forward = "in"                                  # crossing left to right of first->second point
-backward = "out"
+in_direction = "left_to_right"                  # crossing left to right is "in" (forward), the other way "out"
 ```
 The lead adds these fields to RouteConfig (``TrackingConfig`` holds them; ``build`` makes the generator).
 """
@@ -30,7 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .events import ObjectEvents
-from .geometry import Line, Zone
+from .geometry import Direction, Line, Zone, orient_line
 from .tracker import Tracker
 
 __all__ = ["TrackerConfig", "ZoneConfig", "LineConfig", "TrackingConfig", "render_topic"]
@@ -172,8 +171,17 @@ class LineConfig(_Shape):
     points: list[Point] = Field(
         min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]]; they must differ."
     )
+    in_direction: Direction | None = Field(
+        None,
+        description="Which way across the frame counts as forward (named in by default): left_to_right, "
+        "right_to_left, top_to_bottom or bottom_to_top (see the picture below this table). Not set: forward "
+        "is a crossing from the left to the right of the line as seen walking from its first point to its "
+        "second, y pointing down (for [[0.5, 0.0], [0.5, 1.0]]: right to left).",
+    )
     forward: str = Field(
-        "in", pattern=_NAME, description="Name of a crossing from the left to the right of first->second point."
+        "in",
+        pattern=_NAME,
+        description="Name of a crossing in_direction (without it: from the left to the right of first->second point).",
     )
     backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way; not forward's.")
 
@@ -183,6 +191,8 @@ class LineConfig(_Shape):
             raise ValueError("a line's two points must differ")
         if self.forward == self.backward:
             raise ValueError("forward and backward need different names")
+        if self.in_direction is not None:
+            orient_line(self.points, self.in_direction)  # a horizontal line has no left_to_right: say so now
         return self
 
     def build(self) -> Line:
@@ -194,6 +204,7 @@ class LineConfig(_Shape):
             labels=self.labels,
             forward=self.forward,
             backward=self.backward,
+            in_direction=self.in_direction,
         )
 
 
