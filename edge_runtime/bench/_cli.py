@@ -217,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--scenes",
         help="comma-separated, from easy, crossing, crowded, low_fps, irregular (default: all of them)",
     )
-    t.add_argument("--seeds", type=positive_int, default=3, help="scenes built per kind: --seed, --seed + 1, ...")
+    t.add_argument("--seeds", type=positive_int, default=5, help="scenes built per kind: --seed, --seed + 1, ...")
     t.add_argument("--seed", type=int, default=0, help="the first scene seed (same seeds, same detections)")
     t.add_argument("--repeat", type=positive_int, default=3, help="timed runs per tracker and scene; the best is kept")
     t.add_argument(
