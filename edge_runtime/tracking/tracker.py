@@ -127,8 +127,8 @@ class Track:
         elif self.hits == 1:  # the first velocity: all we know
             self.velocity = (box - base) / dt
             self.smoothed = box
-        else:
-            expected = base + self.velocity * dt
+        else:  # where predict() put it for this frame (no further than its horizon), else by velocity
+            expected = self.predicted if self.predicted is not None else base + self.velocity * dt
             error = box - expected
             self.smoothed = expected + _POSITION_GAIN * error
             self.velocity = self.velocity + _VELOCITY_GAIN * error / dt
