@@ -93,3 +93,18 @@ def test_bench_tracking_refuses_an_unknown_scene_in_one_line():
     assert proc.stderr == (
         "edge-runtime: error: --scenes: choose from easy, crossing, crowded, low_fps, irregular (not rush_hour)\n"
     )
+
+
+def test_bench_tracking_without_motmetrics_says_what_to_install():
+    hide = (
+        "import sys; sys.modules['motmetrics'] = None; from edge_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", hide, "bench", "tracking", "--scenes", "easy"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr == (
+        "edge-runtime: error: bench tracking scores with motmetrics: pip install 'edge-runtime[bench]'\n"
+    ), proc.stderr

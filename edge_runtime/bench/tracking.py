@@ -207,8 +207,10 @@ def _score(runs: list[tuple[list[Frame], list[Output]]]) -> dict[str, Any]:
 
 
 def bench_tracking(options: TrackingBenchOptions, *, progress: Callable[[str], None] | None = None) -> dict:
-    if importlib.util.find_spec("motmetrics") is None:
-        raise EdgeRuntimeError("bench tracking scores with motmetrics: pip install 'edge-runtime[bench]'")
+    try:
+        import motmetrics  # noqa: F401
+    except ImportError:
+        raise EdgeRuntimeError("bench tracking scores with motmetrics: pip install 'edge-runtime[bench]'") from None
     from .machine import machine_facts
 
     systems = [s for s in SYSTEMS if options.references or s.name == OURS]
