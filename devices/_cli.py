@@ -245,7 +245,8 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
         _profile(args.profile),
         user=args.user,
         reads=[m.bundle for m in config.models],
-        writes=[r.capture.dir for r in config.routes if r.capture is not None],
+        writes=[r.capture.dir for r in config.routes if r.capture is not None]
+        + ([config.fleet.dir] if config.fleet is not None and config.fleet.dir is not None else []),
     )
     if args.output:
         write_output(args.output, text, "-o/--output")

@@ -7,11 +7,13 @@ Every error names the key (``routes[0].max_batch``) and, where it can be found, 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import ssl
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, Union, get_args, get_origin
 from urllib.parse import urlsplit
@@ -22,7 +24,7 @@ from .errors import ConfigError
 from .fleet.config import FleetConfig
 from .monitoring.config import MonitoringFields, check_monitoring
 from .sources.config import SourceConfig
-from .topics import TopicFilter, TopicTemplate
+from .topics import TopicFilter, TopicPattern, TopicTemplate, capture_patterns, template_pattern
 from .tracking.config import TrackingConfig
 from .vocabulary import Overflow
 
@@ -44,7 +46,10 @@ __all__ = [
     "TrustConfig",
     "load_config",
     "parse_config",
+    "config_warnings",
 ]
+
+log = logging.getLogger("edge_runtime.config")
 
 
 class _Strict(BaseModel):
@@ -106,6 +111,14 @@ class BrokerConfig(_Strict):
         le=10_000_000,
         description="Results held while the broker is away; beyond it they are dropped and counted (never silently). "
         "At least the largest max_batch of the routes.",
+    )
+    max_outgoing_bytes: int | None = Field(
+        None,
+        ge=1 << 16,
+        le=1 << 34,
+        description="Bytes of messages held to send (results, errors, snapshots, status, events) while the broker "
+        "is slow or away; default: the device profile's outgoing budget. Results wait (no batch is served while "
+        "they would not fit); QoS 0 answers and side messages beyond it are dropped and counted.",
     )
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="How long to wait for the broker at start.")
 
@@ -262,7 +275,9 @@ class RouteConfig(_Strict, MonitoringFields, TrackingConfig):
     )
     model: str = Field(description="Name of a [[models]] entry.")
     publish: str = Field(
-        description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic."
+        description="Result topic; {1}..{n} are what the filter's wildcards matched, {topic} the input topic. "
+        "Refused when it (or the error, snapshot or event topics) can match any route's filter: answers would "
+        "come back as inputs."
     )
     errors: str | None = Field(
         None, description="Error topic (same placeholders); default: the result topic + '/error'."
@@ -460,6 +475,13 @@ _MAX_TOPIC_BYTES = 65_535
 
 class DeviceConfig(_Strict):
     profile: str | None = Field(None, description="Device profile (`edge-runtime devices list`); default: detected.")
+    state_dir: Path | None = Field(
+        None,
+        description="Where the runtime keeps what must outlive a restart (the filters its broker session holds, so "
+        "that those a new config drops are unsubscribed). Default: $STATE_DIRECTORY (systemd's StateDirectory=), "
+        "else $XDG_STATE_HOME/edge-runtime, else ~/.local/state/edge-runtime. Unwritable: a warning, and serving "
+        "goes on.",
+    )
 
     @field_validator("profile")
     @classmethod
@@ -556,6 +578,8 @@ def parse_config(text: str, *, path: str = "config", base_dir: Path | None = Non
             message = "missing: this key is required"
         raise ConfigError(message, path=path, key=key or None, line=_find_line(text, first["loc"])) from err
     _check_references(config, text, path)
+    for loc, message in config_warnings(config):
+        log.warning("%s", ConfigError(message, path=path, key=_dotted(loc), line=_find_line(text, loc)))
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     try:
@@ -589,6 +613,7 @@ def _check_references(config: Config, text: str, path: str) -> None:
             refuse(("models", i, "name"), f"model name {model.name!r} is used twice; names must be unique")
         seen.add(model.name)
     subscribed: dict[str, int] = {}
+    sources: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.model not in seen:
             refuse(("routes", i, "model"), f"no model named {route.model!r}; defined: {', '.join(sorted(seen))}")
@@ -603,6 +628,15 @@ def _check_references(config: Config, text: str, path: str) -> None:
             )
         if route.subscribe is not None:
             subscribed[route.subscribe] = i
+        elif route.name in sources:  # "source:<name>": the name is {1} in topics, a metric label, a status key
+            refuse(
+                ("routes", i, "source_name" if "source_name" in route.model_fields_set else "source"),
+                f"routes[{sources[route.name]}] reads a source named {route.name.removeprefix('source:')!r} too "
+                "(a default name is the host and the path without parameters): set source_name on one of them",
+            )
+        else:
+            sources[route.name] = i
+    _check_loops(config, refuse)
     fleet = config.fleet
     if fleet is not None:
         if not config.trust.public_keys:
@@ -641,6 +675,80 @@ def _check_references(config: Config, text: str, path: str) -> None:
             )
 
 
+def _answer_topics(route: RouteConfig) -> list[tuple[str, str, TopicPattern]]:
+    """(key, template, the topics it can render) for every topic the route publishes on: results, errors,
+    snapshots and, when tracking, events, zones and lines (one pattern per zone or line name)."""
+    if route.subscribe is not None:
+        flt = TopicFilter(route.subscribe)
+        values = capture_patterns(flt)
+        camera = values["1"] if flt.wildcards else values["topic"]  # a camera is {1}, else the whole topic
+    else:
+        name = route.source_config().source_name  # type: ignore[union-attr]  # a route without subscribe has one
+        values = {"1": (name,), "topic": (name,)}
+        camera = (name,)
+    tracking = {**values, "1": camera, "source": camera}
+    out = [("publish", route.publish, template_pattern(route.publish, values))]
+    out.append(("errors", route.error_topic, template_pattern(route.error_topic, values)))
+    if route.snapshot is not None:
+        out.append(("snapshot", route.snapshot, template_pattern(route.snapshot, values)))
+    if route.track:
+        out.append(("events", route.events, template_pattern(route.events, tracking)))
+        for key, text, names, placeholder in [
+            ("occupancy", route.occupancy, [z.name for z in route.zones], "zone"),
+            ("counts", route.counts, [ln.name for ln in route.lines], "line"),
+        ]:
+            if text is not None:
+                out += [(key, text, template_pattern(text, {**tracking, placeholder: (n,)})) for n in names]
+    return out
+
+
+def _check_loops(config: Config, refuse: Callable[[tuple[str | int, ...], str], NoReturn]) -> None:
+    """No route may publish where a route subscribes: its answers would come back as inputs, forever if
+    the answer to an answer lands there too, and anyone could start it with one message."""
+    filters = [(j, r.subscribe, TopicFilter(r.subscribe)) for j, r in enumerate(config.routes) if r.subscribe]
+    for i, route in enumerate(config.routes):
+        for key, text, pattern in _answer_topics(route):
+            for j, subscribe, flt in filters:
+                if flt.may_match(pattern):
+                    what = (
+                        f"the default error topic {text!r} (publish + '/error'; set errors)"
+                        if key == "errors" and route.errors is None
+                        else repr(text)
+                    )
+                    whose = "the route's own filter" if i == j else f"routes[{j}].subscribe"
+                    refuse(
+                        ("routes", i, key),
+                        f"{what} can render a topic that {whose} {subscribe!r} matches: the runtime would take its "
+                        "own answers as inputs, in a loop; choose a topic outside every route's filter",
+                    )
+
+
+def config_warnings(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, message) of each setting that is legal but risky: a topic whose first level an input's
+    publisher chooses (``{1}/results`` with ``sensors/+``: a publisher on ``sensors/homeassistant`` writes
+    under ``homeassistant/``)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for i, route in enumerate(config.routes):
+        if route.subscribe is None:
+            continue  # {1} is the source's name, from the config
+        first = TopicFilter(route.subscribe).levels[0]
+        keys = ["publish", "errors", "snapshot"] + (["events", "occupancy", "counts"] if route.track else [])
+        for key in keys:
+            text = getattr(route, key)
+            m = re.match(r"\{([^{}]*)\}", text or "")
+            if m is None or (m.group(1) == "topic" and first not in ("+", "#")):
+                continue  # a fixed first level ({topic} starts with the filter's own first level)
+            out.append(
+                (
+                    ("routes", i, key),
+                    f"{text!r} starts with {{{m.group(1)}}}: whoever publishes on {route.subscribe!r} chooses the "
+                    "first level of the topic answers go to; start it with a fixed level, e.g. "
+                    f"'results/{text}'",
+                )
+            )
+    return out
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     def absolute(value: Path | None) -> Path | None:
         return value if value is None or value.is_absolute() else base / value
@@ -661,8 +769,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if source is not None and source.kind == "file" and not Path(r.source or "").is_absolute():
             update["source"] = str(base / (r.source or ""))
         routes.append(r.model_copy(update=update) if update else r)
+    device = config.device.model_copy(update={"state_dir": absolute(config.device.state_dir)})
     return config.model_copy(
-        update={"broker": broker, "models": models, "routes": routes, "trust": trust, "fleet": fleet}
+        update={"broker": broker, "device": device, "models": models, "routes": routes, "trust": trust, "fleet": fleet}
     )
 
 

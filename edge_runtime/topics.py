@@ -1,11 +1,31 @@
-"""MQTT topic filters and the result-topic templates that refer to what their wildcards matched."""
+"""MQTT topic filters and the result-topic templates that refer to what their wildcards matched.
+
+A template can also be read as the set of topics it may render (``template_pattern``): each placeholder
+stands for what it can be (one level, any levels, a filter's topics, a name), and ``TopicFilter.may_match``
+says whether any of those topics matches a filter. The config uses it to refuse a route whose answers
+could come back in as inputs.
+"""
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
+from typing import Literal
 
-__all__ = ["TopicFilter", "TopicTemplate", "check_filter", "topic_problem", "MAX_TOPIC_BYTES"]
+__all__ = [
+    "TopicFilter",
+    "TopicTemplate",
+    "TopicPattern",
+    "Wildcard",
+    "LEVEL",
+    "LEVELS",
+    "template_pattern",
+    "capture_patterns",
+    "check_filter",
+    "topic_problem",
+    "MAX_TOPIC_BYTES",
+]
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -65,6 +85,24 @@ class TopicFilter:
                 return None
         return captures if len(parts) == len(self.levels) else None
 
+    def pattern(self) -> TopicPattern:
+        """The topics this filter matches, as a ``TopicPattern`` (``a/#`` is ``a`` and ``a/...``)."""
+        out: list[str | Wildcard] = []
+        for i, level in enumerate(self.levels):
+            if level == "#":
+                out.append(_TAIL if i else LEVELS)
+                break
+            if i:
+                out.append("/")
+            out.append(LEVEL if level == "+" else level)
+        return tuple(piece for piece in out if piece != "")
+
+    def may_match(self, pattern: TopicPattern) -> bool:
+        """Whether this filter matches some topic of ``pattern`` (say, some topic a template can render)."""
+        if self.levels[0] in ("+", "#") and pattern and isinstance(pattern[0], str) and pattern[0].startswith("$"):
+            return False  # a leading wildcard never matches a $ topic
+        return _intersect(pattern, self.pattern())
+
     def overlaps(self, other: TopicFilter) -> bool:
         """Whether some topic matches both filters: a broker then delivers an input once per subscription."""
         a, b = self.levels, other.levels
@@ -82,6 +120,105 @@ class TopicFilter:
             if x != y:  # two literals, or one filter is longer than the other
                 return False
         return True
+
+
+class Wildcard:
+    """A piece of a ``TopicPattern`` that stands for many strings: ``level`` (any text without '/', what ``+``
+    matches), ``levels`` (any text, what ``#`` captures) or ``tail`` (nothing, or '/' and any text: what a
+    trailing ``/#`` adds to a filter)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: Literal["level", "levels", "tail"]):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+LEVEL, LEVELS, _TAIL = Wildcard("level"), Wildcard("levels"), Wildcard("tail")
+# A set of topics: literal text and wildcards, in order.
+TopicPattern = tuple[str | Wildcard, ...]
+
+
+def template_pattern(text: str, values: Mapping[str, TopicPattern]) -> TopicPattern:
+    """The topics ``text`` can render when each ``{name}`` in it can be any topic of ``values[name]``."""
+    out: list[str | Wildcard] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        out += [text[pos : m.start()], *values[m.group(1)]]
+        pos = m.end()
+    out.append(text[pos:])
+    return tuple(piece for piece in out if piece != "")
+
+
+def capture_patterns(flt: TopicFilter) -> dict[str, TopicPattern]:
+    """What ``{1}``..``{n}`` and ``{topic}`` can be in the templates of a route subscribed to ``flt``."""
+    wildcards = [level for level in flt.levels if level in ("+", "#")]
+    values: dict[str, TopicPattern] = {str(i): (LEVEL if w == "+" else LEVELS,) for i, w in enumerate(wildcards, 1)}
+    values["topic"] = flt.pattern()
+    return values
+
+
+def _nfa(pattern: TopicPattern) -> tuple[list[list[tuple[str | None, int]]], int]:
+    """A pattern as a small automaton over characters: per state, (label, next state) edges, where a label is
+    a character, ``_NOSLASH`` or ``_ANYCHAR`` (None: an empty move); and the accepting state."""
+    edges: list[list[tuple[str | None, int]]] = [[]]
+
+    def state() -> int:
+        edges.append([])
+        return len(edges) - 1
+
+    at = 0
+    for piece in pattern:
+        if isinstance(piece, str):
+            for ch in piece:
+                nxt = state()
+                edges[at].append((ch, nxt))
+                at = nxt
+        elif piece.kind == "tail":
+            inner, end = state(), state()
+            edges[at] += [(None, end), ("/", inner)]
+            edges[inner] += [(_ANYCHAR, inner), (None, end)]
+            at = end
+        else:
+            nxt = state()
+            edges[at] += [(_NOSLASH if piece.kind == "level" else _ANYCHAR, at), (None, nxt)]
+            at = nxt
+    return edges, at
+
+
+_NOSLASH, _ANYCHAR = "[^/]", "<any>"
+
+
+def _meet(a: str, b: str) -> bool:
+    """Whether some character carries both labels."""
+    if len(a) == 1 and len(b) == 1:
+        return a == b
+    if len(a) == 1 or len(b) == 1:
+        ch, other = (a, b) if len(a) == 1 else (b, a)
+        return other == _ANYCHAR or ch != "/"
+    return True
+
+
+def _intersect(a: TopicPattern, b: TopicPattern) -> bool:
+    """Whether some topic is in both patterns: a walk of the two automata side by side."""
+    (ea, end_a), (eb, end_b) = _nfa(a), _nfa(b)
+    seen = {(0, 0)}
+    todo = [(0, 0)]
+    while todo:
+        i, j = todo.pop()
+        if (i, j) == (end_a, end_b):
+            return True
+        steps = [(ni, j) for la, ni in ea[i] if la is None] + [(i, nj) for lb, nj in eb[j] if lb is None]
+        steps += [
+            (ni, nj) for la, ni in ea[i] if la is not None for lb, nj in eb[j] if lb is not None and _meet(la, lb)
+        ]
+        for step in steps:
+            if step not in seen:
+                seen.add(step)
+                todo.append(step)
+    return False
 
 
 class TopicTemplate:

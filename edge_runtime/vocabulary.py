@@ -24,10 +24,14 @@ __all__ = [
 Overflow = Literal["drop_oldest", "reject", "latest_only"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = get_args(Overflow)
 
-# Why an input was given up without an answer; counted per route under this name. ``bad_topic``: its result
-# or error topic cannot be published on (too long, say); ``shutdown``: it arrived or waited while stopping
-# (never acknowledged, so the broker redelivers a QoS 1 input).
-DropReason = Literal["queue_full", "rejected", "superseded", "expired", "shutdown", "bad_topic", "outgoing_full"]
+# Why an input was given up; counted per route under this name. A QoS 1 input given up under overload is still
+# answered, with an error saying why (serving/responder.py). ``bad_topic``: neither its result nor its error
+# topic can be published on (too long, say); ``unanswerable``: the broker refused both its answer and the error
+# that replaced it; ``shutdown``: it arrived or waited while stopping (never acknowledged, so the broker
+# redelivers a QoS 1 input).
+DropReason = Literal[
+    "queue_full", "rejected", "superseded", "expired", "shutdown", "bad_topic", "outgoing_full", "unanswerable"
+]
 DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 # The ``error`` field of a message on a route's error topic: short, stable, for machines.
@@ -44,7 +48,12 @@ ErrorCode = Literal[
     "not_finite",
     "bad_image",
     "not_image",
-    "overloaded",
+    "overloaded",  # the route's queue was full (reject, or a dropped QoS 1 input)
+    "superseded",  # latest_only: a newer input on the same topic replaced this QoS 1 input
+    "expired",  # a QoS 1 input waited longer than deadline_ms
+    "answer_too_large",  # the result is larger than the broker's Maximum Packet Size
+    "answer_refused",  # the broker refused to take the result (not authorised, quota...)
+    "bad_topic",  # the result's topic is not one MQTT allows (rendered from a 65,535-byte input topic, say)
     "inference_failed",
     "internal",  # the runtime could not handle this input (a bug: logged with its traceback)
 ]

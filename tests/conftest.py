@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ _BROKER_FIXTURES = {"broker", "own_broker", "secured_broker", "collector", "publ
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # What runtimes remember across restarts (their broker sessions' filters) goes to a directory of this run,
+    # inherited by every process a test starts: never the user's own state, never an earlier run's.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="edge-runtime-tests-state-")
     fn = prctl()
     if _WATCH and fn is not None:
         fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -80,6 +84,21 @@ def broker(tmp_path_factory):
         yield b
 
 
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of this test's own, persistent, that the test may stop and start again on the same port."""
+    port = free_port()
+    brokers = [start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True)]
+
+    def restart():
+        brokers[-1].stop()  # SIGTERM: Mosquitto saves sessions and queued messages
+        time.sleep(0.5)
+        brokers.append(start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True))
+
+    yield port, restart
+    brokers[-1].stop()
+
+
 @pytest.fixture(scope="session")
 def vibration_data():
     from devices.sensors import vibration_dataset
@@ -120,21 +139,6 @@ def regressor_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "diabetes"
     write_estimator_bundle(model, out, name="diabetes")
     return out
-
-
-@pytest.fixture
-def own_broker(tmp_path):
-    """A broker of this test's own, persistent, that the test may stop and start again on the same port."""
-    port = free_port()
-    brokers = [start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True)]
-
-    def restart():
-        brokers[-1].stop()  # SIGTERM: Mosquitto saves sessions and queued messages
-        time.sleep(0.5)
-        brokers.append(start_broker(port, kind="mosquitto", workdir=tmp_path / "broker", persistence=True))
-
-    yield port, restart
-    brokers[-1].stop()
 
 
 @pytest.fixture

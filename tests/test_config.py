@@ -92,3 +92,104 @@ def test_validate_config_checks_the_bundle(tmp_path, vibration_bundle):
         [sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "no such directory" in bad.stderr
+
+
+# --- answers that would come back as inputs ---------------------------------------------------------------------
+ROUTE = '\n[[routes]]\nmodel = "vibration"\n'
+
+
+@pytest.mark.parametrize(
+    "route,extra,key,words",
+    [
+        # the route's own filter: each answer is an input again
+        ({"subscribe": "results/#", "publish": "results/{1}"}, "", "routes[0].publish", "the route's own filter"),
+        # the default error topic (publish + /error) inside the filter: each error answers itself
+        (
+            {"subscribe": "out/+/error", "publish": "out/{1}"},
+            "",
+            "routes[0].errors",
+            "default error topic 'out/{1}/error'",
+        ),
+        ({"subscribe": "a/+", "publish": "r/{1}", "errors": "a/{1}"}, "", "routes[0].errors", "own filter"),
+        # another route's filter, a placeholder read as a wildcard
+        (
+            {"subscribe": "in/+", "publish": "mid/{1}"},
+            'subscribe = "mid/+"\npublish = "x/{1}"',
+            "routes[0].publish",
+            "routes[1].subscribe 'mid/+'",
+        ),
+        (
+            {"subscribe": "in/+", "publish": "r/{1}", "snapshot": "snap/{1}"},
+            'subscribe = "snap/#"\npublish = "x/{1}"',
+            "routes[0].snapshot",
+            "routes[1]",
+        ),
+        # {topic} is any topic of the route's filter
+        ({"subscribe": "in/#", "publish": "{topic}/result"}, "", "routes[0].publish", "own filter"),
+        # tracking events of a camera route, into a route that reads events
+        (
+            {"subscribe": "cameras/+/frames", "publish": "det/{1}", "track": True},
+            'subscribe = "events/+"\npublish = "x/{1}"',
+            "routes[0].events",
+            "'events/{1}'",
+        ),
+        # a source's name is known: {1} is that name
+        (
+            {"source": "rtsp://127.0.0.1:9/x", "source_name": "door", "publish": "cams/{1}"},
+            'subscribe = "cams/door"\npublish = "x"',
+            "routes[0].publish",
+            "routes[1].subscribe 'cams/door'",
+        ),
+    ],
+)
+def test_a_topic_a_route_publishes_on_may_not_match_a_routes_filter(route, extra, key, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(_routes(route, extra), path="edge.toml")
+    err = info.value
+    assert err.key == key and words in str(err), str(err)
+    assert "in a loop; choose a topic outside every route's filter" in str(err)
+    assert str(err).count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "route,extra",
+    [
+        ({"subscribe": "results/+/in", "publish": "results/{1}/out"}, ""),
+        ({"subscribe": "in/+", "publish": "r/{1}-x"}, 'subscribe = "r/y"\npublish = "z"'),
+        (
+            {"source": "rtsp://127.0.0.1:9/x", "source_name": "door", "publish": "cams/{1}"},
+            'subscribe = "cams/gate"\npublish = "x"',
+        ),
+    ],
+)
+def test_topics_that_cannot_come_back_are_accepted(route, extra):
+    parse_config(_routes(route, extra))
+
+
+def _routes(route: dict, extra: str) -> str:
+    """GOOD's broker and model with this route (and a second one when ``extra`` is given)."""
+    lines = "\n".join(f"{k} = {str(v).lower()}" if isinstance(v, bool) else f"{k} = {v!r}" for k, v in route.items())
+    head = GOOD.partition("[[routes]]")[0]
+    return head + ROUTE + lines.replace("'", '"') + "\n" + (ROUTE + extra + "\n" if extra else "")
+
+
+def test_a_leading_placeholder_is_warned_about_at_load_and_by_validate_config(tmp_path, vibration_bundle, caplog):
+    text = GOOD.replace('"results/{1}/vibration"', '"{1}/vibration"').replace(
+        '"bundles/vibration"', f'"{vibration_bundle}"'
+    )
+    with caplog.at_level("WARNING", logger="edge_runtime.config"):
+        parse_config(text, path="edge.toml")
+    (record,) = caplog.records
+    assert record.getMessage().startswith("edge.toml:12: routes[0].publish: '{1}/vibration' starts with {1}")
+    assert "'results/{1}/vibration'" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge_runtime.config"):
+        parse_config(GOOD.replace('"results/{1}/vibration"', '"{topic}/out"'))  # starts with the filter's 'sensors'
+    assert not caplog.records
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "run", str(path), "--validate-config"], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "1 warning above" in run.stdout
+    assert "routes[0].publish: '{1}/vibration' starts with {1}" in run.stderr

@@ -11,16 +11,14 @@ import contextlib
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
 from helpers import payload, route_config
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from lossless import Results, broker_processes, persistent_client, publish_stream, start_runtime_process, wait_online
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -33,115 +31,16 @@ pytestmark = [
 ]
 
 
-def _persistent_client(
-    port: int, client_id: str, *, on_connect=None, on_message=None, on_subscribe=None
-) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
-    client.reconnect_delay_set(0.05, 0.5)
-    # Callbacks before connecting: set after loop_start, a fast CONNACK could run before them.
-    client.on_connect, client.on_message, client.on_subscribe = on_connect, on_message, on_subscribe
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 300
-    client.connect_async("127.0.0.1", port, keepalive=10, clean_start=False, properties=props)
-    client.loop_start()
-    return client
-
-
-class Results:
-    """Collects results by id, QoS 1, in a persistent session that survives broker restarts."""
-
-    def __init__(self, port: int):
-        self.ids: set = set()
-        self.duplicates = 0
-        self.duplicate_ids: set = set()
-        self.repeat_ids: set = set()  # answered with "repeat": true (a redelivered input)
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = _persistent_client(
-            port,
-            f"results-{uuid.uuid4().hex[:8]}",
-            on_connect=lambda c, *_: c.subscribe("results/#", qos=1),
-            on_message=self._on_message,
-            on_subscribe=lambda *_: subscribed.set(),
-        )
-        assert subscribed.wait(30), "collector could not subscribe"
-
-    def _on_message(self, _c, _u, msg):
-        body = orjson.loads(msg.payload)
-        i = body["id"]
-        with self.lock:
-            if i in self.ids:
-                self.duplicates += 1
-                self.duplicate_ids.add(i)
-            if body.get("repeat"):
-                self.repeat_ids.add(i)
-            self.ids.add(i)
-
-    def wait_for(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.ids) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def publish_stream(port: int, rows, *, count: int, rate: float, on_tick=None) -> None:
-    """QoS 1 at a fixed rate. A message published while disconnected is kept by paho and sent once the
-    connection is back (rc NO_CONN): published again, it would be a second message with the same id, which the
-    tests would take for the runtime's repeat. Only a full queue is waited out and published again."""
-    client = _persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
-    try:
-        start = time.monotonic()
-        for i in range(count):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if on_tick:
-                on_tick(i)
-            while (
-                client.publish(f"sensors/d{i % 4}/vibration", payload(rows[i % len(rows)], id=i), qos=1).rc
-                == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
-            ):
-                time.sleep(0.02)
-        deadline = time.monotonic() + 20
-        while client._out_messages and time.monotonic() < deadline:  # wait for the broker's PUBACKs
-            time.sleep(0.02)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _start_runtime(config, log):
-    return subprocess.Popen([sys.executable, "-m", "edge_runtime", "run", str(config)], stdout=log, stderr=log)
-
-
-def _wait_subscribed(port, client_id, timeout=30):
-    """The runtime is serving once its retained status says online."""
-    seen = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    c.on_connect = lambda cl, *_: cl.subscribe(f"edge-runtime/{client_id}/status", 1)
-    c.on_message = lambda _c, _u, m: b'"online"' in m.payload and seen.set()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    try:
-        assert seen.wait(timeout), "runtime did not come online"
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
 def test_broker_restart_mid_stream_loses_nothing(own_broker, vibration_bundle, vibration_data, tmp_path):
     port, restart = own_broker
     _, _, Xt, _ = vibration_data
     config = tmp_path / "edge.toml"
     config.write_text(route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-restart", qos=1))
     log = open(tmp_path / "runtime.log", "wb")
-    runtime = _start_runtime(config, log)
+    runtime = start_runtime_process(config, log)
     results = None
     try:
-        _wait_subscribed(port, "t-restart")
+        wait_online(port, "t-restart")
         results = Results(port)
         count = 2000
         restarter = threading.Timer(0.8, restart)  # in the middle of a 2 s stream at 1,000 msg/s
@@ -166,10 +65,10 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
         route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-kill", qos=1, max_delay_ms=5)
     )
     log = open(tmp_path / "runtime.log", "wb")
-    procs = [_start_runtime(config, log)]
+    procs = [start_runtime_process(config, log)]
     results = None
     try:
-        _wait_subscribed(port, "t-kill")
+        wait_online(port, "t-kill")
         results = Results(port)
         count = 2000
 
@@ -177,7 +76,7 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
             if i == 700:
                 procs[-1].send_signal(signal.SIGKILL)
                 procs[-1].wait(10)
-                procs.append(_start_runtime(config, log))
+                procs.append(start_runtime_process(config, log))
 
         publish_stream(port, Xt, count=count, rate=1000, on_tick=kill_and_restart)
         results.wait_for(count, timeout=60)
@@ -199,9 +98,9 @@ def test_runtime_sigkill_and_restart_loses_nothing(own_broker, vibration_bundle,
 def _queue_backlog(port: int, rows, count: int, *, client_id: str, config, log, publish=None) -> None:
     """Start the runtime once (its session now subscribes), stop it cleanly, then queue ``count`` QoS 1 inputs
     for its persistent session while it is away (sensor rows, or what ``publish(port, count)`` sends)."""
-    proc = _start_runtime(config, log)
+    proc = start_runtime_process(config, log)
     try:
-        _wait_subscribed(port, client_id)
+        wait_online(port, client_id)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
@@ -215,11 +114,11 @@ def _kill_mid_backlog_then_restart(port: int, config, log, ids: set, answered_be
     """Serve the queued backlog, SIGKILL the runtime once ``answered_before_kill`` results are seen, start it
     again, and check that every one of ``ids`` is answered. The results, for more checks."""
     results = Results(port)
-    procs = [_start_runtime(config, log)]
+    procs = [start_runtime_process(config, log)]
     try:
         seen = _kill_when(results, procs[0], answered_before_kill)
         assert seen < len(ids), "the backlog was served before the kill: the test proves nothing"
-        procs.append(_start_runtime(config, log))
+        procs.append(start_runtime_process(config, log))
         results.wait_for(len(ids), timeout=60)
         missing = ids - results.ids
         assert not missing, f"{len(missing)} inputs never answered (killed after {seen}), e.g. {sorted(missing)[:10]}"
@@ -250,7 +149,7 @@ def _publish_frames(port: int, count: int) -> None:
 
     rng = np.random.default_rng(2)
     frames = [encode_frame(draw_scene(rng, 160, 120)[0]) for _ in range(4)]
-    client = _persistent_client(port, f"camera-{uuid.uuid4().hex[:8]}")
+    client = persistent_client(port, f"camera-{uuid.uuid4().hex[:8]}")
     try:
         for i in range(count):
             props = Properties(PacketTypes.PUBLISH)
@@ -311,7 +210,7 @@ def test_broker_restarted_while_a_backlog_is_served_loses_nothing(
     with open(tmp_path / "runtime.log", "wb") as log:
         _queue_backlog(port, Xt, count, client_id="t-bbacklog", config=config, log=log)
         results = Results(port)
-        proc = _start_runtime(config, log)
+        proc = start_runtime_process(config, log)
         try:
             deadline = time.monotonic() + 30
             while len(results.ids) < 200 and time.monotonic() < deadline:
@@ -341,12 +240,12 @@ def test_a_broker_that_stops_reading_gets_no_early_acks(own_broker, vibration_bu
     with open(tmp_path / "runtime.log", "wb") as log:
         _queue_backlog(port, Xt, count, client_id="t-stop", config=config, log=log)
         results = Results(port)
-        procs = [_start_runtime(config, log)]
+        procs = [start_runtime_process(config, log)]
         try:
             deadline = time.monotonic() + 30
             while len(results.ids) < 100 and time.monotonic() < deadline:
                 time.sleep(0.001)
-            broker = next(p for p in _broker_processes(port))
+            broker = next(p for p in broker_processes(port))
             broker.send_signal(signal.SIGSTOP)
             time.sleep(2)  # the runtime keeps serving what it had read; nothing can be acknowledged
             if then == "kill the runtime":
@@ -355,7 +254,7 @@ def test_a_broker_that_stops_reading_gets_no_early_acks(own_broker, vibration_bu
             broker.send_signal(signal.SIGCONT)
             broker = None
             if then == "kill the runtime":
-                procs.append(_start_runtime(config, log))
+                procs.append(start_runtime_process(config, log))
             results.wait_for(count, timeout=60)
             missing = set(range(count)) - results.ids
             assert not missing, f"{len(missing)} inputs never answered, e.g. {sorted(missing)[:10]}"
@@ -369,36 +268,6 @@ def test_a_broker_that_stops_reading_gets_no_early_acks(own_broker, vibration_bu
                     p.wait(20)
 
 
-def _broker_processes(port: int):
-    """The Mosquitto process listening on ``port`` (found from its config file in /proc)."""
-    import os
-
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and cmdline[0].endswith(b"mosquitto") and len(cmdline) > 2:
-            try:
-                conf = open(cmdline[2], encoding="utf-8").read()
-            except OSError:
-                continue
-            if f"listener {port} " in conf:
-                yield subprocess_like(int(pid))
-
-
-class subprocess_like:
-    def __init__(self, pid: int):
-        self.pid = pid
-
-    def send_signal(self, sig: int) -> None:
-        import os
-
-        os.kill(self.pid, sig)
-
-
 def test_a_route_added_while_away_is_subscribed(own_broker, vibration_bundle, vibration_data, tmp_path):
     """The broker resumes the old session with its old subscriptions; the new route must be subscribed anyway."""
     port, _ = own_broker
@@ -407,17 +276,17 @@ def test_a_route_added_while_away_is_subscribed(own_broker, vibration_bundle, vi
     url = f"mqtt://127.0.0.1:{port}"
     config.write_text(route_config(url, vibration_bundle, client_id="t-added", qos=1))
     with open(tmp_path / "runtime.log", "wb") as log:
-        proc = _start_runtime(config, log)
-        _wait_subscribed(port, "t-added")
+        proc = start_runtime_process(config, log)
+        wait_online(port, "t-added")
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         extra = '[[routes]]\nmodel = "m"\nsubscribe = "other/+/vibration"\npublish = "results/other/{1}"\nqos = 1\n'
         config.write_text(route_config(url, vibration_bundle, client_id="t-added", qos=1, extra_route=extra))
-        proc = _start_runtime(config, log)
+        proc = start_runtime_process(config, log)
         results = Results(port)
         try:
-            _wait_subscribed(port, "t-added")
-            client = _persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
+            wait_online(port, "t-added")
+            client = persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
             try:
                 time.sleep(0.5)
                 client.publish("other/x/vibration", payload(Xt[0], id=7), qos=1).wait_for_publish(10)
@@ -513,7 +382,7 @@ def test_held_inputs_are_never_acknowledged_into_a_new_session(
                 max_delay_ms=4000,
             )
         )
-        client = _persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
+        client = persistent_client(port, f"sensor-{uuid.uuid4().hex[:8]}")
         try:
             deadline = time.monotonic() + 10
             while not client.is_connected() and time.monotonic() < deadline:
@@ -644,17 +513,17 @@ def test_a_write_that_fails_in_our_buffer_is_a_lost_connection_not_a_crash(broke
     it is a lost connection: the link reconnects and what was not acknowledged leaves again."""
     from edge_runtime.mqtt import _paho
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     got = collector("big/#")
-    link = Link(broker_config(broker.url), on_message=lambda _m: None)
+    link = MqttLink(broker_config(broker.url), on_message=lambda _m: None)
     link.connect()
     try:
         buffered = _paho.socket_of(link.client)
         buffered._sock = _BrokenPipe(buffered._sock)
         safe: list[int] = []
         for i in range(3):  # 600 KB each: the third finds our 1 MB buffer full and flushes it
-            assert link.publish(f"big/{i}", bytes(600_000), 1, on_safe=lambda i=i: safe.append(i))
+            assert link.publish(f"big/{i}", bytes(600_000), 1, on_done=lambda r, i=i: safe.append(i)) is None
         deadline = time.monotonic() + 20
         while len(safe) < 3 and time.monotonic() < deadline:
             link.poll(0.05)
@@ -746,10 +615,10 @@ def test_an_input_is_acknowledged_once_and_only_while_it_is_held(broker, publish
     """A second ack of an input (or one after its packet id was reused by the broker) must not PUBACK the id
     again: it would acknowledge whichever input holds that id now, before its result is safe."""
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     got: list = []
-    link = Link(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
+    link = MqttLink(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
     link.connect()
     try:
         publisher.publish("acks/a", b"a", qos=1).wait_for_publish(5)
@@ -769,15 +638,15 @@ def test_packet_ids_that_wrap_round_never_acknowledge_the_wrong_message(broker):
     through on_publish: with one QoS 1 result unacknowledged for 65,535 publishes, the write that reused its
     id was taken for its PUBACK, and its input acknowledged before the result was safe."""
     from edge_runtime.mqtt.client import broker_config
-    from edge_runtime.mqtt.link import Link
+    from edge_runtime.mqtt.link import MqttLink
 
     proxy = _StalledUplinkProxy(broker.port)
-    link = Link(broker_config(f"mqtt://127.0.0.1:{proxy.port}"), on_message=lambda _m: None)
+    link = MqttLink(broker_config(f"mqtt://127.0.0.1:{proxy.port}"), on_message=lambda _m: None)
     try:
         link.connect()
         proxy.hold.set()  # nothing reaches the broker: the QoS 1 message stays unacknowledged
         safe: list[str] = []
-        link.publish("wrap/first", b"1", 1, on_safe=lambda: safe.append("first"))
+        link.publish("wrap/first", b"1", 1, on_done=lambda r: safe.append("first"))
         for _ in range(65_535):
             link.publish("wrap/x", b"", 0)
             link.poll(0)

@@ -8,7 +8,7 @@
 - One runtime killed (SIGKILL) at a step of a rollout serves a verified version after its restart, and no
   QoS 1 input is lost.
 
-The lossless QoS 1 clients are the fault tests' (test_faults.py).
+The lossless QoS 1 clients are the fault tests' (lossless.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 import pytest
 from helpers import Collector, payload
-from test_faults import Results, _persistent_client
+from lossless import Results, persistent_client
 
 from converters import write_estimator_bundle
 from converters.release import publish_release
@@ -168,7 +168,7 @@ class Traffic:
     """QoS 1 inputs to each device's route at a steady rate, from a persistent session; ``sent``: every id."""
 
     def __init__(self, port: int, names: list[str], rows, rate_per_device: float):
-        self.client = _persistent_client(port, f"sensors-{uuid.uuid4().hex[:8]}")
+        self.client = persistent_client(port, f"sensors-{uuid.uuid4().hex[:8]}")
         self.names, self.rows, self.period = names, rows, 1.0 / rate_per_device
         self.sent: set[str] = set()
         self._stop = threading.Event()

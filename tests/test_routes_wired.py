@@ -135,7 +135,7 @@ def test_a_video_file_source_is_served_and_its_objects_become_events(broker, sta
     _wait(lambda: (rt.runtime.stats()["routes"][route].get("source") or {}).get("state") == "ended", timeout=60)
     served = rt.runtime.stats()["routes"][route]["results"]
     assert served >= scene.frames * 0.9  # as fast as served, every sampled frame (one waits at most)
-    assert rt.runtime._decode_ahead.used > 0  # frames were prepared on the decode thread, beside inference
+    assert rt.runtime.ingress.decode_ahead.used > 0  # frames were prepared on the decode thread, beside inference
     assert detections.take(served, timeout=10)
     time.sleep(2.5)  # past end_after_s: the tracks that stopped seeing frames end
     got = [orjson.loads(m.payload) for m in list(events.messages.queue)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,78 @@ def test_lines_count_direction_and_only_within_the_segment():
     assert gate.crossing(low_left, low_right, 320, 240) is None
 
 
+def _crossings(line: LineConfig, start: tuple[float, float], step: tuple[float, float]) -> list[dict]:
+    """Every crossing of ``line`` by one object whose box centre moves ``step`` px per frame from ``start``."""
+    events = TrackingConfig(track=True, tracker={"min_hits": 1}, lines=[line]).build("cam", id_prefix="")
+    crossed = []
+    for n in range(30):
+        cx, cy = start[0] + step[0] * n, start[1] + step[1] * n
+        out = events.process(_result([_det((cx - 10, cy - 10, cx + 10, cy + 10))]), timestamp=n / 10)
+        crossed += [c for e in out.events for c in e.get("crossed", [])]
+    return crossed
+
+
+def test_in_direction_left_to_right_on_a_vertical_line_counts_a_left_to_right_crossing_as_in():
+    """The README's line: drawn top to bottom at x = 0.5. Without in_direction, 'in' is the left of the line
+    walking along it: the frame's right-to-left; in_direction says what a person means."""
+    vertical = {"name": "gate", "points": [[0.5, 0.0], [0.5, 1.0]], "anchor": "center"}
+    rightwards, leftwards = ((60.0, 120.0), (10.0, 0.0)), ((260.0, 120.0), (-10.0, 0.0))
+    assert _crossings(LineConfig(**vertical, in_direction="left_to_right"), *rightwards) == [
+        {"line": "gate", "direction": "in"}
+    ]
+    assert _crossings(LineConfig(**vertical, in_direction="left_to_right"), *leftwards) == [
+        {"line": "gate", "direction": "out"}
+    ]
+    assert _crossings(LineConfig(**vertical, in_direction="right_to_left"), *leftwards) == [
+        {"line": "gate", "direction": "in"}
+    ]
+    assert _crossings(LineConfig(**vertical), *rightwards) == [{"line": "gate", "direction": "out"}]  # as before
+    # Drawn the other way up, the same direction means the same thing.
+    upwards = {**vertical, "points": [[0.5, 1.0], [0.5, 0.0]]}
+    assert _crossings(LineConfig(**upwards, in_direction="left_to_right"), *rightwards)[0]["direction"] == "in"
+
+
+def test_the_readme_camera_example_counts_what_its_comment_says():
+    """The README's line said left to right was "in" while the runtime counted it "out": read it from there."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("[[routes.lines]]\nname = ") :]
+    block = block[: block.index("```")]
+    line = tomllib.loads(block)["routes"]["lines"][0]
+    assert 'left to right counts as "in"' in block and line["in_direction"] == "left_to_right"
+    config = LineConfig(**line, anchor="center")
+    assert _crossings(config, (60.0, 120.0), (10.0, 0.0)) == [{"line": "gate", "direction": "in"}]
+
+
+def test_in_direction_on_horizontal_and_slanted_lines_and_where_it_cannot_be():
+    horizontal = {"name": "door", "points": [[0.9, 0.5], [0.1, 0.5]], "anchor": "center"}
+    downwards, upwards = ((160.0, 40.0), (0.0, 10.0)), ((160.0, 200.0), (0.0, -10.0))
+    assert _crossings(LineConfig(**horizontal, in_direction="top_to_bottom"), *downwards)[0]["direction"] == "in"
+    assert _crossings(LineConfig(**horizontal, in_direction="bottom_to_top"), *upwards)[0]["direction"] == "in"
+    assert _crossings(LineConfig(**horizontal, in_direction="bottom_to_top"), *downwards)[0]["direction"] == "out"
+    # A diagonal from top left to bottom right: its left side is also its bottom side.
+    diagonal = {"name": "d", "points": [[0.0, 0.0], [1.0, 1.0]], "anchor": "center"}
+    for direction in ("left_to_right", "bottom_to_top"):
+        # From below-left of the diagonal (x = 60, y = 200) up and to the right.
+        assert _crossings(LineConfig(**diagonal, in_direction=direction), (60.0, 200.0), (8.0, -6.0)) == [
+            {"line": "d", "direction": "in"}
+        ]
+    from pydantic import ValidationError
+
+    for points, direction, words in [
+        ([[0.1, 0.5], [0.9, 0.5]], "left_to_right", "a horizontal line has no left or right side"),
+        ([[0.5, 0.0], [0.5, 1.0]], "top_to_bottom", "a vertical line has no top or bottom side"),
+        ([[0.5, 0.0], [0.5, 1.0]], "inwards", "'left_to_right', 'right_to_left', 'top_to_bottom' or 'bottom_to_top'"),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            TrackingConfig(track=True, lines=[{"name": "l", "points": points, "in_direction": direction}])
+        assert words in str(err.value), str(err.value)
+
+
 # --- tracker ----------------------------------------------------------------------------------------------
 def test_two_objects_passing_each_other_keep_their_ids():
     tracker = Tracker(min_hits=1)  # merge_iou on: while they overlap most, one of the two boxes is dropped
@@ -96,6 +169,72 @@ def test_low_score_detections_keep_a_track_alive_bytetrack_style():
 
     assert run(0.1) == [("new", "1")]  # one object, never lost
     assert run(0.5) == [("new", "1"), ("end", "1"), ("new", "2")]  # without the second pass: split in two
+
+
+def test_a_partly_hidden_object_missed_for_a_frame_is_revived_by_low_score_detections():
+    """Half hidden behind something, an object is first missed, then seen only weakly: the weak detections
+    must carry on its track (ByteTrack's second pass), not only those of tracks matched the frame before."""
+    tracker = Tracker(lost_after_s=2.0)
+    reported = []
+    for n in range(20):
+        box = (50 + 4 * n, 50, 90 + 4 * n, 130)
+        if n == 8:
+            dets = []  # behind the pole: missed
+        elif 9 <= n < 14:
+            dets = [_det(box, score=0.3)]  # coming out, partly hidden: weak detections only
+        else:
+            dets = [_det(box)]
+        upd = tracker.update(dets, n / 10)
+        reported.append([t.id for t in upd.confirmed])
+    assert reported[0] == [] and reported[1:8] == [[1]] * 7
+    assert reported[8] == []
+    assert reported[9:] == [[1]] * 11  # the weak frames reported as the same object, and no second one
+
+
+def test_a_fast_object_is_confirmed_and_announced():
+    """A new track has no velocity yet: an object moving more than about half its width between frames (a
+    car at fps = 5) never overlapped its first box again, so it was never confirmed: no `new` event at all."""
+    events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2), id_prefix="")
+    log = []
+    for n in range(8):
+        x = 10 + 36 * n  # 36 px per frame at 5 fps for a 40 px wide box: 0.9 box widths per frame
+        out = events.process(_result([_det((x, 100, x + 40, 130), "car")]), timestamp=n / 5)
+        log += [(n, e["event"], e["id"]) for e in out.events]
+    assert log == [(1, "new", "1")]
+
+
+def test_uneven_frame_gaps_keep_one_object():
+    """Frames come when the model is free (latest_only): the tracker predicts by time, not by frame count."""
+    tracker = Tracker(min_hits=2)
+    ids = set()
+    t = 0.0
+    for n, gap in enumerate([0.1, 0.3, 0.1, 0.4, 0.2, 0.1, 0.5, 0.1, 0.2, 0.3]):
+        t += gap
+        x = 20 + 150 * t  # 150 px/s: up to 1.9 box widths between two frames
+        ids.update(tr.id for tr in tracker.update([_det((x, 60, x + 40, 100))], t).confirmed)
+        assert n == 0 or len(tracker.tracks) == 1
+    assert ids == {1}
+
+
+def test_weak_detections_make_an_object_only_when_they_add_up():
+    """Low-score detections may start a track, and an object is announced once min_hits detections in a row
+    add up to min_hits x new_track_score (1.0 by default): two at 0.5, four at 0.3. An object first seen
+    weakly (coming out from behind something) is announced at its first confident detection; what the
+    detector believes in only now and then never becomes one."""
+
+    def first_new(scores: list) -> int | None:
+        events = ObjectEvents(source="cam", tracker=Tracker(min_hits=2), id_prefix="")
+        for n, score in enumerate(scores):
+            dets = [] if score is None else [_det((100 + n, 100, 140 + n, 180), score=score)]
+            if events.process(_result(dets), timestamp=n / 10).events:
+                return n
+        return None
+
+    assert first_new([0.9] * 10) == 1
+    assert first_new([0.15] * 4 + [0.9] * 5) == 4  # not 5: it was followed while weak
+    assert first_new([0.3] * 10) == 3
+    assert first_new([0.45, None] * 10) is None  # never twice in a row
+    assert first_new([0.12] * 8) is None
 
 
 def test_a_one_frame_false_positive_never_becomes_an_object_and_bad_boxes_are_ignored():
@@ -434,10 +573,8 @@ def test_one_object_reported_twice_under_two_labels_is_one_track_unless_class_aw
 def test_cameras_named_by_publishers_are_announced_once_each_and_boundedly():
     """An MQTT camera route's cameras are named by whoever publishes: each new name was announced (retained
     discovery config on the broker) every time it came back into the tracker's LRU, and without bound."""
-    import paho.mqtt.client as mqtt
-
     from edge_runtime.config import parse_config
-    from edge_runtime.mqtt.link import Inbound
+    from edge_runtime.mqtt.delivery import Inbound
     from edge_runtime.serving.observers import ServedBatch
     from edge_runtime.serving.video import TrackingObserver
 
@@ -457,7 +594,7 @@ def test_cameras_named_by_publishers_are_announced_once_each_and_boundedly():
 
     def frame_from(camera: str) -> None:
         topic = f"cameras/{camera}/frames"
-        inbound = Inbound(mqtt.MQTTMessage(topic=topic.encode()), topic, 0)
+        inbound = Inbound(topic, b"")
         observer.observe(
             ServedBatch("r", "d", [inbound], [None], [0.0], None, None, [None], [_result([])], 0.0, 0.0, 0.0, 0.0)
         )

@@ -273,7 +273,7 @@ def test_frames_that_arrive_while_the_model_runs_are_read_and_decoded_meanwhile(
     deadline = time.monotonic() + 10
     while route()["received"] < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
-    received, decoding_ahead = route()["received"], rt.runtime._decode_ahead.submitted
+    received, decoding_ahead = route()["received"], rt.runtime.ingress.decode_ahead.submitted
     release.set()
     assert received == 4, "frames were left in the socket while the model ran"
     assert decoding_ahead >= 1

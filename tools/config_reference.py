@@ -41,6 +41,31 @@ TYPE_OVERRIDES: dict[tuple[str, str], str] = {
     ("RouteConfig", "qos"): "integer: 0 or 1",
 }
 
+# What a table cell cannot hold (a picture), shown below a table's keys: table path -> Markdown.
+NOTES: dict[str, str] = {
+    "routes.lines": """\
+Which way is `in`: `in_direction` names it across the frame, as you look at the picture. The line
+`points = [[0.5, 0.0], [0.5, 1.0]]` with `in_direction = "left_to_right"`:
+
+```
+(0, 0) +---------------------+ (1, 0)
+       |          |          |
+       |   o ---- in ---->   |      an object whose anchor (bottom_center by default)
+       |   <---- out ---- o  |      goes from one side to the other, within the segment
+       |          |          |
+(0, 1) +---------------------+ (1, 1)
+                x = 0.5
+```
+
+On a horizontal line use `top_to_bottom` or `bottom_to_top` (it has no left or right side: the config
+says so on load); on a vertical one `left_to_right` or `right_to_left`. On a slanted line both pairs
+work: its left side is the one a horizontal line from the frame's left edge meets first, its top the one
+a vertical line from the top edge meets first, so on a diagonal from top left to bottom right
+`left_to_right` and `bottom_to_top` are the same crossing. The order of the two points does not matter
+then. Without `in_direction`, `forward` is a crossing from the left to the right of the line as seen
+walking from its first point to its second (y points down): for the line above, right to left.""",
+}
+
 _NONE = type(None)
 _SCALARS: dict[object, str] = {bool: "boolean", int: "integer", float: "float", str: "string", Path: "path"}
 _PLURALS = {"boolean": "booleans", "integer": "integers", "float": "floats", "string": "strings", "path": "paths"}
@@ -312,6 +337,8 @@ def _section(table: Table) -> list[str]:
             kind = f"{kind}: [`{heading}`](#{_anchor(f'`{heading}`')})"
         out.append(f"| `{name}` | {_cell(kind)} | {_cell(describe_default(field))} | {_cell(description)} |")
     out.append("")
+    if table.path in NOTES:
+        out += [NOTES[table.path], ""]
     return out
 
 

@@ -40,6 +40,8 @@ class DeviceProfile:
     # Payload bytes all routes together may hold waiting (shared among them): what a flood of large inputs
     # may cost in memory, whatever their number.
     queue_budget_mb: int = 128
+    # Bytes of messages waiting to leave (results, snapshots, events) while the broker is slow or away.
+    outgoing_budget_mb: int = 64
     # OpenVINO publishes CPU wheels for 64-bit x86 and ARM (manylinux): where this is true,
     # `pip install 'edge-runtime[openvino]'` gives the converter and the runtime a second engine to measure.
     openvino: bool = False

@@ -12,6 +12,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=1),
         max_queue=50_000,
         queue_budget_mb=256,
+        outgoing_budget_mb=128,
         openvino=True,
         notes="int8 pays off with VNNI (avx512_vnni / avx_vnni); `devices detect` reads the real flags.",
     )

@@ -12,6 +12,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=3),
         max_queue=5_000,
         queue_budget_mb=64,
+        outgoing_budget_mb=32,
         openvino=True,
         notes="No dot-product: keep fp32. Use a 64-bit OS: onnxruntime publishes aarch64 wheels only.",
     )

@@ -12,6 +12,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=3),
         max_queue=50_000,
         queue_budget_mb=512,
+        outgoing_budget_mb=128,
         openvino=True,
         notes="The A76 has dot-product (SDOT/UDOT): static int8 QDQ models can beat fp32 here.",
     )

@@ -13,6 +13,7 @@ PROFILE = register_profile(
         ort=OrtSettings(intra_op_threads=2),
         max_queue=1_000,
         queue_budget_mb=32,
+        outgoing_budget_mb=16,
         openvino=True,
         notes="No dot-product: keep fp32. Tiny models (trees, small MLPs) only; cameras at low resolution.",
     )

@@ -1,4 +1,4 @@
-"""``edge-runtime bench model|e2e|camera|compare|suite``."""
+"""``edge-runtime bench model|e2e|camera|compare|suite|tracking``."""
 
 from __future__ import annotations
 
@@ -208,6 +208,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", type=Path, help="also write the report as JSON")
     c.set_defaults(handler=_camera)
 
+    t = kinds.add_parser(
+        "tracking",
+        help="the object tracker (track = true) against maintained trackers on the same seeded scenes: "
+        "MOTA, IDF1, identity switches, ms per frame (needs the [bench] extra)",
+    )
+    t.add_argument(
+        "--scenes",
+        help="comma-separated, from easy, crossing, crowded, low_fps, irregular (default: all of them)",
+    )
+    t.add_argument("--seeds", type=positive_int, default=5, help="scenes built per kind: --seed, --seed + 1, ...")
+    t.add_argument("--seed", type=int, default=0, help="the first scene seed (same seeds, same detections)")
+    t.add_argument("--repeat", type=positive_int, default=3, help="timed runs per tracker and scene; the best is kept")
+    t.add_argument(
+        "--no-references",
+        dest="references",
+        action="store_false",
+        help="only this project's tracker (the references run when installed: pip install trackers)",
+    )
+    t.add_argument("--json", type=Path, help="also write the report as JSON")
+    t.add_argument("--csv", type=Path, help="one row per scene and tracker")
+    t.set_defaults(handler=_tracking)
+
 
 def _progress(text: str) -> None:
     if sys.stderr.isatty():
@@ -393,6 +415,24 @@ def _camera(args: argparse.Namespace) -> int:
     report = bench_camera(options, progress=_progress)
     _done()
     print(format_camera_report(report))
+    if args.json:
+        write_output(args.json, json.dumps(report, indent=1), "--json")
+    return 0
+
+
+def _tracking(args: argparse.Namespace) -> int:
+    from .tracking import TrackingBenchOptions, bench_tracking, format_tracking_report, write_tracking_csv
+
+    _check_files(args)
+    scenes = {} if args.scenes is None else {"scenes": tuple(s.strip() for s in args.scenes.split(",") if s.strip())}
+    options = TrackingBenchOptions(
+        **scenes, seeds=args.seeds, seed=args.seed, repeat=args.repeat, references=args.references
+    )
+    report = bench_tracking(options, progress=_progress)
+    _done()
+    print(format_tracking_report(report))
+    if args.csv:
+        write_tracking_csv(report, args.csv)
     if args.json:
         write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0

@@ -24,6 +24,7 @@ import orjson
 
 from ..devtools.broker import start_broker
 from ..errors import EdgeRuntimeError
+from ..sources.urls import redact_url
 from .runtime_child import running_runtime
 
 __all__ = ["SourceBenchOptions", "bench_source", "format_source_report"]
@@ -102,7 +103,7 @@ def bench_source(options: SourceBenchOptions, *, progress: Callable[[str], None]
     src = route.get("source") or {}
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     return {
-        "source": "synthetic" if options.source == "synthetic" else src.get("source", options.source),
+        "source": "synthetic" if options.source == "synthetic" else src.get("source") or redact_url(options.source),
         "bundle": str(bundle),
         "fps": options.fps,
         "duration_s": options.duration,

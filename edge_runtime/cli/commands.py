@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from ..config import load_config
+    from ..config import config_warnings, load_config
     from ..serving.runtime import Runtime
     from ..serving.workers import as_worker, check_workers, run_workers
 
@@ -77,7 +77,9 @@ def _run(args: argparse.Namespace) -> int:
             stats_path = stats_path.with_name(f"{stats_path.name}.w{args.worker_index}")
     runtime = Runtime(config)  # loads and verifies every bundle: a bad one fails here, before connecting
     if args.validate_config:
-        print(f"{args.config}: ok ({len(config.models)} models, {len(config.routes)} routes)")
+        warned = len(config_warnings(config))  # each was logged, with its key and line, when the config was read
+        shown = f"; {warned} warning{'s' if warned > 1 else ''} above" if warned else ""
+        print(f"{args.config}: ok ({len(config.models)} models, {len(config.routes)} routes{shown})")
         return 0
     runtime.run(duration=args.duration)
     stats = runtime.stats()

@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import signal
 import sys
 import threading
+from typing import Any
 
 from .. import __version__
 from ..errors import EdgeRuntimeError
 
-__all__ = ["main", "build_parser", "setup_logging", "JsonFormatter"]
+__all__ = ["main", "build_parser", "setup_logging", "JsonFormatter", "TextFormatter"]
 
 # Modules that provide ``register(subparsers)``; each parser sets ``handler=callable(args) -> int``.
 COMMAND_MODULES = (
@@ -48,11 +50,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+# C0 and C1 controls, DEL, and Unicode's line and paragraph separators: what can end a line or drive a terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record, for people: time, level, logger, message.
+
+    Messages quote what came from the network (topics with ``%r``), and this is the second line of defence:
+    control characters left in a message are escaped (``\\n``, ``\\x1b``), so no topic, id or detail can
+    forge a log line or drive the terminal. A traceback follows with each of its lines indented and escaped
+    the same way, so none of them can pass for a record either.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + _escape(line) for line in text.split("\n"))
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -81,6 +81,8 @@ _ALERT_EVERY_S = 0.2  # refusals on the alerts topic at most this often per mode
 
 
 def _store(config: FleetConfig) -> FleetStore:
+    if config.dir is None:  # the runtime fills it in from [device] state_dir (serving/fleet_host.py)
+        raise ValueError("the fleet directory must be resolved before the agent starts")
     return FleetStore(config.dir, max_bytes=int(config.max_disk_mb * 1e6))
 
 

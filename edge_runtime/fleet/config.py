@@ -6,7 +6,7 @@ public_keys = ["keys/release.pub"]   # a device trusts releases (and bundles) si
 
 [fleet]
 group = "greenhouse"                 # releases published with `edge-runtime publish ... --fleet greenhouse`
-dir = "fleet"                        # downloads, the versions kept, the device's rollout state
+# dir = "fleet"                      # downloads, versions kept, rollout state (default: in [device] state_dir)
 # models = ["vibration"]             # the [[models]] entries releases may replace (default: all)
 # max_disk_mb = 1024                 # everything under dir; a release that would not fit is refused before download
 # max_download_kb_s = 1024           # bandwidth used for downloads
@@ -32,11 +32,11 @@ class FleetConfig(BaseModel):
         pattern=GROUP_PATTERN,
         description="The release group this device follows (`edge-runtime publish ... --fleet GROUP`).",
     )
-    dir: Path = Field(
-        Path("fleet"),
+    dir: Path | None = Field(
+        None,
         strict=False,
-        description="Where downloads, the two versions kept and the rollout state live, relative to the config "
-        "file; writable by the runtime. One per device (and not shared with `run --workers N`).",
+        description="Where downloads, the two versions kept and the rollout state live (relative to the config "
+        "file); writable by the runtime, one per device. Default: fleet/<client_id> in [device] state_dir.",
     )
     models: list[str] | None = Field(
         None,

@@ -336,8 +336,9 @@ class CaptureWriter:
             return f"{stem}.jpg", payload
         if payload.startswith(_PNG):
             return f"{stem}.png", payload
-        import cv2
+        from .._opencv import load_cv2
 
+        cv2 = load_cv2()
         img = np.load(io.BytesIO(payload), allow_pickle=False) if payload.startswith(_NPY) else None
         if img is None:
             raise ValueError("a frame is neither JPEG, PNG nor .npy")

@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 
 __all__ = [
     "PAHO_VERSION",
+    "MAX_PROPERTY_BYTES",
     "check",
     "socket_of",
     "replace_socket",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 PAHO_VERSION: str = paho.mqtt.__version__
+
+# MQTT v5 properties an input may carry (bytes on the wire): a response topic, correlation data and a few user
+# properties fit many times over. Past this, a message's properties are not parsed at all.
+MAX_PROPERTY_BYTES = 8192
 
 # Attributes and methods we use beyond the public API, and what for.
 _REQUIRED = {
@@ -103,9 +108,30 @@ class LazyProperties(Properties):
     def unpack(self, buffer: Any) -> tuple[Properties, int]:
         if buffer[:1] == b"\x00":  # property length 0: the common case, nothing to build
             return self, 1
+        length, header = _varint(buffer)
+        if length > MAX_PROPERTY_BYTES:
+            # paho's parser slices the buffer once per property: quadratic, ~26 s of CPU for 1 MB of user
+            # properties. Past the cap nothing is parsed: the bytes are skipped, and the runtime refuses the
+            # message as too large from ``packed_bytes`` alone.
+            object.__setattr__(self, "packed_bytes", header + length)
+            return self, header + length
         result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
         object.__setattr__(self, "packed_bytes", result[1])  # what a stranger sent: the runtime bounds it
         return result
+
+
+def _varint(buffer: Any) -> tuple[int, int]:
+    """An MQTT Variable Byte Integer at the start of ``buffer``: (value, bytes it took). A malformed one (more
+    than 4 bytes, or cut short) reads as larger than any cap."""
+    value = 0
+    for i in range(4):
+        if i >= len(buffer):
+            break
+        byte = buffer[i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, i + 1
+    return MAX_PROPERTY_BYTES + 1, min(len(buffer), 4)
 
 
 def _install_lazy_properties() -> list[str]:

@@ -5,50 +5,49 @@ every packet that has arrived (``loop_read``), serves whatever batches are due, 
 That keeps the network and the batcher in one thread: no hand-off between threads to fight over the GIL,
 and no inference inside paho's callbacks stalling keep-alives (paho #379, #435).
 
-What is delivered, and when, is decided here, not in paho (whose session state lives in memory only and
-whose own in-flight window is not the broker's):
+What is delivered, and when, is decided by ``Delivery`` (delivery.py), not by paho (whose session state lives
+in memory only and whose own in-flight window is not the broker's); this module turns paho's callbacks into
+its events and its decisions into packets.
 
-- **Outgoing** messages wait in our queue and are handed to paho only while the broker's Receive Maximum
-  (from its CONNACK) leaves room for another QoS 1 message in flight and the socket buffer has room.
-  A QoS 1 message is *safe* when the broker's PUBACK for it arrives; a QoS 0 one when it is handed to the
-  socket (the byte stream is ordered: whatever is written after it reaches the broker after it). Each
-  message may carry an ``on_safe`` callback: that is how an input is acknowledged only after its result
-  is safe. What was in flight when a connection drops goes back to the front of the queue.
-- **Inputs** arrive as ``Inbound`` messages. ``ack`` acknowledges a QoS 1 input; an ack asked for while the
-  broker is away is sent after the next CONNACK if the broker resumed the session, and never if it started
-  a new one (the packet id then means nothing, or another message). A QoS 1 input the broker redelivers
-  while we still hold it from before a reconnect is not served twice.
-- **Each connection** is a fresh paho client: subscriptions are sent on every connect (a resumed session
-  may lack a route added since, or hold an old QoS grant), MQTT v5 falls back to v3.1.1 only when the
-  broker refuses v5 (and the next connection tries v5 again), and reconnects back off exponentially with
-  jitter.
+**Each connection** is a fresh paho client: subscriptions are sent on every connect (a resumed session may
+lack a route added since, or hold an old QoS grant), filters the resumed session holds that the config no
+longer has are unsubscribed (they are remembered in a small state file), retained messages are not sent to
+us at subscribe time (MQTT v5 Retain Handling 2: an input is served when it is published, not again at every
+start), MQTT v5 falls back to v3.1.1 only when the broker refuses v5 (and the next connection tries v5
+again), and reconnects back off exponentially with jitter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import select
 import socket
 import ssl
+import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import BrokerConfig
 from ..errors import BrokerError
-from ..topics import topic_problem
 from . import _paho
+from .delivery import MAX_PACKET, Delivery, Inbound, OnDone, Outgoing, Refusal
+from .protocol import LinkSpec, Subscription
 
-__all__ = ["Link", "Inbound", "set_nodelay", "V5_PROBE_S", "MAX_PACKET"]
+__all__ = ["MqttLink", "set_nodelay", "publish_properties", "V5_PROBE_S", "MAX_PACKET"]
 
 log = logging.getLogger("edge_runtime.link")
 
@@ -58,64 +57,14 @@ V5_PROBE_S = 3.0
 # CONNACK reason codes that mean "this broker does not speak MQTT v5": v3.1.1's 1 and v5's 0x84.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
 
-# The largest packet MQTT can carry (the remaining-length field's limit).
-MAX_PACKET = 268_435_455
-
-# QoS 1 messages in flight to a broker that states no Receive Maximum (v3.1.1): Mosquitto's default is 20.
-_V311_WINDOW = 20
-
 # What our socket buffer may hold before paho is told to wait (see _BufferedSocket).
 _WRITE_LIMIT = 1 << 20
 _READ_CHUNK = 256 * 1024
 
+# Filters remembered in the state file, at most (a config names a few; the file is ours, but read defensively).
+_MAX_REMEMBERED_FILTERS = 1024
+
 Callback = Callable[[], None]
-
-
-class Inbound:
-    """One input as the runtime sees it: paho's message with its topic decoded once, and its connection."""
-
-    __slots__ = (
-        "topic",
-        "payload",
-        "qos",
-        "mid",
-        "dup",
-        "retain",
-        "properties",
-        "property_bytes",
-        "generation",
-        "waiting",
-        "ahead",
-    )
-
-    def __init__(self, msg: mqtt.MQTTMessage, topic: str, generation: int):
-        self.topic = topic
-        self.payload: bytes = bytes(msg.payload)
-        self.qos: int = msg.qos
-        self.mid: int = msg.mid
-        self.dup: bool = bool(msg.dup)
-        self.retain: bool = bool(msg.retain)
-        self.properties: Properties | None = getattr(msg, "properties", None)
-        self.property_bytes = _paho.property_bytes(self.properties)  # as sent: user properties can be many
-        self.generation = generation
-        self.waiting = 0  # answers still to be made safe before the input may be acknowledged (runtime's count)
-        self.ahead: Any = None  # (route, decoder, future) while the runtime decodes it ahead of its batch
-
-
-class _Outgoing:
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "on_safe")
-
-    def __init__(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        properties: Properties | None,
-        on_safe: Callback | None,
-    ):
-        self.topic, self.payload, self.qos, self.retain = topic, payload, qos, retain
-        self.properties, self.on_safe = properties, on_safe
 
 
 class _BufferedSocket:
@@ -194,7 +143,44 @@ def set_nodelay(client: mqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class Link:
+class _PahoWire:
+    """The ``Wire`` of one paho client (delivery.py): PUBLISH and PUBACK packets, and room in our buffer."""
+
+    __slots__ = ("_client", "_link")
+
+    def __init__(self, client: mqtt.Client, link: MqttLink):
+        self._client, self._link = client, link
+
+    def send_publish(self, msg: Outgoing) -> int | None:
+        client = self._client
+        info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=msg.properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        if msg.qos and client.on_publish is None:
+            # Set only while QoS 1 messages are in flight: for every QoS 0 message paho writes, it would build
+            # a ReasonCode (and Properties) just to call it.
+            client.on_publish = self._link._handle_publish
+        return int(info.mid)
+
+    def send_ack(self, mid: int) -> None:
+        self._client.ack(mid, 1)
+
+    def next_mid(self) -> int:
+        return _paho.next_mid(self._client)
+
+    def room(self) -> bool:
+        sock = self._client.socket()
+        if not isinstance(sock, _BufferedSocket) or sock.room():
+            return True
+        try:
+            sock.flush()
+        except OSError as err:
+            self._link._write_failed(self._client, err)
+            return False
+        return sock.room()
+
+
+class MqttLink:
     """One MQTT connection (v5, or v3.1.1 where the broker refuses v5), pumped by ``poll`` from one thread."""
 
     def __init__(
@@ -202,27 +188,31 @@ class Link:
         broker: BrokerConfig,
         *,
         on_message: Callable[[Inbound], None],
-        subscriptions: Iterable[tuple[str, int]] = (),
-        subscription_ids: bool = False,
+        subscriptions: Iterable[Subscription | tuple[str, int]] = (),
         persistent: bool = False,
         will: tuple[str, bytes] | None = None,
         max_packet: int | None = None,
+        receive_maximum: int | None = None,
+        max_outgoing_bytes: int = 64 << 20,
+        state_file: Path | None = None,
+        on_connected: Callback | None = None,
     ):
         self.broker = broker
-        self.subscriptions = list(subscriptions)
-        # MQTT v5: subscription i (from 1) is made with Subscription Identifier i, so that each copy of an input
-        # says which subscription it came through (a broker sends one copy per overlapping subscription).
-        self.subscription_ids = subscription_ids
+        self.subscriptions = [s if isinstance(s, Subscription) else Subscription(*s) for s in subscriptions]
         self._subacks: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until its SUBACK
+        self._unsubacks: set[int] = set()
         self.persistent = persistent
         self._on_message = on_message
         self._will = will
         self._max_packet = min(max_packet, MAX_PACKET) if max_packet else None
+        self.receive_maximum = receive_maximum or broker.receive_maximum
+        self._state_file = state_file
         self._prefer_v5 = broker.protocol == "5"
         self.protocol = MQTTProtocolVersion.MQTTv5 if self._prefer_v5 else MQTTProtocolVersion.MQTTv311
         self._tls = broker.tls_context()  # the one place a TLS context is made (None for mqtt://)
         self._password = broker.password()
         self.client: mqtt.Client | None = None
+        self._wire: _PahoWire | None = None
         self.connected = False  # CONNACK received and SUBACK too: inputs flow, results may leave
         self._connack = False
         self.reconnects = 0
@@ -230,16 +220,30 @@ class Link:
         self._next_attempt = 0.0
         self._attempt_started = 0.0
         self._refused: str | None = None
-        self.generation = 0  # +1 per accepted connection
-        self._epoch = 0  # the generation that started the broker's current session for us
-        self.on_connected: list[Callback] = []
-        self._outgoing: deque[_Outgoing] = deque()
-        self._inflight: dict[int, _Outgoing] = {}
-        self._window = _V311_WINDOW
-        self._held: dict[int, Inbound] = {}  # unacknowledged QoS 1 inputs of the current session, by packet id
-        self._deferred_acks: list[Inbound] = []  # asked for while the broker was away
-        self._answered_dups: set[int] = set()  # ids acknowledged after a resume, whose redelivery is a duplicate
-        self.counters: Counter[str] = Counter()
+        self.on_connected: list[Callback] = [on_connected] if on_connected is not None else []
+        self.delivery = Delivery(
+            persistent=persistent, max_outgoing=broker.max_outgoing, max_outgoing_bytes=max_outgoing_bytes
+        )
+        self.counters: Counter[str] = self.delivery.counters
+
+    @classmethod
+    def from_spec(cls, spec: LinkSpec) -> MqttLink:
+        return cls(
+            spec.broker,
+            on_message=spec.on_message,
+            subscriptions=spec.subscriptions,
+            persistent=spec.persistent,
+            will=spec.will,
+            max_packet=spec.max_packet,
+            receive_maximum=spec.receive_maximum,
+            max_outgoing_bytes=spec.max_outgoing_bytes,
+            state_file=spec.state_file,
+            on_connected=spec.on_connected,
+        )
+
+    @property
+    def generation(self) -> int:
+        return self.delivery.generation
 
     # -- connection -------------------------------------------------------------------------
 
@@ -266,9 +270,8 @@ class Link:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
+        client.on_unsubscribe = self._handle_unsubscribe
         client.on_message = self._handle_message
-        # on_publish is set only while QoS 1 messages are in flight (see _pump): for every QoS 0 message paho
-        # writes, it would build a ReasonCode (and Properties) just to call it.
         return client
 
     def connect(self, timeout: float | None = None) -> None:
@@ -301,11 +304,12 @@ class Link:
         self._refused = None
         self._connack = False
         self.client = client = self._make_client()
+        self._wire = _PahoWire(client, self)
         props = None
         if self.protocol == MQTTProtocolVersion.MQTTv5:
             props = _paho.connect_properties(
                 session_expiry=self.broker.session_expiry_s if self.persistent else 0,
-                receive_maximum=self.broker.receive_maximum,
+                receive_maximum=self.receive_maximum,
                 maximum_packet_size=self._max_packet,
             )
         self._attempt_started = time.monotonic()
@@ -320,7 +324,7 @@ class Link:
                 properties=props,
             )
         except Exception:
-            self.client = None
+            self.client = self._wire = None
             raise
         set_nodelay(client)
         sock = client.socket()
@@ -332,65 +336,117 @@ class Link:
             self._refused = "v5" if reason.value in _UNSUPPORTED_PROTOCOL else str(reason)
             return
         self._connack = True
-        self.generation += 1
         self._backoff = 0.5
-        resumed = bool(flags.session_present) and self.persistent
-        if not resumed:
-            # A new session: packet ids from before mean nothing now (or another message): never ack them.
-            self._epoch = self.generation
-            self._held.clear()
-            self.counters["acks_skipped_new_session"] += len(self._deferred_acks)  # answered while away
-            self._deferred_acks.clear()
-        self._answered_dups.clear()
-        receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
-        self._window = (
-            int(receive_max)
-            if receive_max
-            else (65535 if self.protocol == MQTTProtocolVersion.MQTTv5 else _V311_WINDOW)
+        assert self._wire is not None
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        resumed = self.delivery.connected_to(
+            self._wire,
+            session_present=bool(flags.session_present),
+            receive_maximum=_int_property(props, "ReceiveMaximum"),
+            maximum_packet_size=_int_property(props, "MaximumPacketSize"),
+            retain_available=_int_property(props, "RetainAvailable") != 0,
+            v5=v5,
         )
-        if self.reconnects or self._outgoing:
+        self.delivery.connected = False  # results leave once the subscriptions are in place (_ready)
+        if self.reconnects or self.delivery.pending_out():
             log.info(
                 "connected to %s (session %s, %d messages waiting to leave)",
                 self.broker.url,
                 "resumed" if resumed else "new",
-                len(self._outgoing),
+                self.delivery.pending_out(),
             )
-        for inbound in self._deferred_acks:  # their packet ids are valid in the resumed session
-            client.ack(inbound.mid, inbound.qos)
-            self._held.pop(inbound.mid, None)
-            self._answered_dups.add(inbound.mid)
-        self._deferred_acks.clear()
-        # Every time: a resumed session keeps yesterday's subscriptions, which may not be today's.
-        self._subacks = {}
-        packets: list[tuple[list[tuple[str, int]], Properties | None]]
-        if self.subscription_ids and self.protocol == MQTTProtocolVersion.MQTTv5:
-            packets = [
-                ([(flt, qos)], _paho.subscribe_properties(i)) for i, (flt, qos) in enumerate(self.subscriptions, 1)
-            ]
-        else:
-            packets = [(self.subscriptions, None)] if self.subscriptions else []
-        for subscriptions, sub_props in packets:
+        # A resumed session keeps yesterday's subscriptions: those the config no longer has are removed (a
+        # stale one would bring inputs no route serves), and today's are sent every time (a route added
+        # since, or an old QoS grant).
+        self._subacks, self._unsubacks = {}, set()
+        stale = self._stale_filters() if resumed else []
+        if stale:
+            log.info("unsubscribing %d filter(s) the session kept from an earlier config: %s", len(stale), stale[:5])
+            _, mid = client.unsubscribe(stale)
+            if mid is None:
+                return
+            self._unsubacks.add(mid)
+        for subscriptions, sub_props in self._subscribe_packets(v5):
             _, mid = client.subscribe(subscriptions, properties=sub_props)
             if mid is None:
                 return  # the connection is gone already: the next one subscribes again
             self._subacks[mid] = [flt for flt, _ in subscriptions]
-        if not self._subacks:
+        if not self._subacks and not self._unsubacks:
             self._ready()
+
+    def _subscribe_packets(self, v5: bool) -> list[tuple[list[tuple[str, Any]], Properties | None]]:
+        if not v5:
+            return [([(s.filter, s.qos) for s in self.subscriptions], None)] if self.subscriptions else []
+        # Retain Handling 2: a retained message is not sent at subscribe time (it would be served again at every
+        # start and reconnect, as if it were new).
+        options = [(s.filter, SubscribeOptions(qos=s.qos, retainHandling=2)) for s in self.subscriptions]
+        if not any(s.identifier for s in self.subscriptions):
+            return [(options, None)] if options else []
+        return [
+            ([opt], _paho.subscribe_properties(s.identifier) if s.identifier else None)
+            for s, opt in zip(self.subscriptions, options)
+        ]
 
     def _handle_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         for flt, r in zip(self._subacks.pop(mid, []), reasons):
             if getattr(r, "is_failure", False):
                 log.error("broker refused the subscription %r: %s", flt, r)
-        if not self._subacks:  # inputs flow once every subscription is in place
+        self._maybe_ready()
+
+    def _handle_unsubscribe(self, _c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        self._unsubacks.discard(mid)
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if not self._subacks and not self._unsubacks:  # inputs flow once every subscription is in place
+            self._remember_filters()
             self._ready()
 
     def _ready(self) -> None:
         if self.connected:
             return
-        self.connected = True
+        self.connected = self.delivery.connected = True
         for cb in self.on_connected:
-            cb()
+            try:
+                cb()
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("a callback after connecting failed")
         self._pump()
+
+    # -- the filters a persistent session holds -------------------------------------------------
+
+    def _stale_filters(self) -> list[str]:
+        """Filters the broker session holds from an earlier run whose config had them, and today's has not."""
+        if self._state_file is None:
+            return []
+        try:
+            with open(self._state_file, "rb") as f:
+                doc = orjson.loads(f.read(1 << 20))
+        except (OSError, orjson.JSONDecodeError):
+            return []
+        held = doc.get("subscriptions") if isinstance(doc, dict) else None
+        if not isinstance(held, list):
+            return []
+        today = {s.filter for s in self.subscriptions}
+        return [f for f in held[:_MAX_REMEMBERED_FILTERS] if isinstance(f, str) and f not in today]
+
+    def _remember_filters(self) -> None:
+        if self._state_file is None or not self.persistent:
+            return
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            data = orjson.dumps({"subscriptions": [s.filter for s in self.subscriptions]})
+            fd, tmp = tempfile.mkstemp(dir=self._state_file.parent, prefix=".subscriptions-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self._state_file)
+        except OSError as err:
+            if not self.counters["state_not_saved"]:
+                log.warning("cannot remember the session's subscriptions in %s: %s", self._state_file, err)
+            self.counters["state_not_saved"] += 1
+
+    # -- losing and re-making the connection ---------------------------------------------------
 
     def _handle_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected:
@@ -399,7 +455,7 @@ class Link:
 
     def _drop_client(self, *, lost: bool) -> None:
         """Forget the paho client of a dead connection; what it had in flight leaves again on the next one."""
-        client, self.client = self.client, None
+        client, self.client, self._wire = self.client, None, None
         was_connected = self.connected
         self.connected = self._connack = False
         if client is not None:
@@ -408,9 +464,7 @@ class Link:
                 self.counters["bytes_lost_on_disconnect"] += sock.unsent()
             client.on_disconnect = None
             _paho.close_socket(client)
-        if self._inflight:
-            self._outgoing.extendleft(reversed([self._inflight[mid] for mid in sorted(self._inflight)]))
-            self._inflight.clear()
+        self.delivery.disconnected()
         if lost and was_connected:
             self.counters["disconnects"] += 1
 
@@ -533,96 +587,47 @@ class Link:
         *,
         retain: bool = False,
         properties: Properties | None = None,
-        on_safe: Callback | None = None,
-    ) -> bool:
-        """Queue a message; ``on_safe`` runs once it is safe (see the module's docstring).
-
-        False, with nothing queued and ``on_safe`` not called, when the message can never be published (a
-        topic MQTT does not allow, a payload over MQTT's limit) or, for QoS 0 only, when it had to be
-        dropped because the outgoing queue is full (counted).
-        """
-        if topic_problem(topic) is not None or len(payload) > MAX_PACKET - 65_600:
-            self.counters["refused_unpublishable"] += 1
-            return False
-        if qos == 0 and len(self._outgoing) >= self.broker.max_outgoing:
-            self.counters["outgoing_dropped"] += 1
-            return False
-        self._outgoing.append(_Outgoing(topic, payload, qos, retain, properties, on_safe))
-        if self.connected:
+        on_done: OnDone | None = None,
+    ) -> Refusal | None:
+        """Queue a message; ``on_done`` is called once it is safe or refused (see delivery.py). A Refusal, with
+        nothing queued and ``on_done`` not called, when it cannot even be queued."""
+        refused = self.delivery.publish(topic, payload, qos, retain=retain, properties=properties, on_done=on_done)
+        if refused is None and self.connected:
             self._pump()
-        return True
+        return refused
 
     def has_room(self, n: int = 1) -> bool:
         """Whether ``n`` more results fit in the outgoing queue: the runtime serves no batch when they do not."""
-        return len(self._outgoing) + n <= self.broker.max_outgoing
+        return self.delivery.has_room(n)
 
     def _pump(self) -> None:
-        """Hand queued messages to paho while the broker's window and our socket buffer allow."""
-        client = self.client
-        if client is None or not self.connected:
-            return
-        out, inflight = self._outgoing, self._inflight
-        sock = client.socket()
-        while out:
-            msg = out[0]
-            if msg.qos and len(inflight) >= self._window:
-                break
-            if inflight and _paho.next_mid(client) in inflight:
-                # paho's packet ids wrapped round to one still unacknowledged: its write (a QoS 0 one too
-                # fires on_publish) would be taken for that message's PUBACK. Wait for the broker.
-                self.counters["waits_for_packet_id"] += 1
-                break
-            if isinstance(sock, _BufferedSocket) and not sock.room():
-                try:
-                    sock.flush()
-                except OSError as err:
-                    self._write_failed(client, err)
-                    return
-                if not sock.room():
-                    break
-            try:
-                info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=msg.properties)
-            except ValueError as err:  # paho's own checks; ours ran first, so this is paho knowing better
-                out.popleft()
-                self.counters["refused_unpublishable"] += 1
-                log.warning("paho refused to publish on %r: %s", msg.topic[:200], err)
-                if msg.on_safe is not None:
-                    msg.on_safe()
-                continue
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break  # the connection went away under us: it leaves on the next one
-            out.popleft()
-            if msg.qos:
-                if not inflight:
-                    client.on_publish = self._handle_publish
-                inflight[info.mid] = msg
-            elif msg.on_safe is not None:
-                msg.on_safe()
+        if self._wire is not None and self.connected:
+            self.delivery.pump(self._wire)
 
-    def _handle_publish(self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
-        msg = self._inflight.pop(mid, None)
-        if msg is None:
-            return  # a QoS 0 message written out: it was safe already
-        if not self._inflight and self.client is not None:
+    def _handle_publish(self, _c: Any, _u: Any, mid: int, reason: ReasonCode | None, _p: Any) -> None:
+        failed = reason is not None and getattr(reason, "is_failure", False)
+        self.delivery.puback(mid, reason.value if failed and reason is not None else None, str(reason or ""))
+        if not self.delivery.state()["in_flight"] and self.client is not None:
             self.client.on_publish = None
-        if reason is not None and getattr(reason, "is_failure", False):
-            # The broker took it and said no (not authorised, quota...): publishing again will not change that.
-            self.counters[f"refused_by_broker_{reason.value:#x}"] += 1
-            log.warning("broker refused a message on %r: %s", msg.topic[:200], reason)
-        if msg.on_safe is not None:
-            msg.on_safe()
 
     def _handle_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = None
-        if msg.qos and msg.dup and (msg.mid in self._held or msg.mid in self._answered_dups):
-            self.counters["redelivered_not_served_twice"] += 1  # we hold it, or answered it, from before
+        props = getattr(msg, "properties", None)
+        inbound = self.delivery.received(
+            topic if topic is not None else "",
+            bytes(msg.payload),
+            qos=msg.qos,
+            mid=msg.mid,
+            dup=bool(msg.dup),
+            retain=bool(msg.retain),
+            properties=props,
+            property_bytes=_paho.property_bytes(props),
+        )
+        if inbound is None:
             return
-        inbound = Inbound(msg, topic if topic is not None else "", self.generation)
-        if msg.qos:
-            self._held[msg.mid] = inbound
         if topic is None:  # MQTT requires UTF-8; a broker that passes this on is answered with an ack only
             self.counters["bad_input_topic"] += 1
             self.ack(inbound)
@@ -630,40 +635,19 @@ class Link:
         self._on_message(inbound)
 
     def ack(self, inbound: Inbound) -> None:
-        """Acknowledge a QoS 1 input: now, after the next CONNACK if the broker is away, or never if the
-        broker has since started a new session (it may redeliver the input: a duplicate, never a loss)."""
-        if not inbound.qos:
-            return
-        if inbound.generation < self._epoch:
-            self.counters["acks_skipped_new_session"] += 1
-            return
-        if self._held.get(inbound.mid) is not inbound:
-            # Acknowledged already, or its packet id now belongs to another input: a PUBACK now would
-            # acknowledge that one before its result is safe.
-            self.counters["acks_not_held"] += 1
-            return
-        client = self.client
-        if not self._connack or client is None:
-            self._deferred_acks.append(inbound)
-            return
-        client.ack(inbound.mid, inbound.qos)
-        self._held.pop(inbound.mid, None)
+        """Acknowledge a QoS 1 input (see ``Delivery.ack``)."""
+        self.delivery.ack(inbound, self._wire if self._connack else None)
 
     # -- state ------------------------------------------------------------------------------
 
     def pending_out(self) -> int:
-        """Messages not yet safe: queued here, or in flight and not yet acknowledged, or bytes unsent."""
+        """Messages not yet safe, acknowledgements not yet sent, and bytes not yet written."""
         sock = self.client.socket() if self.client is not None else None
         unsent = 1 if isinstance(sock, _BufferedSocket) and sock.unsent() else 0
-        return len(self._outgoing) + len(self._inflight) + unsent + len(self._deferred_acks)
+        return self.delivery.pending_out() + unsent
 
     def state(self) -> dict[str, int]:
-        return {
-            "outgoing": len(self._outgoing),
-            "in_flight": len(self._inflight),
-            "window": self._window,
-            "held_inputs": len(self._held),
-        }
+        return {**self.delivery.state(), "receive_maximum": self.receive_maximum}
 
     def drain(self, timeout: float) -> bool:
         """Write out and wait for acknowledgements until nothing is pending or ``timeout`` passes."""
@@ -683,6 +667,11 @@ class Link:
                 self.flush_writes()
         finally:
             self._drop_client(lost=False)
+
+
+def _int_property(props: Any, name: str) -> int | None:
+    value = getattr(props, name, None) if props is not None else None
+    return int(value) if isinstance(value, int) else None
 
 
 def publish_properties(*, response_topic: str | None = None, correlation: bytes | None = None) -> Properties:

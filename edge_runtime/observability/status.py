@@ -73,7 +73,7 @@ class StatusBoard:
 
     def _skip(self, topic: str, why: str) -> None:
         self.skipped += 1
-        log.debug("skipped a message on %s: %s", _printable(topic), why)
+        log.debug("skipped a message on %r: %s", topic[:200], why)
 
     def rows(self) -> list[tuple[str, ...]]:
         with self.lock:

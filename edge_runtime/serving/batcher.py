@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from ..vocabulary import OVERFLOW_POLICIES, DropReason, Overflow
 
@@ -62,12 +62,26 @@ class Batcher(Generic[T]):
         self._live = 0
         self._dead = 0  # superseded entries still in the deque (skipped when they reach the head)
         self.bytes = 0  # payload bytes of the live inputs
+        self.reserved = 0  # bytes held for them outside the queue (see reserve)
         self._latest: dict[Hashable, Pending[T]] = {}
         self.high_water = 0  # the most inputs ever waiting at once: never above max_queue
         self.high_water_bytes = 0  # never above max_bytes
 
     def _full(self, nbytes: int) -> bool:
-        return self._live >= self.max_queue or (self.max_bytes is not None and self.bytes + nbytes > self.max_bytes)
+        return self._live >= self.max_queue or (
+            self.max_bytes is not None and self.bytes + self.reserved + nbytes > self.max_bytes
+        )
+
+    def reserve(self, nbytes: int) -> bool:
+        """Count ``nbytes`` held for queued inputs outside the queue (a frame decoded ahead of its batch), if they
+        fit in half the byte bound (the rest stays for inputs). False, and nothing counted, if not."""
+        if self.max_bytes is not None and self.reserved + nbytes > self.max_bytes // 2:
+            return False
+        self.reserved += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.reserved -= nbytes
 
     def offer(self, item: T, now: float, key: Hashable = None, nbytes: int = 0) -> list[tuple[T, DropReason]]:
         """Queue ``item`` (``nbytes`` of payload); return the inputs given up to make room, each with its reason."""
@@ -80,6 +94,9 @@ class Batcher(Generic[T]):
                 self._dead += 1
                 self.bytes -= older.nbytes
                 given_up.append((older.item, "superseded"))
+                # The entry stays in the deque until it reaches the head, but not its input (a payload may be
+                # a megabyte): only the live inputs hold memory.
+                older.item = cast(T, None)
                 if self._dead > self._live + 64:
                     # Superseded entries behind a live head keep their inputs (payloads) alive: drop them
                     # once they outnumber the live ones, so memory follows the bound, not the traffic.

@@ -8,14 +8,17 @@ a promotion is a reload's swap: no input is lost or served twice, QoS 1 acknowle
 A shadow's threads are stopped on the agent's thread, never in the loop.
 
 At start (``fleet_config``), each managed model's bundle is the fleet's live version, verified again (or
-the previous one, or the configured bundle: fleet/agent.live_bundles).
+the previous one, or the configured bundle: fleet/agent.live_bundles). The fleet's directory is by default
+fleet/<client_id> in the runtime's state directory (serving/state.py: systemd's StateDirectory, ...).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import queue
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -24,12 +27,14 @@ import numpy as np
 
 from ..config import Config
 from ..engines import InferenceEngine as Engine
-from ..errors import EdgeRuntimeError
+from ..errors import ConfigError, EdgeRuntimeError
 from ..fleet.agent import FleetAgent, live_bundles
+from ..fleet.config import FleetConfig
 from ..fleet.host import ShadowReport
 from ..monitoring.shadow import ShadowRunner, incompatibility
 from .models import load_engine
 from .reload import Outcome
+from .state import state_dir
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -44,6 +49,16 @@ T = TypeVar("T")
 _APPLY_TIMEOUT_S = 60.0
 
 
+def _fleet(config: Config) -> FleetConfig:
+    """The ``[fleet]`` table with its directory resolved: by default fleet/<client_id> in the state directory."""
+    fleet = config.fleet
+    assert fleet is not None
+    if fleet.dir is not None:
+        return fleet
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", config.broker.client_id)[:64]
+    return fleet.model_copy(update={"dir": state_dir(config) / "fleet" / readable})
+
+
 def _managed(config: Config) -> dict[str, Path]:
     fleet = config.fleet
     assert fleet is not None
@@ -56,7 +71,19 @@ def fleet_config(config: Config) -> Config:
     trusted = config.trust.trusted()
     if config.fleet is None or trusted is None:
         return config
-    live = live_bundles(config.fleet, _managed(config), trusted)
+    fleet = _fleet(config)
+    assert fleet.dir is not None
+    try:
+        fleet.dir.mkdir(parents=True, exist_ok=True)
+        writable = os.access(fleet.dir, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:  # said at start, not at the first release
+        raise ConfigError(
+            f"{fleet.dir} is not a directory this user can write (downloads and versions go there): set fleet.dir",
+            key="fleet.dir",
+        )
+    live = live_bundles(fleet, _managed(config), trusted)
     if not live:
         return config
     models = [m.model_copy(update={"bundle": live[m.name]}) if m.name in live else m for m in config.models]
@@ -68,14 +95,14 @@ class FleetHost:
     what a model falls back to)."""
 
     def __init__(self, runtime: Runtime, configured: Config):
-        fleet, trusted = configured.fleet, configured.trust.trusted()
-        assert fleet is not None and trusted is not None
+        trusted = configured.trust.trusted()
+        assert configured.fleet is not None and trusted is not None
         self.runtime = runtime
         self._ops: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.SimpleQueue()
         self._baseline: dict[str, int] = {}  # drift alerts on the model's routes when its shadow started
         self._closed = False
         self.agent = FleetAgent(
-            fleet,
+            _fleet(configured),
             device=configured.broker.client_id,
             broker=configured.broker,
             trusted=trusted,

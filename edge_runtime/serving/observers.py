@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import PayloadError
 
 if TYPE_CHECKING:
-    from ..mqtt.link import Inbound
+    from ..mqtt.delivery import Inbound
 
 __all__ = ["ServedBatch", "BatchObserver"]
 

@@ -16,14 +16,24 @@ __all__ = ["Snapshots"]
 
 
 class Snapshots:
-    """Draws with the task's ``annotate`` and publishes at QoS 0 (a lost snapshot is replaced by the next)."""
+    """Draws with the task's ``annotate`` and publishes at QoS 0 (a lost snapshot is replaced by the next).
+
+    Only while ``ready()`` (connected, with room in the outgoing queue): a frame-sized JPEG per result would
+    otherwise be drawn only to be dropped, or fill the queue while the broker is away. Skipped ones are counted.
+    """
 
     def __init__(
-        self, template: TopicTemplate, topic_filter: TopicFilter | None, publish: Callable[[str, bytes], object]
+        self,
+        template: TopicTemplate,
+        topic_filter: TopicFilter | None,
+        publish: Callable[[str, bytes], object],
+        *,
+        ready: Callable[[], bool] = lambda: True,
     ):
-        self.template, self.filter, self._publish = template, topic_filter, publish
+        self.template, self.filter, self._publish, self._ready = template, topic_filter, publish, ready
         self._log = RateLimitedLog(logging.getLogger("edge_runtime.snapshots"))
         self.failed = 0
+        self.skipped = 0
 
     def publish(
         self,
@@ -34,6 +44,9 @@ class Snapshots:
     ) -> None:
         """Draw ``result`` on ``frame`` (the payload, or a source's decoded image) and publish it. A snapshot
         that cannot be drawn is skipped and counted: the result it illustrates has already gone out."""
+        if not self._ready():
+            self.skipped += 1
+            return
         try:
             jpeg = annotate(frame, result)
         except PayloadError:

@@ -16,8 +16,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..config import RouteConfig
-from ..mqtt.link import Inbound
+from ..mqtt.delivery import Inbound
 from ..sources.capture import VideoSource
 from ..sources.slot import Frame
 from ..tasks.codecs import encode
@@ -41,6 +43,9 @@ _MAX_TRACKED_CAMERAS = 64
 _MAX_ANNOUNCED_BYTES = 256 << 10
 
 
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+
+
 class FrameInput(Inbound):
     """A frame from a video source, served like an MQTT input: QoS 0, so nothing is ever acknowledged."""
 
@@ -61,6 +66,10 @@ class FrameInput(Inbound):
         self.image = frame.image
         self.frame_id = frame.id
         self.timestamp = frame.timestamp
+
+    def release(self) -> None:
+        """Let the decoded frame go (given up: nothing will read it)."""
+        self.image = _NO_IMAGE
 
 
 class VideoInput:

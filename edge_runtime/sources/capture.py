@@ -18,15 +18,12 @@ frame is served and still only one waits). A file's frames are stamped with a cl
 file starts and advances with the file's own timestamps, so time-based logic (a tracker's timeouts)
 sees the file's time in both modes.
 
-Process-wide settings, applied once before the first capture unless already set in the environment:
-``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` (RTSP over TCP, as Frigate does: no lost UDP
-packets, works through NAT), ``OPENCV_FFMPEG_LOGLEVEL=-8`` (FFmpeg quiet: its retry noise would bury
-our one clear line; set 24 to see FFmpeg's own warnings) and OpenCV's log level ERROR.
+OpenCV is loaded through ``edge_runtime._opencv``, which sets its process-wide settings first (RTSP over
+TCP, FFmpeg quiet, OpenCV's log at ERROR, its image pixel limit) unless the environment already says.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -39,6 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .._opencv import load_cv2
 from ..errors import EdgeRuntimeError
 from .probe import Diagnosis, probe_http, probe_rtsp
 from .slot import Frame, LatestFrame
@@ -49,27 +47,13 @@ __all__ = ["VideoSource", "STATES"]
 log = logging.getLogger("edge_runtime.sources")
 
 STATES = ("idle", "connecting", "streaming", "reconnecting", "error", "ended", "stopped")
-_setup_lock = threading.Lock()
-_setup = {"done": False}
 
 
 def _cv2() -> Any:
-    with _setup_lock:
-        if not _setup["done"]:
-            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-            os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-        try:
-            import cv2
-        except ImportError:
-            raise EdgeRuntimeError("video sources need OpenCV: pip install 'edge-runtime[camera]'") from None
-        if not _setup["done"]:
-            if os.environ.get("OPENCV_LOG_LEVEL") == "ERROR":
-                # The variable is read when cv2 is first imported, which may have happened earlier.
-                with contextlib.suppress(AttributeError):
-                    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-            _setup["done"] = True
-        return cv2
+    try:
+        return load_cv2()
+    except ImportError:
+        raise EdgeRuntimeError("video sources need OpenCV: pip install 'edge-runtime[camera]'") from None
 
 
 def _has_password(url: str) -> bool:
@@ -310,7 +294,7 @@ class VideoSource:
         except ValueError as err:
             return None, Diagnosis("credentials", str(err))
         if self.kind in ("rtsp", "http"):
-            self._redactor = Redactor(self.source, password, with_credentials(self.source, user, password))
+            self._redactor = Redactor(self.source, user, password, with_credentials(self.source, user, password))
         if self.kind == "file":
             path = Path(self.source)
             if not path.exists():

@@ -19,6 +19,8 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from .urls import redact_url
+
 __all__ = ["Diagnosis", "probe_rtsp", "probe_http"]
 
 _MAX_HEADER = 64 * 1024
@@ -34,6 +36,11 @@ class Diagnosis:
 
 def _where(host: str, port: int) -> str:
     return f"{host}:{port}"
+
+
+def _shown_path(url: str) -> str:
+    """The URL's path as a message may show it: segments holding ``=`` (XMEye's credentials) redacted."""
+    return urlsplit(redact_url(url)).path or "/"
 
 
 def _connect(host: str, port: int, timeout: float) -> tuple[socket.socket | None, Diagnosis | None]:
@@ -244,9 +251,7 @@ def probe_rtsp(
     if status == 401:
         return _auth_failure(username, creds_from)
     if status == 404:
-        return Diagnosis(
-            "not_found", f"no stream at path {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)"
-        )
+        return Diagnosis("not_found", f"no stream at path {_shown_path(url)!r} on {_where(host, port)} (404 Not Found)")
     if status != 200:
         return Diagnosis("refused", f"the RTSP server answered {status} {reason}")
     sdp = body.decode("latin-1", "replace")
@@ -294,7 +299,7 @@ def probe_http(
     if status == 401:
         return _auth_failure(username, creds_from)
     if status == 404:
-        return Diagnosis("not_found", f"nothing at {parts.path or '/'!r} on {_where(host, port)} (404 Not Found)")
+        return Diagnosis("not_found", f"nothing at {_shown_path(url)!r} on {_where(host, port)} (404 Not Found)")
     if status != 200:
         return Diagnosis("refused", f"the HTTP server answered {status} {reason}")
     ctype = (headers.get("content-type") or ["(none)"])[0].split(";")[0].strip().lower()

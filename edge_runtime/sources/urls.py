@@ -1,9 +1,13 @@
 """What kind of source a string names, its default name, credentials from the environment, and redaction.
 
-Credentials never sit in the config: ``username_env`` / ``password_env`` name environment variables, and
-the URL with them filled in exists only in memory, for OpenCV. Everything that is logged or published
-goes through ``redact_url`` (user info and secret-looking query values replaced by ``***``), and any
-message that might echo a URL goes through ``Redactor.scrub``.
+Credentials never sit in the config file when the camera takes them as user info: ``username_env`` /
+``password_env`` name environment variables, and the URL with them filled in exists only in memory, for
+OpenCV. Cameras that take them in the URL itself (XMEye's ``/user=admin&password=x&channel=1``,
+Reolink's ``?user=admin&password=x``, tokens in queries) cannot be helped that way, so what is shown is
+decided by an allow-list, not by guessing which keys are secret: ``redact_url`` keeps the scheme, host,
+port, the path segments without ``=`` and the query's keys, and replaces user info, every query value
+and every path segment holding ``=`` with ``***``. ``default_name`` takes only the host and those path
+segments. Any text that might echo the URL (OpenCV's errors) goes through ``Redactor.scrub``.
 """
 
 from __future__ import annotations
@@ -11,40 +15,24 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "SourceKind",
     "source_kind",
     "default_name",
     "redact_url",
+    "url_secrets",
     "with_credentials",
     "Redactor",
-    "SECRET_QUERY_KEYS",
 ]
 
 SourceKind = str  # "rtsp" | "http" | "device" | "file"
 _DEVICE = re.compile(r"^/dev/video\d+$")
-# Query keys that cameras and MJPEG servers use for secrets (Axis, Hikvision, Reolink, go2rtc...).
-SECRET_QUERY_KEYS = frozenset(
-    {
-        "password",
-        "pass",
-        "pwd",
-        "passwd",
-        "token",
-        "auth",
-        "key",
-        "apikey",
-        "api_key",
-        "secret",
-        "sig",
-        "signature",
-        "user",
-        "username",
-        "usr",
-    }
-)
+# A query key shown as it is; anything else (a bare value, a key with odd characters) is redacted whole.
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-\[\]]{1,64}$")
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
 
 def source_kind(source: str) -> SourceKind:
@@ -63,18 +51,25 @@ def source_kind(source: str) -> SourceKind:
 
 
 def default_name(source: str) -> str:
-    """A topic-safe name from the source: the file's stem, the device (``video0``), or host and path."""
+    """A topic-safe name from the source: the file's stem, the device (``video0``), or the host and the path's
+    segments without ``=`` (never user info, a query or a parameter segment: they may hold credentials)."""
     kind = source_kind(source)
     if kind in ("file", "device"):
         base = Path(source).stem if kind == "file" else Path(source).name
     else:
         parts = urlsplit(source)
-        base = "-".join(x for x in [parts.hostname or "", *parts.path.split("/")] if x)
+        base = "-".join(x for x in [parts.hostname or "", *_plain_segments(parts.path)] if x)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_")[:64] or "camera"
 
 
+def _plain_segments(path: str) -> list[str]:
+    """The path's segments that hold no ``=`` (percent-encoded or not): the ones that are not parameters."""
+    return [seg for seg in path.split("/") if "=" not in unquote(seg)]
+
+
 def redact_url(url: str) -> str:
-    """``url`` without user info or secret query values, for logs and status: rtsp://***@cam:554/s?token=***."""
+    """``url`` as it may be shown: rtsp://***@cam:554/Streaming/Channels/101, rtsp://cam:554/***,
+    http://cam/api.cgi?cmd=***&user=***&password=***. Not a URL (a file, a device): unchanged."""
     if "://" not in url:
         return url
     try:
@@ -85,14 +80,41 @@ def redact_url(url: str) -> str:
         return "<unparsable URL>"
     if ":" in host:
         host = f"[{host}]"
-    netloc = ("***@" if parts.username is not None or parts.password is not None else "") + host
+    netloc = ("***@" if "@" in parts.netloc else "") + host
     if port is not None:
         netloc += f":{port}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    path = "/".join(seg if "=" not in unquote(seg) else "***" for seg in parts.path.split("/"))
+    # Each key=value pair between & or ; (both are used), the separators kept as they were.
+    query = "".join(p if p in ("&", ";") else _redacted_pair(p) for p in re.split(r"([&;])", parts.query))
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def _redacted_pair(pair: str) -> str:
+    key, sep, _ = pair.partition("=")
+    if not pair:
+        return ""
+    return f"{key}=***" if sep and _PLAIN_KEY.match(key) else "***"
+
+
+def url_secrets(url: str) -> list[str]:
+    """What ``redact_url`` hides in ``url``, each as written and percent-decoded: the user name and password,
+    every query value and every path segment holding ``=`` (and the values in it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if "@" in parts.netloc:
+        found.append(parts.netloc.rpartition("@")[0])
+        found += [p for p in (parts.username, parts.password) if p]
+    for seg in parts.path.split("/"):
+        if "=" in unquote(seg):
+            found.append(seg)
+            found += [pair.partition("=")[2] for pair in _QUERY_SEPARATORS.split(unquote(seg))]
+    if parts.query:
+        found.append(parts.query)
+        found += [pair.partition("=")[2] or pair for pair in _QUERY_SEPARATORS.split(parts.query)]
+    return [v for value in found for v in {value, unquote(value)} if v]
 
 
 def with_credentials(url: str, username: str | None, password: str | None) -> str:
@@ -110,19 +132,33 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
 
 
 class Redactor:
-    """Scrubs a source's secrets out of any text (error messages may echo the URL OpenCV was given)."""
+    """Scrubs a source's secrets out of any text (error messages may echo the URL OpenCV was given).
+
+    Any URL in the text is replaced by its redacted form; then each secret: the credentials and what
+    ``url_secrets`` finds in each URL given. A secret of four characters or more is replaced wherever it
+    stands; a shorter one only where it stands alone (not inside a word, a name or a number), so that a
+    channel "1" or a password "ab" is scrubbed without turning 127.0.0.1 into 127.0.0.***.
+    """
 
     def __init__(self, *secrets: str | None):
-        # Longest first, so a URL is replaced before the password inside it.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
-        self._encoded = [quote(s, safe="") for s in self._secrets]
+        values: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            values.add(secret)
+            if "://" in secret:
+                values.update(url_secrets(secret))
+        values |= {quote(v, safe="") for v in values}
+        # Longest first, so a whole query is replaced before a value inside it.
+        ordered = sorted((v for v in values if "://" not in v), key=len, reverse=True)
+        self._patterns = [
+            re.compile(re.escape(v) if len(v) >= 4 else rf"(?<![\w.\-]){re.escape(v)}(?![\w.\-])") for v in ordered
+        ]
 
     def scrub(self, text: str) -> str:
-        for secret, encoded in zip(self._secrets, self._encoded):
-            if "://" in secret:
-                text = text.replace(secret, redact_url(secret))
-            else:
-                text = text.replace(secret, "***").replace(encoded, "***")
+        text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+        for pattern in self._patterns:
+            text = pattern.sub("***", text)
         return text
 
 

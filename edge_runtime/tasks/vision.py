@@ -7,69 +7,46 @@ first, the ImageNet way), colour order, scale, mean/std, layout. Boxes are mappe
 frame's pixels, undoing the letterbox or crop.
 
 Every frame is checked before it is decoded: its format from magic bytes (or the MQTT v5 content
-type), its dimensions from the header (an 8000x8000 frame is refused without allocating 192 MB), and
-that a JPEG or PNG is complete (a truncated one would otherwise decode with a grey band).
+type), its dimensions from the header, read marker by marker as libjpeg and libpng read them (an
+8000x8000 frame is refused without allocating 192 MB, whatever markers hide its frame header), and that
+a JPEG or PNG is complete (a truncated one would otherwise decode with a grey band). OpenCV itself is
+loaded with its pixel limit at ``MAX_PIXELS``, so a header that ever lied would still not be allocated.
 """
 
 from __future__ import annotations
 
 import io
-import struct
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .._opencv import MAX_PIXELS, load_cv2, pixel_limit_holds
+
 try:
+    load_cv2()  # first: OpenCV reads its pixel limit from the environment when it is loaded
     import cv2
 except ImportError as _err:  # the registry names this reason when an image task is looked up
     raise ImportError("image models need OpenCV: pip install 'edge-runtime[camera]'") from _err
 
 from ..bundle import Manifest
 from ..bundle.image_spec import DetectorSpec, PreprocessSpec, input_hw
-from ..errors import PayloadError
+from ..errors import PayloadError, first_line
 from . import register_task, user_property
+from ._image_header import image_size
 from .codecs import NPY_MAGIC
 
 __all__ = ["ImageDecoder", "Preprocess", "image_size", "letterbox", "center_crop", "decode_detections", "annotate"]
 
-_JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xaeB`\x82"
-# JPEG start-of-frame markers (not DHT C4, JPG C8, DAC CC), which carry the frame's dimensions.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+log = logging.getLogger("edge_runtime.tasks")
 
-
-def image_size(payload: bytes) -> tuple[str, int, int]:
-    """(format, width, height) from a JPEG or PNG header, without decoding; PayloadError if unreadable."""
-    if payload.startswith(_PNG):
-        if len(payload) < 24 or payload[12:16] != b"IHDR":
-            raise PayloadError("bad_image", "PNG header is incomplete")
-        if not payload.rstrip(b"\0").endswith(_PNG_END):
-            raise PayloadError("bad_image", "PNG is truncated (no IEND chunk)")
-        w, h = struct.unpack(">II", payload[16:24])
-        return "png", w, h
-    if payload.startswith(_JPEG):
-        pos = 2
-        while pos + 4 <= len(payload):
-            if payload[pos] != 0xFF:
-                raise PayloadError("bad_image", f"JPEG is corrupt (no marker at byte {pos})")
-            marker = payload[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            length = struct.unpack(">H", payload[pos + 2 : pos + 4])[0]
-            if marker in _SOF:
-                if pos + 9 > len(payload):
-                    break
-                h, w = struct.unpack(">HH", payload[pos + 5 : pos + 9])
-                if not payload.rstrip(b"\0").endswith(b"\xff\xd9"):
-                    raise PayloadError("bad_image", "JPEG is truncated (no end-of-image marker)")
-                return "jpeg", w, h
-            if marker == 0xDA or length < 2:  # scan data before any frame header
-                break
-            pos += 2 + length
-        raise PayloadError("bad_image", "JPEG is corrupt (no frame header)")
-    raise PayloadError("not_image", "payload is not a JPEG, PNG or .npy image")
+if not pixel_limit_holds():
+    log.warning(
+        "OpenCV was imported before edge-runtime could set its pixel limit: it will decode images of up to "
+        "2^30 pixels if a header check is ever wrong; set OPENCV_IO_MAX_IMAGE_PIXELS=%d in the environment",
+        MAX_PIXELS,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,13 +134,17 @@ class FrameMeta:
 class ImageDecoder:
     """Payload -> (id, model-ready image row, FrameMeta)."""
 
-    def __init__(self, manifest: Manifest, *, max_bytes: int, max_pixels: int = 4096 * 4096, min_side: int = 8):
+    def __init__(self, manifest: Manifest, *, max_bytes: int, max_pixels: int = MAX_PIXELS, min_side: int = 8):
+        if not 0 < max_pixels <= MAX_PIXELS:
+            raise ValueError(f"max_pixels must be above 0 and at most {MAX_PIXELS} (OpenCV's limit), not {max_pixels}")
         self.pre = Preprocess.from_manifest(manifest)
         self.dtype = np.dtype(manifest.inputs[0].dtype)
         self.max_bytes, self.max_pixels, self.min_side = max_bytes, max_pixels, min_side
         p = self.pre
         self._mean = np.asarray(p.mean, np.float32) if any(p.mean) else None
         self._inv_std = (1.0 / np.asarray(p.std, np.float32)) if any(s != 1 for s in p.std) else None
+        # What one decoded, model-ready frame holds: counted against its route's byte bound while it waits.
+        self.row_nbytes = p.width * p.height * 3 * self.dtype.itemsize
 
     def decode(self, payload: bytes, properties: Any = None) -> tuple[Any, np.ndarray, FrameMeta]:
         msg_id = user_property(properties, "id") or user_property(properties, "frame_id")
@@ -183,7 +164,14 @@ class ImageDecoder:
             except PayloadError as err:
                 raise PayloadError(err.code, err.detail, id=msg_id) from None
             self._check_size(w, h, msg_id)
-            decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            try:
+                decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            except cv2.error as err:  # OpenCV's own size limit, if a header ever decodes larger than it said
+                if "CV_IO_MAX_IMAGE" in str(err):
+                    raise PayloadError(
+                        "too_large", f"image has more than {MAX_PIXELS} pixels (OpenCV's limit)", id=msg_id
+                    ) from None
+                raise PayloadError("bad_image", f"OpenCV could not decode it: {first_line(err)}", id=msg_id) from None
             if decoded is None:
                 raise PayloadError("bad_image", "the image data is corrupt (OpenCV could not decode it)", id=msg_id)
             img = decoded

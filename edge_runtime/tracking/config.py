@@ -16,8 +16,7 @@ points = [[0.1, 0.55], [0.9, 0.55], [0.9, 1.0], [0.1, 1.0]]   # relative (0..1) 
 [[routes.lines]]
 name = "gate"
 points = [[0.5, 0.0], [0.5, 1.0]]
-forward = "in"                                  # crossing left to right of first->second point
-backward = "out"
+in_direction = "left_to_right"                  # crossing left to right is "in" (forward), the other way "out"
 ```
 The lead adds these fields to RouteConfig (``TrackingConfig`` holds them; ``build`` makes the generator).
 """
@@ -30,7 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .events import ObjectEvents
-from .geometry import Line, Zone
+from .geometry import Direction, Line, Zone, orient_line
 from .tracker import Tracker
 
 __all__ = ["TrackerConfig", "ZoneConfig", "LineConfig", "TrackingConfig", "render_topic"]
@@ -52,21 +51,37 @@ class TrackerConfig(_Strict):
         0.1,
         ge=0,
         le=1,
-        description="Detections below high_score but at least this keep existing tracks alive "
-        "(ByteTrack's second pass); lower ones are ignored. Not above high_score.",
+        description="Detections below high_score but at least this keep existing tracks alive, lost ones "
+        "too (ByteTrack's second pass: a partly hidden object), and may start a new one; lower ones are "
+        "ignored. Not above high_score.",
     )
     new_track_score: float | None = Field(
         None,
         ge=0,
         le=1,
-        description="A new object needs a detection at least this confident (not below high_score); "
+        description="A new object needs min_hits detections in a row whose scores add up to min_hits times "
+        "this (with 0.5: two detections at 0.5, three at 0.35 or four at 0.25). Not below high_score; "
         "default: high_score.",
     )
     match_iou: float = Field(
         0.3, gt=0, le=1, description="Least IoU of predicted and detected box to match (first pass)."
     )
-    low_match_iou: float = Field(0.5, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
-    min_hits: int = Field(2, ge=1, le=100, description="Consecutive frames with a detection before an object is 'new'.")
+    low_match_iou: float = Field(0.4, gt=0, le=1, description="Least IoU for low-score detections (second pass).")
+    max_speed: float = Field(
+        4.0,
+        gt=0,
+        le=100,
+        description="How fast a new object may move, in its own box widths (sideways) or heights (up and "
+        "down) per second: a track seen once has no velocity yet, so its next detection is the nearest one "
+        "of a similar size within this reach. 4 covers people and town traffic (a car at 50 km/h moves about "
+        "3 of its lengths a second); raise it for faster objects.",
+    )
+    min_hits: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Consecutive frames with a detection before an object is 'new' (see new_track_score).",
+    )
     end_after_s: float = Field(2.0, ge=0, le=3600, description="An object not seen for this long ends ('end' event).")
     class_aware: bool = Field(
         False,
@@ -91,6 +106,21 @@ class TrackerConfig(_Strict):
         if self.new_track_score is not None and self.new_track_score < self.high_score:
             raise ValueError("new_track_score must not be below high_score")
         return self
+
+    def build(self) -> Tracker:
+        return Tracker(
+            high_score=self.high_score,
+            low_score=self.low_score,
+            new_track_score=self.new_track_score,
+            match_iou=self.match_iou,
+            low_match_iou=self.low_match_iou,
+            min_hits=self.min_hits,
+            lost_after_s=self.end_after_s,
+            class_aware=self.class_aware,
+            merge_iou=None if self.class_aware else self.merge_iou,
+            max_tracks=self.max_tracks,
+            max_speed=self.max_speed,
+        )
 
 
 class _Shape(_Strict):
@@ -141,8 +171,17 @@ class LineConfig(_Shape):
     points: list[Point] = Field(
         min_length=2, max_length=2, description="The line's two ends [[x1, y1], [x2, y2]]; they must differ."
     )
+    in_direction: Direction | None = Field(
+        None,
+        description="Which way across the frame counts as forward (named in by default): left_to_right, "
+        "right_to_left, top_to_bottom or bottom_to_top (see the picture below this table). Not set: forward "
+        "is a crossing from the left to the right of the line as seen walking from its first point to its "
+        "second, y pointing down (for [[0.5, 0.0], [0.5, 1.0]]: right to left).",
+    )
     forward: str = Field(
-        "in", pattern=_NAME, description="Name of a crossing from the left to the right of first->second point."
+        "in",
+        pattern=_NAME,
+        description="Name of a crossing in_direction (without it: from the left to the right of first->second point).",
     )
     backward: str = Field("out", pattern=_NAME, description="Name of a crossing the other way; not forward's.")
 
@@ -152,6 +191,8 @@ class LineConfig(_Shape):
             raise ValueError("a line's two points must differ")
         if self.forward == self.backward:
             raise ValueError("forward and backward need different names")
+        if self.in_direction is not None:
+            orient_line(self.points, self.in_direction)  # a horizontal line has no left_to_right: say so now
         return self
 
     def build(self) -> Line:
@@ -163,6 +204,7 @@ class LineConfig(_Shape):
             labels=self.labels,
             forward=self.forward,
             backward=self.backward,
+            in_direction=self.in_direction,
         )
 
 
@@ -246,22 +288,9 @@ class TrackingConfig(_Strict):
         return self
 
     def build(self, source: str, *, id_prefix: str | None = None) -> ObjectEvents:
-        t = self.tracker
-        tracker = Tracker(
-            high_score=t.high_score,
-            low_score=t.low_score,
-            new_track_score=t.new_track_score,
-            match_iou=t.match_iou,
-            low_match_iou=t.low_match_iou,
-            min_hits=t.min_hits,
-            lost_after_s=t.end_after_s,
-            class_aware=t.class_aware,
-            merge_iou=None if t.class_aware else t.merge_iou,
-            max_tracks=t.max_tracks,
-        )
         return ObjectEvents(
             source=source,
-            tracker=tracker,
+            tracker=self.tracker.build(),
             zones=[z.build() for z in self.zones],
             lines=[ln.build() for ln in self.lines],
             update_interval_s=self.update_interval_s,

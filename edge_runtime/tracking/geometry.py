@@ -14,9 +14,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Anchor", "BoxLike", "anchor_point", "point_in_polygon", "Zone", "Line"]
+__all__ = ["Anchor", "BoxLike", "Direction", "anchor_point", "point_in_polygon", "orient_line", "Zone", "Line"]
 
 Anchor = Literal["bottom_center", "center"]
+Direction = Literal["left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top"]
 BoxLike = Sequence[float] | NDArray[np.float64]  # x1, y1, x2, y2
 
 
@@ -81,13 +82,40 @@ def _side(a: tuple[float, float], b: tuple[float, float], p: tuple[float, float]
     return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
 
 
+def orient_line(points: Sequence[Sequence[float]], direction: Direction) -> list[tuple[float, float]]:
+    """The line's two points in the order whose forward crossing (see ``Line``) goes ``direction`` across the
+    frame. Left and right are the sides a horizontal line through the frame meets first from its left and
+    right edges, top and bottom likewise for a vertical one: on a slanted line both pairs exist (on a
+    diagonal from top left to bottom right, left_to_right is also bottom_to_top). ValueError for sides a
+    line does not have: left and right of a horizontal line, top and bottom of a vertical one."""
+    a, b = (float(points[0][0]), float(points[0][1])), (float(points[1][0]), float(points[1][1]))
+    if direction in ("left_to_right", "right_to_left"):
+        if a[1] == b[1]:
+            raise ValueError(
+                f'a horizontal line has no left or right side: in_direction "{direction}" never happens; '
+                'use "top_to_bottom" or "bottom_to_top"'
+            )
+        keep = (b[1] < a[1]) == (direction == "left_to_right")  # drawn upwards, its right is the frame's
+    elif direction in ("top_to_bottom", "bottom_to_top"):
+        if a[0] == b[0]:
+            raise ValueError(
+                f'a vertical line has no top or bottom side: in_direction "{direction}" never happens; '
+                'use "left_to_right" or "right_to_left"'
+            )
+        keep = (b[0] > a[0]) == (direction == "top_to_bottom")  # drawn rightwards, its right is below it
+    else:
+        raise ValueError(f"unknown direction {direction!r}")
+    return [a, b] if keep else [b, a]
+
+
 class Line:
     """A directed counting line from its first point to its second.
 
     Crossing it from the left to the right (as seen walking from the first point to the second, in image
     coordinates with y down: for a line drawn left to right, from above it to below it) is ``forward``;
-    the other way is ``backward``. Only a crossing within the segment counts (the anchor's path from
-    one frame to the next must intersect it).
+    the other way is ``backward``. ``in_direction`` orders the two points so that forward is that
+    direction across the frame instead (``orient_line``). Only a crossing within the segment counts (the
+    anchor's path from one frame to the next must intersect it).
     """
 
     def __init__(
@@ -100,12 +128,14 @@ class Line:
         labels: Iterable[str] | None = None,
         forward: str = "in",
         backward: str = "out",
+        in_direction: Direction | None = None,
     ):
         if len(points) != 2:
             raise ValueError(f"line {name!r} needs exactly 2 points")
         if tuple(points[0]) == tuple(points[1]):
             raise ValueError(f"line {name!r} has two equal points")
-        self.name, self.points, self.relative, self.anchor = name, [tuple(p) for p in points], relative, anchor
+        ordered = [tuple(p) for p in points] if in_direction is None else orient_line(points, in_direction)
+        self.name, self.points, self.relative, self.anchor = name, ordered, relative, anchor
         self.labels = None if labels is None else frozenset(str(v) for v in labels)
         self.forward, self.backward = forward, backward
 
