@@ -216,3 +216,29 @@ def test_the_rest_follow_the_canaries_and_never_a_rolled_back_release():
 def test_a_verdict_from_a_stranger_is_bounded():
     with pytest.raises(ValueError):
         Verdict.model_validate({"device": "x", "release": "nothex", "version": "1", "verdict": "promoted"})
+
+
+def test_the_status_board_shows_fleet_devices_and_skips_junk():
+    from edge_runtime.observability.status import StatusBoard
+
+    board = StatusBoard()
+    state = {
+        "fleet": "lab",
+        "models": {
+            "m": {
+                "actual": "3",
+                "desired": "4",
+                "phase": "downloading",
+                "canary": True,
+                "progress": {"chunks": 3, "of": 9},
+            }
+        },
+    }
+    board.update("edge-runtime/dev-1/models", orjson.dumps(state))
+    shadowing = {"actual": "3", "desired": "4", "phase": "shadowing", "shadow": {"rows": 40, "agreement": 0.975}}
+    board.update("edge-runtime/dev-2/models", orjson.dumps({"fleet": "lab", "models": {"m": shadowing}}))
+    for junk in (b"", b"[]", b'{"models": {"m": {"phase": 3}}}', b'{"models": {"m": {"progress": {"chunks": -1}}}}'):
+        board.update("edge-runtime/dev-3/models", junk)
+    text = board.render()
+    assert "DEVICE" in text and "3/9 chunks" in text and "agreement 0.975 over 40 rows" in text
+    assert "dev-3" not in text and board.skipped == 4

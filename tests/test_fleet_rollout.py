@@ -287,6 +287,14 @@ def test_a_fleet_of_six_rolls_back_a_bad_release_on_its_canaries_and_promotes_a_
             last = states.last(name)
             assert last["phase"] == "promoted" and last["previous"] == "3", (name, last)
             assert len(fleet.versions_on_disk(name)) == 1  # the previous version is the configured bundle
+        shown = subprocess.run(
+            [sys.executable, "-m", "edge_runtime", "status", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        rows = [line.split() for line in shown.stdout.splitlines() if line.split()[1:3] == ["six", MODEL]]
+        assert sorted(r[0] for r in rows) == sorted(names) and {(r[3], r[5]) for r in rows} == {("5", "promoted")}
 
         _every_input_answered(traffic, results)
         assert len(traffic.sent) > 1000

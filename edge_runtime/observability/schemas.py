@@ -21,6 +21,8 @@ __all__ = [
     "MetricsMessage",
     "ReloadOutcome",
     "StatusMessage",
+    "ModelRollout",
+    "ModelsMessage",
     "Detection",
     "FrameInfo",
     "ResultMessage",
@@ -96,6 +98,35 @@ class StatusMessage(_Wire):
     device: Short | None = None
     models: Annotated[dict[Short, Short], Field(max_length=256)] = {}
     reload: ReloadOutcome | None = None
+
+
+class RolloutProgress(_Wire):
+    chunks: Count
+    of: Count
+
+
+class ShadowProgress(_Wire):
+    rows: Count = 0
+    agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    latency_ratio: Annotated[float, Field(ge=0, le=1e9)] | None = None
+
+
+class ModelRollout(_Wire):
+    actual: Short | None = None
+    desired: Short | None = None
+    previous: Short | None = None
+    phase: Short = "idle"
+    canary: bool | None = None
+    note: Annotated[str, Field(max_length=4000)] | None = None
+    progress: RolloutProgress | None = None
+    shadow: ShadowProgress | None = None
+
+
+class ModelsMessage(_Wire):
+    """``edge-runtime/<client_id>/models`` (retained; a fleet device's desired and actual state, fleet/agent.py)."""
+
+    fleet: Short | None = None
+    models: Annotated[dict[Short, ModelRollout], Field(max_length=256)]
 
 
 class Detection(_Wire):

@@ -1,6 +1,7 @@
-"""``edge-runtime status``: a live table of the runtimes on a broker, from their status and metrics topics.
+"""``edge-runtime status``: a live table of the runtimes on a broker, from their status and metrics topics, and
+one of the fleet devices' models (what serves, what the fleet asks for, how far a release got).
 
-Everything shown is what the runtimes publish (retained status, periodic metrics), so it works for one
+Everything shown is what the runtimes publish (retained status and models, periodic metrics), so it works for one
 device or a fleet, with nothing but MQTT. Anyone may publish on those topics: every message is validated
 (observability.schemas) and junk is skipped with a debug line and counted, never shown or trusted; the
 number of runtimes tracked is bounded, and names are made printable before they reach the terminal.
@@ -12,9 +13,10 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from .schemas import DriftState, MetricsMessage, StatusMessage, parse
+from .schemas import DriftState, MetricsMessage, ModelRollout, ModelsMessage, StatusMessage, parse
 
 if TYPE_CHECKING:
     from ..config import BrokerConfig
@@ -24,6 +26,9 @@ __all__ = ["StatusBoard", "watch_status"]
 log = logging.getLogger("edge_runtime.status")
 
 _COLUMNS = ("RUNTIME", "STATE", "ROUTE", "MODEL", "IN/s", "OUT/s", "P99 ms", "ERRORS", "DROPPED", "QUEUE", "DRIFT")
+# Fleet devices (edge-runtime/<client_id>/models): what each model serves, what the fleet asks, how far it got.
+MODEL_COLUMNS = ("DEVICE", "FLEET", "MODEL", "ACTUAL", "DESIRED", "PHASE", "CANARY", "PROGRESS", "NOTE")
+_TOPICS = ("status", "metrics", "models")
 # Runtimes tracked at most: a bound on memory whatever client ids junk publishers invent.
 MAX_RUNTIMES = 1000
 _CELL = 60  # characters shown of a name at most
@@ -41,6 +46,7 @@ class StatusBoard:
     def __init__(self, *, max_runtimes: int = MAX_RUNTIMES) -> None:
         self.status: dict[str, StatusMessage] = {}
         self.metrics: dict[str, MetricsMessage] = {}
+        self.models: dict[str, ModelsMessage] = {}
         self.rates: dict[str, dict[str, tuple[float, float]]] = {}
         self.skipped = 0
         self.max_runtimes = max_runtimes
@@ -49,24 +55,28 @@ class StatusBoard:
     def update(self, topic: str, payload: bytes | bytearray) -> None:
         """Take one message; anything but a valid status or metrics message is skipped (and counted)."""
         parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != "edge-runtime" or parts[2] not in ("status", "metrics"):
+        if len(parts) != 3 or parts[0] != "edge-runtime" or parts[2] not in _TOPICS:
             return
         name, kind = parts[1], parts[2]
-        message: StatusMessage | MetricsMessage | None
+        message: StatusMessage | MetricsMessage | ModelsMessage | None
         if kind == "status":
             message, why = parse(StatusMessage, payload)
-        else:
+        elif kind == "metrics":
             message, why = parse(MetricsMessage, payload)
+        else:
+            message, why = parse(ModelsMessage, payload)
         with self.lock:
             if message is None:
                 self._skip(topic, why)
                 return
-            known = name in self.status or name in self.metrics
-            if not known and len(set(self.status) | set(self.metrics)) >= self.max_runtimes:
+            known = name in self.status or name in self.metrics or name in self.models
+            if not known and len(set(self.status) | set(self.metrics) | set(self.models)) >= self.max_runtimes:
                 self._skip(topic, f"more than {self.max_runtimes} runtimes")
                 return
             if isinstance(message, StatusMessage):
                 self.status[name] = message
+            elif isinstance(message, ModelsMessage):
+                self.models[name] = message
             else:
                 self.rates[name] = _rates(self.metrics.get(name), message)
                 self.metrics[name] = message
@@ -108,12 +118,36 @@ class StatusBoard:
                     )
             return out
 
+    def model_rows(self) -> list[tuple[str, ...]]:
+        """One row per fleet device and model it manages."""
+        with self.lock:
+            out: list[tuple[str, ...]] = []
+            for name in sorted(self.models):
+                message = self.models[name]
+                for model, m in sorted(message.models.items()):
+                    out.append(
+                        (
+                            _printable(name),
+                            _printable(message.fleet or "-"),
+                            _printable(model),
+                            _printable(m.actual or "-"),
+                            _printable(m.desired or "-"),
+                            _printable(m.phase),
+                            "-" if m.canary is None else ("yes" if m.canary else "no"),
+                            _progress(m),
+                            _printable(m.note or ""),
+                        )
+                    )
+            return out
+
     def render(self) -> str:
         rows = [_COLUMNS, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines = _table(rows)
         if len(rows) == 1:
             lines.append("(no runtime has published status or metrics yet)")
+        fleet = self.model_rows()
+        if fleet:
+            lines += ["", *_table([MODEL_COLUMNS, *fleet])]
         if self.skipped:
             lines.append(f"({self.skipped} messages on runtime topics were not valid status or metrics: skipped)")
         return "\n".join(lines)
@@ -148,7 +182,7 @@ def watch_status(
     client = connect_client(
         broker,
         on_message=lambda _c, _u, m: board.update(m.topic, m.payload),
-        subscriptions=[("edge-runtime/+/status", 1), ("edge-runtime/+/metrics", 0)],
+        subscriptions=[("edge-runtime/+/status", 1), ("edge-runtime/+/metrics", 0), ("edge-runtime/+/models", 1)],
     )
     live = out.isatty()
     end = None if duration is None else time.monotonic() + duration
@@ -166,6 +200,20 @@ def watch_status(
     if not live:
         out.write(board.render() + "\n")
     return 0
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _progress(m: ModelRollout) -> str:
+    """How far the release in progress got: chunks while downloading, the shadow's comparison while judged."""
+    if m.progress is not None and m.phase == "downloading":
+        return f"{m.progress.chunks}/{m.progress.of} chunks"
+    if m.shadow is not None and m.shadow.agreement is not None:
+        return f"agreement {m.shadow.agreement:.3f} over {m.shadow.rows} rows"
+    return "-"
 
 
 def _drift(state: DriftState | None) -> str:
