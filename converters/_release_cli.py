@@ -8,22 +8,10 @@ from pathlib import Path
 
 from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
 
-# Plan fields as options: (field, type, help). Defaults and bounds come from the Plan model itself.
-_PLAN_OPTIONS = (
-    ("canary", float, "share of the fleet that tries the release first (0..1; chosen by a hash of the device id)"),
-    ("window_rows", int, "rows a canary compares before judging"),
-    ("window_s", float, "seconds after which a canary judges with what it has"),
-    ("min_rows", int, "fewer rows compared by window_s: inconclusive (rolled back, not failed)"),
-    ("min_agreement", float, "share of rows on which the candidate must agree with the live model"),
-    ("max_latency_ratio", float, "the candidate's p95 latency at most this times the live model's"),
-    ("shadow_fraction", float, "share of the inputs the candidate shadows"),
-    ("canaries_needed", int, "canaries that must promote it before the rest of the fleet follows"),
-)
+from .release import add_plan_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edge_runtime.fleet.record import Plan
-
     keys = sub.add_parser("keys", help="Ed25519 signing keys: devices trust the public half only")
     keysub = keys.add_subparsers(dest="what", required=True, metavar="ACTION")
     new = keysub.add_parser("new", help="write NAME.key (private, mode 600) and NAME.pub (for the devices)")
@@ -42,21 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--key", type=Path, required=True, metavar="FILE", help="Ed25519 private key that signs the record"
     )
     pub.add_argument("--model", help="the [[models]] name it replaces on the devices (default: the bundle's name)")
-    defaults = Plan()
-    plan = pub.add_argument_group("rollout plan (carried in the signed record, judged on each device)")
-    for field, kind, text in _PLAN_OPTIONS:
-        plan.add_argument(
-            f"--{field.replace('_', '-')}",
-            type=kind,
-            default=getattr(defaults, field),
-            help=f"{text} (default %(default)s)",
-        )
-    plan.add_argument(
-        "--rest",
-        choices=["direct", "shadow"],
-        default=defaults.rest,
-        help="after the canaries: install directly, or judge as the canaries did (default %(default)s)",
-    )
+    add_plan_options(pub)
     pub.add_argument("--chunk-kb", type=int, default=256, help="chunk size in KB (default %(default)s)")
     pub.add_argument(
         "--downgrade", action="store_true", help="allow an older version than the fleet's current one (a rollback)"
@@ -92,21 +66,12 @@ def _keys_id(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from edge_runtime.errors import EdgeRuntimeError
-    from edge_runtime.fleet.record import Plan
 
     from ._cli import _private_key
-    from .release import publish_release
+    from .release import plan_from_args, publish_release
 
-    fields = {field: getattr(args, field) for field, _, _ in _PLAN_OPTIONS}
-    try:
-        plan = Plan(**fields, rest=args.rest)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the plan"
-        raise EdgeRuntimeError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    plan = plan_from_args(args)
     if not 1 <= args.chunk_kb <= 256 * 1024:
         raise EdgeRuntimeError(f"--chunk-kb: 1 to 262144, not {args.chunk_kb}")
     if args.chunk_kb < 16:

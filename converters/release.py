@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,7 +34,10 @@ from edge_runtime.fleet.record import (
 )
 from edge_runtime.mqtt.client import connect_client
 
-__all__ = ["Published", "publish_release", "DEFAULT_CHUNK_KB"]
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["Published", "publish_release", "add_plan_options", "plan_from_args", "DEFAULT_CHUNK_KB"]
 
 DEFAULT_CHUNK_KB = 256
 _ACK_TIMEOUT_S = 30.0
@@ -172,3 +175,47 @@ def _clear_release(client: Any, group: str, old: ReleaseRecord) -> None:
     client.on_message = None
     topics = [chunk_topic(group, old.model, old.release, i) for i in range(len(old.chunks))]
     _publish_all(client, [(t, b"") for t in topics + verdicts])
+
+
+# Plan fields as command-line options: (field, type, help). Defaults and bounds come from the Plan model itself.
+_PLAN_OPTIONS = (
+    ("canary", float, "share of the fleet that tries the release first (0..1; chosen by a hash of the device id)"),
+    ("window_rows", int, "rows a canary compares before judging"),
+    ("window_s", float, "seconds after which a canary judges with what it has"),
+    ("min_rows", int, "fewer rows compared by window_s: inconclusive (rolled back, not failed)"),
+    ("min_agreement", float, "share of rows on which the candidate must agree with the live model"),
+    ("max_latency_ratio", float, "the candidate's p95 latency at most this times the live model's"),
+    ("shadow_fraction", float, "share of the inputs the candidate shadows"),
+    ("canaries_needed", int, "canaries that must promote it before the rest of the fleet follows"),
+)
+
+
+def add_plan_options(parser: argparse.ArgumentParser) -> None:
+    """The rollout plan's options (``publish``, ``simulate fleet --runtimes``)."""
+    defaults = Plan()
+    group = parser.add_argument_group("rollout plan (carried in the signed record, judged on each device)")
+    for field, kind, text in _PLAN_OPTIONS:
+        group.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{text} (default %(default)s)",
+        )
+    group.add_argument(
+        "--rest",
+        choices=["direct", "shadow"],
+        default=defaults.rest,
+        help="after the canaries: install directly, or judge as the canaries did (default %(default)s)",
+    )
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The plan the options say; EdgeRuntimeError naming the option that is out of bounds."""
+    from pydantic import ValidationError
+
+    try:
+        return Plan(**{field: getattr(args, field) for field, _, _ in _PLAN_OPTIONS}, rest=args.rest)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the plan"
+        raise EdgeRuntimeError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from converters.release import add_plan_options
 from edge_runtime.cli.argtypes import frame_size, listen_port, positive_float, positive_int, rate
 from edge_runtime.cli.broker_options import add_broker_options, broker_from_args
 from edge_runtime.cli.outputs import check_writable_file, write_output
@@ -76,14 +77,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     vid.add_argument("--seed", type=int, default=0)
     vid.set_defaults(handler=_video)
 
-    fleet = simsub.add_parser("fleet", help="many devices with a mix of rates, and optional faulty ones")
+    fleet = simsub.add_parser(
+        "fleet",
+        help="many devices with a mix of rates, and optional faulty ones; with --runtimes, a release rehearsed on "
+        "a fleet of runtimes",
+    )
     add_broker_options(fleet)
     fleet.add_argument("--devices", type=positive_int, default=10)
     fleet.add_argument("--rate", type=rate, default=5.0, help="base rate in Hz (devices run at 0.5x to 5x)")
-    fleet.add_argument("--duration", type=positive_float, default=10.0)
+    fleet.add_argument("--duration", type=positive_float, help="seconds (default 10; with --runtimes 60)")
     fleet.add_argument("--faults", type=_fault_list, default=[], help="comma-separated: silent,garbage,burst")
     fleet.add_argument("--qos", type=int, choices=[0, 1, 2], default=0)
     fleet.add_argument("--seed", type=int, default=0)
+    rehearsal = fleet.add_argument_group("rehearse a release (--runtimes N)")
+    rehearsal.add_argument(
+        "--runtimes",
+        type=positive_int,
+        help="run N runtimes (processes), one per device, serve the devices' traffic, and print the rollout",
+    )
+    rehearsal.add_argument("--bundle", type=Path, help="the vibration bundle the runtimes start with (signed)")
+    rehearsal.add_argument("--release", type=Path, help="the bundle to publish once they are online (signed)")
+    rehearsal.add_argument("--key", type=Path, help="the private key that signs the release record")
+    rehearsal.add_argument("--trust", type=Path, help="the public key the runtimes trust (default: --key's)")
+    rehearsal.add_argument(
+        "--workdir", type=Path, default=Path(".edge-runtime/fleet-sim"), help="configs, fleet state and logs"
+    )
+    add_plan_options(fleet)
     fleet.set_defaults(handler=_fleet)
 
     rec = simsub.add_parser("record", help="save what arrives on topics to a file (JSON lines)")
@@ -136,11 +155,52 @@ def _sensors(args: argparse.Namespace) -> int:
     )
 
 
+def _rehearse(args: argparse.Namespace) -> int:
+    from converters.release import plan_from_args
+
+    from .rollout import simulate_rollout
+
+    if args.faults:
+        raise EdgeRuntimeError("--faults and --runtimes do not go together: the rehearsal's devices send good readings")
+    if args.bundle is None:
+        raise EdgeRuntimeError("--runtimes needs --bundle DIR: the (signed) vibration bundle the runtimes start with")
+    if args.release is not None and args.key is None:
+        raise EdgeRuntimeError("--release needs --key FILE: the private key that signs the release record")
+    public = args.trust
+    key = None
+    if args.key is not None:
+        from converters._cli import _private_key
+
+        key = _private_key(args.key, "--key")
+        if public is None:
+            public = args.workdir / "release.pub"
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            public.write_bytes(key.public_pem())
+    if public is None:
+        raise EdgeRuntimeError("say which key the runtimes trust: --trust FILE (a .pub) or --key FILE")
+    return simulate_rollout(
+        broker_from_args(args),
+        runtimes=args.runtimes,
+        bundle=args.bundle.resolve(),
+        public_key=public.resolve(),
+        workdir=args.workdir.resolve(),
+        rate=args.rate,
+        duration=args.duration or 60.0,
+        qos=min(args.qos, 1),
+        release=args.release.resolve() if args.release else None,
+        key=key,
+        plan=plan_from_args(args),
+    )
+
+
 def _fleet(args: argparse.Namespace) -> int:
     from edge_runtime.mqtt.client import connect_client
 
     from .fleet import run_fleet
 
+    if args.runtimes is not None:
+        return _rehearse(args)
+    args.duration = args.duration or 10.0
     broker = broker_from_args(args)
     if len(args.faults) > args.devices:
         raise EdgeRuntimeError(

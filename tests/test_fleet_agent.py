@@ -81,9 +81,13 @@ class TestHost:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    return new_key_pair(folder / "r.key", folder / "r.pub")
+def key_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("keys")
+
+
+@pytest.fixture(scope="module")
+def keys(key_folder):
+    return new_key_pair(key_folder / "r.key", key_folder / "r.pub")
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +288,22 @@ def test_a_release_larger_than_the_disk_bound_is_refused_before_download(broker,
     assert not (d.config.dir / "downloads" / record.release).exists()
     verdict = orjson.loads(_retained(broker, verdict_topic(d.config.group, "m", record.release, d.agent.device)))
     assert verdict["verdict"] == "refused"
+
+
+def test_publish_and_rehearsal_mistakes_are_one_line(broker, keys, key_folder, versions, vibration_bundle):
+    import subprocess
+    import sys
+
+    key_file = key_folder / "r.key"
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done
+        return done.stderr
+
+    publish = ["publish", "--fleet", "cli-mistakes", "--key", str(key_file), "--broker", broker.url]
+    assert "--canary:" in cli(*publish, str(versions["4"]), "--canary", "2")
+    assert "not signed with a key" in cli(*publish, str(vibration_bundle))
+    publish_release(versions["5"], broker=broker.url, group="cli-mistakes", key=keys, chunk_kb=16)
+    assert "is not newer (publish it with --downgrade" in cli(*publish, str(versions["4"]))
+    assert "--runtimes needs --bundle" in cli("simulate", "fleet", "--runtimes", "2")

@@ -76,6 +76,14 @@ class SigningKey:
         """The Ed25519 signature of ``data``, base64."""
         return base64.b64encode(self._private.sign(data)).decode()
 
+    def public_pem(self) -> bytes:
+        """The public key as a .pub file holds it (PEM), for the devices."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
 
 class TrustedKeys:
     """The public keys a device trusts, by id. ``problem`` says why a signature is not acceptable, or None."""
@@ -132,10 +140,7 @@ def new_key_pair(private_path: Path, public_path: Path) -> SigningKey:
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     key = SigningKey(private)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    public_path.write_bytes(public_pem)
+    public_path.write_bytes(key.public_pem())
     return key
 
 

@@ -315,6 +315,7 @@ class FleetAgent:
         ms.last_issued, ms.desired = record.issued, record.version
         ms.candidate = payload.decode()
         work.record, work.canary = record, is_canary(self.device, record.plan.canary)
+        ms.canary = work.canary
         if not work.canary:  # canaries judge for themselves; the rest follow their verdicts
             self.transport.subscribe(verdict_filter(self.config.group, model, record.release))
         log.info("fleet: release %s accepted (%s)", record.label(), "canary" if work.canary else "after the canaries")
@@ -652,7 +653,7 @@ class FleetAgent:
                 "desired": ms.desired,
                 "desired_release": record.release if record else None,
                 "phase": ms.phase,
-                "canary": work.canary if record else None,
+                "canary": ms.canary,
                 "note": ms.note,
             }
             if record is not None and ms.phase == "downloading":

@@ -66,6 +66,7 @@ class ModelState(_State):
     previous: Installed | None = None
     last_issued: int = 0  # the newest record accepted: an older one is a replay
     desired: str | None = None  # the version of the newest record accepted (whatever became of it)
+    canary: bool | None = None  # whether this device was a canary for it
     candidate: str | None = None  # the signed record message being worked on (checked again at start)
     phase: Phase = "idle"
     failed: list[str] = Field(default_factory=list)  # releases rolled back here or by the canaries

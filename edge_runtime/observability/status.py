@@ -118,11 +118,15 @@ class StatusBoard:
                     )
             return out
 
-    def model_rows(self) -> list[tuple[str, ...]]:
-        """One row per fleet device and model it manages."""
+    def render_models(self, devices: set[str] | None = None) -> str:
+        """The fleet devices' table alone (of ``devices``, or all)."""
+        return "\n".join(_table([MODEL_COLUMNS, *self.model_rows(devices)]))
+
+    def model_rows(self, devices: set[str] | None = None) -> list[tuple[str, ...]]:
+        """One row per fleet device (of ``devices``, or all) and model it manages."""
         with self.lock:
             out: list[tuple[str, ...]] = []
-            for name in sorted(self.models):
+            for name in sorted(self.models if devices is None else set(self.models) & devices):
                 message = self.models[name]
                 for model, m in sorted(message.models.items()):
                     out.append(
