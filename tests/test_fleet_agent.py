@@ -20,7 +20,7 @@ from converters.release import publish_release
 from edge_runtime.bundle import TrustedKeys, load_bundle, sign_bundle
 from edge_runtime.bundle.signing import new_key_pair
 from edge_runtime.config import BrokerConfig
-from edge_runtime.errors import BundleError
+from edge_runtime.errors import BundleError, EdgeRuntimeError
 from edge_runtime.fleet.agent import FleetAgent, live_bundles
 from edge_runtime.fleet.archive import pack_bundle
 from edge_runtime.fleet.config import FleetConfig
@@ -146,9 +146,10 @@ def device(broker, keys, versions, tmp_path, request):
         d.stop()
 
 
-def _publish(broker, keys, bundle, group, **plan):
+def _publish(broker, keys, bundle, group, downgrade=False, **plan):
+    plan = Plan(**{**PLAN, **plan})
     return publish_release(
-        bundle, broker=broker.url, group=group, key=keys, model="m", plan=Plan(**{**PLAN, **plan}), chunk_kb=16
+        bundle, broker=broker.url, group=group, key=keys, model="m", plan=plan, chunk_kb=16, downgrade=downgrade
     )
 
 
@@ -307,3 +308,20 @@ def test_publish_and_rehearsal_mistakes_are_one_line(broker, keys, key_folder, v
     publish_release(versions["5"], broker=broker.url, group="cli-mistakes", key=keys, chunk_kb=16)
     assert "is not newer (publish it with --downgrade" in cli(*publish, str(versions["4"]))
     assert "--runtimes needs --bundle" in cli("simulate", "fleet", "--runtimes", "2")
+
+
+def test_a_downgrade_must_say_so_and_comes_from_the_version_kept(broker, keys, versions, device):
+    d = device()
+    d.host.report = ShadowReport(rows=60, agreed=60, errors=0, live_p95_ms=1.0, shadow_p95_ms=1.0, drift_alerts=0)
+    group = d.config.group
+    _publish(broker, keys, versions["4"], group)
+    d.wait_phase("promoted")
+    _publish(broker, keys, versions["5"], group)
+    d.states.json_until(lambda b: b["models"]["m"]["actual"] == "5", timeout=20)
+    fetched = d.agent.counters["chunks_fetched"]
+    with pytest.raises(EdgeRuntimeError, match="--downgrade"):  # the publisher refuses it first
+        _publish(broker, keys, versions["4"], group)
+    _publish(broker, keys, versions["4"], group, downgrade=True)
+    state = d.states.json_until(lambda b: b["models"]["m"]["actual"] == "4", timeout=20)["models"]["m"]
+    assert state["phase"] == "promoted" and state["previous"] == "5"
+    assert d.agent.counters["chunks_fetched"] == fetched  # version 4 was kept on disk: nothing downloaded

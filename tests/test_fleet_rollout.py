@@ -80,7 +80,9 @@ def bundles(vibration_model, vibration_data, release_key, tmp_path_factory):
 class Fleet:
     """Runtime processes, one per device name, each following ``group`` with its own fleet directory."""
 
-    def __init__(self, port: int, root: Path, names: list[str], group: str, start: Path, public: Path, **fleet):
+    def __init__(
+        self, port: int, root: Path, names: list[str], group: str, start: Path, public: Path, *, top="", **fleet
+    ):
         self.port, self.root, self.group = port, root, group
         self.procs: dict[str, subprocess.Popen] = {}
         self.log = open(root / "runtimes.log", "ab")  # closed in stop()
@@ -88,7 +90,7 @@ class Fleet:
         for name in names:
             (root / name).mkdir()
             (root / name / "edge.toml").write_text(
-                f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "{name}"\n'
+                f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "{name}"\n{top}'
                 f'[trust]\npublic_keys = ["{public}"]\n'
                 f'[fleet]\ngroup = "{group}"\ndir = "fleet"\n{extra}'
                 f'[[models]]\nname = "{MODEL}"\nbundle = "{start}"\n'
@@ -252,6 +254,7 @@ def test_a_fleet_of_six_rolls_back_a_bad_release_on_its_canaries_and_promotes_a_
         traffic = Traffic(port, names, Xt, rate_per_device=40)
 
         # A bad release: rolled back on the canaries within their window, never installed beyond them.
+        started = time.monotonic()
         bad = publish_release(
             bundles["4"], broker=f"mqtt://127.0.0.1:{port}", group="six", key=key, plan=Plan(canary=share, **PLAN)
         ).record
@@ -262,10 +265,13 @@ def test_a_fleet_of_six_rolls_back_a_bad_release_on_its_canaries_and_promotes_a_
             ),
             "the canaries to roll the bad release back and the rest to skip it",
         )
+        took = time.monotonic() - started
+        print(f"bad release: published, rolled back by the 2 canaries and skipped by the 4 others in {took:.1f} s")
         verdicts = Collector(f"mqtt://127.0.0.1:{port}", verdict_filter("six", MODEL, bad.release))
         judged = {t.rsplit("/", 1)[1]: v for t, v in verdicts.json(2)}
         verdicts.close()
         assert set(judged) == set(canaries)
+        print("bad release verdicts:", [(v["rows"], v["agreement"]) for v in judged.values()])
         for verdict in judged.values():
             assert verdict["verdict"] == "rolled_back" and verdict["canary"]
             assert verdict["rows"] <= PLAN["window_rows"], "not within the window"
@@ -321,7 +327,10 @@ def test_a_tampered_chunk_is_refused_and_a_broker_restart_mid_download_resumes_i
     port, restart = own_broker
     key, keys = release_key
     group = "resume"
-    fleet = Fleet(port, tmp_path, ["solo"], group, bundles["3"], keys / "release.pub", max_download_kb_s=32)
+    fleet = Fleet(
+        port, tmp_path, ["solo"], group, bundles["3"], keys / "release.pub", max_download_kb_s=32,
+        top="[homeassistant]\ndiscovery = true\n",
+    )  # fmt: skip
     # The release is on the broker before the device starts; one of its chunks is then replaced.
     record = publish_release(
         larger_bundle, broker=f"mqtt://127.0.0.1:{port}", group=group, key=key, chunk_kb=8, plan=Plan(canary=0.0)
@@ -357,6 +366,13 @@ def test_a_tampered_chunk_is_refused_and_a_broker_restart_mid_download_resumes_i
         # every chunk was fetched once (the tampered one twice: refused, then fetched again)
         assert counters["chunks_fetched"] == n + counters["chunks_refused"] and counters["chunks_refused"] == 1
         assert states.last("solo")["actual"] == "6"
+        announced = Collector(f"mqtt://127.0.0.1:{port}", "homeassistant/sensor/solo/release_vibration/config")
+        config = orjson.loads(announced.take(1)[0].payload)
+        announced.close()
+        assert (
+            config["state_topic"] == "edge-runtime/solo/models"
+            and "models['vibration'].actual" in config["value_template"]
+        )
     finally:
         _close(alerts, states, fleet)
 

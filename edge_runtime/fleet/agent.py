@@ -340,10 +340,10 @@ class FleetAgent:
     def _on_chunk(self, model: str, release: str, index_text: str, payload: bytes) -> None:
         work = self.work[model]
         record = work.record
-        if record is None or record.release != release or not index_text.isdigit():
+        if record is None or record.release != release or not (index_text.isascii() and index_text.isdigit()):
             return  # a chunk of another release (asked before a change), or junk
-        index = int(index_text)
-        if index not in work.asked or index in work.have or not payload:
+        index = int(index_text[:9])
+        if index_text != str(index) or index not in work.asked or index in work.have or not payload:
             return  # not asked for, or had already (a redelivery); an empty one was cleared
         work.fetched += 1
         self._count("chunks_fetched")

@@ -32,6 +32,8 @@ from ..fleet.agent import FleetAgent, live_bundles
 from ..fleet.config import FleetConfig
 from ..fleet.host import ShadowReport
 from ..monitoring.shadow import ShadowRunner, incompatibility
+from ..tasks.codecs import encode
+from .homeassistant import release_discovery_message
 from .models import load_engine
 from .reload import Outcome
 from .state import state_dir
@@ -111,7 +113,15 @@ class FleetHost:
         )
 
     def start(self) -> None:
+        """Start the agent; with Home Assistant discovery on, announce each managed model's release state."""
         self.agent.start()
+        config = self.runtime.config
+        if config.homeassistant.discovery:
+            for model in self.agent.models:
+                topic, payload = release_discovery_message(
+                    prefix=config.homeassistant.prefix, node=config.broker.client_id, model=model
+                )
+                self.runtime.link.publish(topic, encode(payload), 1, retain=True)
 
     def close(self) -> None:
         """Stop the agent; operations it still waits for are refused (they change nothing)."""

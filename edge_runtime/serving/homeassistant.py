@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["discovery_message"]
+__all__ = ["discovery_message", "release_discovery_message"]
 
 # What Home Assistant shows as the sensor's state, per task; the whole result is in the attributes.
 _STATE = {
@@ -57,5 +57,20 @@ def discovery_message(
         "state_topic": result_topic,
         "value_template": template,
         "json_attributes_topic": result_topic,
+    }
+    return f"{prefix}/sensor/{_slug(node)}/{object_id}/config", payload
+
+
+def release_discovery_message(*, prefix: str, node: str, model: str) -> tuple[str, dict[str, Any]]:
+    """(config topic, payload) announcing a fleet device's ``model`` (its retained ``edge-runtime/<node>/models``)
+    as a sensor: the version it serves, with the desired version, the rollout's phase and notes as attributes."""
+    topic = f"edge-runtime/{node}/models"
+    object_id = f"release_{_slug(model)}"
+    payload = {
+        **_entity(node, object_id, f"{model} release", model=model),
+        "state_topic": topic,
+        "value_template": f"{{{{ value_json.models['{model}'].actual }}}}",
+        "json_attributes_topic": topic,
+        "json_attributes_template": f"{{{{ value_json.models['{model}'] | tojson }}}}",
     }
     return f"{prefix}/sensor/{_slug(node)}/{object_id}/config", payload
