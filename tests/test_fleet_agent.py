@@ -325,3 +325,25 @@ def test_a_downgrade_must_say_so_and_comes_from_the_version_kept(broker, keys, v
     state = d.states.json_until(lambda b: b["models"]["m"]["actual"] == "4", timeout=20)["models"]["m"]
     assert state["phase"] == "promoted" and state["previous"] == "5"
     assert d.agent.counters["chunks_fetched"] == fetched  # version 4 was kept on disk: nothing downloaded
+
+
+def test_two_releases_racing_are_resolved_by_version_order(broker, keys, versions, device):
+    from edge_runtime.fleet.record import sign_record
+
+    d = device()
+    group = d.config.group
+    four = _publish(broker, keys, versions["4"], group).record
+    d.wait_phase("shadowing")  # judged on nothing yet: the host reports no rows
+    _publish(broker, keys, versions["5"], group)  # a newer one while 4 is being tried: 4 is dropped for it
+    d.states.json_until(lambda b: b["models"]["m"]["desired"] == "5", timeout=20)
+    d.host.report = ShadowReport(rows=60, agreed=60, errors=0, live_p95_ms=1.0, shadow_p95_ms=1.0, drift_alerts=0)
+    d.wait_phase("promoted")
+    # 4's record again, issued after 5's (not a replay) but not a downgrade: it loses to the version serving
+    late = four.model_copy(update={"issued": four.issued + 10**7})
+    client = connect_client(broker.url)
+    client.publish(release_topic(group, "m"), sign_record(late, keys), qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    note = d.states.json_until(lambda b: "not newer" in (b["models"]["m"]["note"] or ""), timeout=10)["models"]["m"]
+    assert note["actual"] == "5"
+    assert d.host.events == ["shadow 4", "stop 4", "shadow 5", "promote 5"]

@@ -312,6 +312,7 @@ class FleetAgent:
             return
         if current is not None:
             self._abandon(model, f"superseded by {record.label()}")
+            work = self.work[model]  # abandoning starts a new one
         ms.last_issued, ms.desired = record.issued, record.version
         ms.candidate = payload.decode()
         work.record, work.canary = record, is_canary(self.device, record.plan.canary)
