@@ -242,3 +242,26 @@ def test_the_status_board_shows_fleet_devices_and_skips_junk():
     text = board.render()
     assert "DEVICE" in text and "3/9 chunks" in text and "agreement 0.975 over 40 rows" in text
     assert "dev-3" not in text and board.skipped == 4
+
+
+def test_a_fleet_config_needs_trusted_keys_its_models_and_one_process(tmp_path, vibration_bundle, keys):
+    from edge_runtime.config import parse_config
+    from edge_runtime.errors import ConfigError
+    from edge_runtime.serving.workers import check_workers
+
+    (tmp_path / "a.pub").write_bytes(keys[0].public_pem())
+    base = (
+        f'[[models]]\nname = "m"\nbundle = "{vibration_bundle}"\n'
+        '[[routes]]\nmodel = "m"\nsubscribe = "s/#"\npublish = "r"\n'
+    )
+    with pytest.raises(ConfigError, match=r"fleet\.group: a fleet needs \[trust\] public_keys"):
+        parse_config('[fleet]\ngroup = "lab"\n' + base, base_dir=tmp_path)
+    trusted = '[trust]\npublic_keys = ["a.pub"]\n'
+    with pytest.raises(ConfigError, match=r"fleet\.models: no model named 'x'"):
+        parse_config(trusted + '[fleet]\ngroup = "lab"\nmodels = ["x"]\n' + base, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"fleet\.group"):
+        parse_config(trusted + '[fleet]\ngroup = "a/b"\n' + base, base_dir=tmp_path)
+    config = parse_config(trusted + '[fleet]\ngroup = "lab"\ndir = "f"\n' + base, base_dir=tmp_path)
+    assert config.fleet.dir == tmp_path / "f"
+    with pytest.raises(ConfigError, match="one process"):
+        check_workers(config, 2)

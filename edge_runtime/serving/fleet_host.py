@@ -173,6 +173,8 @@ class FleetHost:
         problem = incompatibility(live, engine.manifest)
         if problem is not None:
             raise EdgeRuntimeError(problem)
+        if not self._routes(model):
+            raise EdgeRuntimeError(f"no route serves model {model}: there is nothing to judge the candidate on")
         task, manifest = engine.task, engine.manifest
         runners = [
             ShadowRunner(
