@@ -41,7 +41,7 @@ __all__ = ["Published", "publish_release", "add_plan_options", "plan_from_args",
 
 DEFAULT_CHUNK_KB = 256
 _ACK_TIMEOUT_S = 30.0
-_RETAINED_WAIT_S = 1.0  # after the SUBACK, retained messages arrive at once; this is ample on any broker
+_RETAINED_WAIT_S = 0.3  # after the SUBACK: a broker sends what is retained with it, at once
 
 
 @dataclass(frozen=True)
@@ -116,21 +116,28 @@ def publish_release(
     return Published(record, current, time.monotonic() - started)
 
 
-def _current_record(client: Any, topic: str) -> ReleaseRecord | None:
-    """The record retained on ``topic`` now (as published: its signature is the devices' business)."""
-    found: list[bytes] = []
-    got = threading.Event()
+def _retained(client: Any, topic_filter: str) -> list[tuple[str, bytes]]:
+    """What is retained on ``topic_filter`` now: the broker sends it right after the SUBACK."""
+    found: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        if msg.topic == topic and msg.payload:
-            found.append(bytes(msg.payload))
-            got.set()
+        if msg.payload:
+            found.append((msg.topic, bytes(msg.payload)))
 
     client.on_message = on_message
-    client.subscribe(topic, 1)
-    got.wait(_RETAINED_WAIT_S)
-    client.unsubscribe(topic)
-    client.on_message = None
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.subscribe(topic_filter, 1)
+    if subscribed.wait(_ACK_TIMEOUT_S):
+        time.sleep(_RETAINED_WAIT_S)
+    client.unsubscribe(topic_filter)
+    client.on_message = client.on_subscribe = None
+    return found
+
+
+def _current_record(client: Any, topic: str) -> ReleaseRecord | None:
+    """The record retained on ``topic`` now (as published: its signature is the devices' business)."""
+    found = [payload for _, payload in _retained(client, topic)]
     if not found:
         return None
     try:
@@ -161,18 +168,7 @@ def _wait(info: Any) -> None:
 
 def _clear_release(client: Any, group: str, old: ReleaseRecord) -> None:
     """Remove what a superseded release left retained: its chunks, and the devices' verdicts on it."""
-    verdicts: list[str] = []
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        if msg.payload:
-            verdicts.append(msg.topic)
-
-    client.on_message = on_message
-    flt = verdict_filter(group, old.model, old.release)
-    client.subscribe(flt, 1)
-    time.sleep(_RETAINED_WAIT_S)
-    client.unsubscribe(flt)
-    client.on_message = None
+    verdicts = [topic for topic, _ in _retained(client, verdict_filter(group, old.model, old.release))]
     topics = [chunk_topic(group, old.model, old.release, i) for i in range(len(old.chunks))]
     _publish_all(client, [(t, b"") for t in topics + verdicts])
 

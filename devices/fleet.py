@@ -8,6 +8,7 @@ Everything is scheduled on one thread (a heap of next-send times), so hundreds o
 from __future__ import annotations
 
 import heapq
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -62,8 +63,10 @@ def run_fleet(
     qos: int = 0,
     prefix: str = "sensors",
     seed: int = 0,
+    stop: threading.Event | None = None,
 ) -> list[FleetDevice]:
-    """Publish for ``duration`` seconds; return the devices with what each sent, by topic."""
+    """Publish for ``duration`` seconds (or until ``stop`` is set); return the devices with what each sent, by
+    topic."""
     unknown = set(faults) - set(FAULTS)
     if unknown:
         raise ValueError(f"unknown fault {sorted(unknown)[0]!r}; choose from {', '.join(FAULTS)}")
@@ -79,8 +82,8 @@ def run_fleet(
         due, i = heapq.heappop(heap)
         if due >= end:
             continue
-        if time.monotonic() >= end:  # behind a schedule this machine cannot keep: the duration still holds
-            break
+        if time.monotonic() >= end or (stop is not None and stop.is_set()):
+            break  # behind a schedule this machine cannot keep, the duration still holds; or asked to stop
         time.sleep(max(0.0, due - time.monotonic()))
         device = fleet[i]
         elapsed = due - start

@@ -4,7 +4,8 @@ N runtime processes (``edge-runtime run``), each a device of its own (client id 
 directory, the same trusted key), serve the simulated vibration sensors of ``devices.fleet`` (device
 ``fleet-<i>``'s readings go to runtime ``fleet-<i>``) from one broker. A release, if given, is published once
 they are all online, and what every device does is printed as it happens: who is a canary, downloads,
-agreement while it shadows, promotions and rollbacks; at the end, a table of who serves what.
+agreement while it shadows, promotions and rollbacks. The rehearsal ends a second after every device is
+done with the release (or after ``duration`` seconds of traffic), with a table of who serves what.
 
 Each run uses a release group of its own (``sim-<random>``), so a release retained from an earlier run is not
 rolled out again, and starts from the bundle given (the work directory's device folders are made afresh).
@@ -36,24 +37,34 @@ from .fleet import run_fleet
 __all__ = ["simulate_rollout", "RolloutPrinter"]
 
 _ONLINE_TIMEOUT_S = 120.0
+# Phases after which a device does nothing more for a release (fleet/store.py's Phase).
+_SETTLED = {"promoted", "rolled_back", "skipped", "refused", "inconclusive"}
 
 
 class RolloutPrinter:
     """Turns the devices' state messages into one line per change (phase, version), and the shadow's agreement
     at most once per ``every_s`` per device."""
 
-    def __init__(self, out: TextIO, *, started: float, every_s: float = 2.0):
-        self.out, self.started, self.every = out, started, every_s
+    def __init__(self, out: TextIO, *, group: str, started: float, every_s: float = 2.0):
+        self.out, self.group, self.started, self.every = out, group, started, every_s
+        self.desired: str | None = None  # the release's version, once published
+        self.settled = threading.Event()  # every device done with it
+        self.devices: set[str] = set()
         self._last: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._done: dict[str, bool] = {}
         self._shown_at: dict[str, float] = {}
         self.lock = threading.Lock()
 
     def models(self, device: str, payload: bytes) -> None:
         message, _ = parse(ModelsMessage, payload)
-        if message is None:
-            return
+        if message is None or message.fleet != self.group:
+            return  # junk, or retained from an earlier rehearsal (another group)
         now, every = time.monotonic(), self.every
         for model, m in message.models.items():
+            with self.lock:
+                self._done[device] = self.desired is not None and m.desired == self.desired and m.phase in _SETTLED
+                if self.devices and all(self._done.get(d) for d in self.devices):
+                    self.settled.set()
             key = (device, model)
             canary = " (canary)" if m.canary else ""
             with self.lock:
@@ -136,7 +147,7 @@ def simulate_rollout(
     procs = []
     board = StatusBoard()
     started = time.monotonic()
-    printer = RolloutPrinter(out, started=started)
+    printer = RolloutPrinter(out, group=group, started=started)
     online: set[str] = set()
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
@@ -179,12 +190,17 @@ def simulate_rollout(
                 raise EdgeRuntimeError(f"the runtimes did not come online within {_ONLINE_TIMEOUT_S:g} s")
             time.sleep(0.1)
         out.write(f"{time.monotonic() - started:7.1f}s  all {runtimes} runtimes online; traffic for {duration:g} s\n")
+        stop = threading.Event()
         if release is not None and key is not None:
-            threading.Timer(1.0, _publish, (release, broker, group, key, plan, printer)).start()
+            printer.devices = set(names)
+            publisher = threading.Timer(1.0, _publish, (release, broker, group, key, plan, printer, stop))
+            publisher.daemon = True
+            publisher.start()
         traffic = connect_client(broker)
         try:
-            run_fleet(traffic, devices=runtimes, rate=rate, duration=duration, qos=qos)
+            run_fleet(traffic, devices=runtimes, rate=rate, duration=duration, qos=qos, stop=stop)
         finally:
+            stop.set()
             traffic.disconnect()
             traffic.loop_stop()
     finally:
@@ -197,14 +213,27 @@ def simulate_rollout(
 
 
 def _publish(
-    release: Path, broker: BrokerConfig, group: str, key: SigningKey, plan: Plan | None, printer: RolloutPrinter
+    release: Path,
+    broker: BrokerConfig,
+    group: str,
+    key: SigningKey,
+    plan: Plan | None,
+    printer: RolloutPrinter,
+    stop: threading.Event,
 ) -> None:
+    """Publish the release; once every device is done with it, stop the traffic a second later."""
     from converters.release import publish_release
 
     try:
+        printer.desired = load_bundle(release).manifest.version
         done = publish_release(release, broker=broker, group=group, key=key, model="vibration", plan=plan)
     except EdgeRuntimeError as err:
         printer.say(time.monotonic(), f"publishing failed: {err}")
         return
     r = done.record
     printer.say(time.monotonic(), f"published {r.model} {r.version} (release {r.release}, {len(r.chunks)} chunks)")
+    while not stop.is_set():
+        if printer.settled.wait(0.2):
+            printer.say(time.monotonic(), "every device is done with the release")
+            stop.wait(1.0)
+            stop.set()

@@ -167,8 +167,8 @@ def test_the_state_file_survives_and_junk_starts_afresh(tmp_path):
 PLAN = Plan(window_rows=100, min_rows=20, min_agreement=0.9, max_latency_ratio=2.0, window_s=60)
 
 
-def _obs(rows, agreed, *, errors=0, live=1.0, shadow=1.0, drift=0, elapsed=1.0):
-    return Observation(rows, agreed, errors, live, shadow, drift, elapsed)
+def _obs(rows, agreed, *, errors=0, live=1.0, shadow=1.0, drift=0, elapsed=1.0, timed=100):
+    return Observation(rows, agreed, errors, live, shadow, drift, elapsed, latency_samples=timed)
 
 
 def test_the_judge_promotes_a_candidate_that_agrees_and_keeps_up():
@@ -186,6 +186,9 @@ def test_the_judge_rolls_back_as_soon_as_agreement_cannot_be_reached():
 
 def test_the_judge_rolls_back_slow_or_drifting_candidates_and_calls_thin_traffic_inconclusive():
     assert "latency" in judge(PLAN, _obs(100, 100, shadow=2.5)).reason
+    # a p95 of a few batches is their slowest one: one pause of the shadow's thread is not a slow model
+    decision = judge(PLAN, _obs(100, 100, shadow=2.5, timed=11))
+    assert decision.action == "promote" and "not judged (11 batches timed, 20 needed)" in decision.reason
     assert judge(PLAN, _obs(40, 40, drift=1)).action == "rollback"
     assert judge(PLAN, _obs(10, 10, elapsed=61)).action == "inconclusive"
     assert judge(PLAN, _obs(30, 30, elapsed=61)).action == "promote"

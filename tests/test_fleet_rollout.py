@@ -421,12 +421,13 @@ def test_simulate_fleet_rehearses_a_release_on_runtimes_and_prints_it(broker, bu
     are online, the rollout printed as it happens and the table at the end."""
     _, keys = release_key
     args = ["simulate", "fleet", "--runtimes", "2", "--bundle", str(bundles["3"]), "--release", str(bundles["5"])]
-    args += ["--key", str(keys / "release.key"), "--canary", "1", "--window-rows", "20", "--min-rows", "5"]
-    args += ["--rate", "10", "--qos", "1", "--duration", "8", "--broker", broker.url, "--workdir", str(tmp_path)]
+    args += ["--key", str(keys / "release.key"), "--canary", "1", "--window-rows", "10", "--min-rows", "5"]
+    args += ["--rate", "10", "--qos", "1", "--duration", "60", "--broker", broker.url, "--workdir", str(tmp_path)]
     done = subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "canaries at 1: fleet-1, fleet-2" in out and "published vibration 5" in out
     assert out.count("promoted, serving 5") == 2, out
+    assert "every device is done with the release" in out  # and so it ended, long before --duration 60
     table = [line.split() for line in out.splitlines() if line.startswith("fleet-") and "sim-" in line]
     assert [(r[0], r[3], r[5]) for r in table] == [("fleet-1", "5", "promoted"), ("fleet-2", "5", "promoted")]

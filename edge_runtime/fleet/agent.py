@@ -500,6 +500,7 @@ class FleetAgent:
             shadow_p95_ms=report.shadow_p95_ms,
             new_drift_alerts=report.drift_alerts,
             elapsed_s=now - work.shadow_since,
+            latency_samples=report.latency_samples,
         )
         work.last_report = {
             "rows": obs.rows + obs.errors,

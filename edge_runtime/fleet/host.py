@@ -25,6 +25,7 @@ class ShadowReport:
     live_p95_ms: float | None  # per row
     shadow_p95_ms: float | None
     drift_alerts: int  # drift alerts raised on those routes since the shadow started
+    latency_samples: int = 0  # batches timed on each side (the fewer of the two)
 
 
 class Host(Protocol):

@@ -5,7 +5,8 @@ of the fleet follows. No broker, no clock, no model here: the agent feeds them w
   ``canary`` share. The same devices every time (stable across releases and restarts), spread evenly.
 - **Judging a candidate** (it ran as a shadow beside the live model): promoted when at least
   ``window_rows`` rows were compared and agreement >= ``min_agreement``, its p95 latency per row <=
-  ``max_latency_ratio`` x the live model's, and no new drift alert was raised meanwhile. Rolled back as
+  ``max_latency_ratio`` x the live model's (judged once at least 20 batches were timed on each side), and no
+  new drift alert was raised meanwhile. Rolled back as
   soon as it cannot reach the agreement asked for whatever the rest of the window holds (disagreements and
   shadow errors beyond what the window allows), or when the window ends with any rule broken; when
   ``window_s`` ends with fewer than ``min_rows`` rows, the traffic did not say: inconclusive.
@@ -23,7 +24,11 @@ from typing import Literal
 
 from .record import Plan, Verdict
 
-__all__ = ["Observation", "Decision", "is_canary", "canary_position", "judge", "fleet_decision"]
+__all__ = ["Observation", "Decision", "is_canary", "canary_position", "judge", "fleet_decision", "MIN_LATENCY_SAMPLES"]
+
+# Batches timed on each side before the latency rule applies: with fewer, a p95 is the slowest one or two, and one
+# pause of the shadow's thread (the serving loop holding the GIL) reads as a slow model.
+MIN_LATENCY_SAMPLES = 20
 
 
 def canary_position(device: str) -> float:
@@ -46,6 +51,7 @@ class Observation:
     shadow_p95_ms: float | None
     new_drift_alerts: int
     elapsed_s: float
+    latency_samples: int = 0  # batches timed on each side: the p95s mean little under MIN_LATENCY_SAMPLES
 
     @property
     def agreement(self) -> float | None:
@@ -90,12 +96,15 @@ def judge(plan: Plan, obs: Observation) -> Decision:
     if agreement < plan.min_agreement:
         return Decision("rollback", f"agreement {agreement:.3f} below {plan.min_agreement:g} over {rows} rows")
     ratio = obs.latency_ratio
-    if ratio is not None and ratio > plan.max_latency_ratio:
+    if ratio is None or obs.latency_samples < MIN_LATENCY_SAMPLES:
+        latency = f"p95 latency not judged ({obs.latency_samples} batches timed, {MIN_LATENCY_SAMPLES} needed)"
+    elif ratio > plan.max_latency_ratio:
         return Decision(
             "rollback", f"p95 latency {ratio:.2f}x the live model's, more than {plan.max_latency_ratio:g}x allowed"
         )
-    shown = "unknown" if ratio is None else f"{ratio:.2f}x"
-    return Decision("promote", f"agreement {agreement:.3f} over {rows} rows, p95 latency {shown} the live model's")
+    else:
+        latency = f"p95 latency {ratio:.2f}x the live model's"
+    return Decision("promote", f"agreement {agreement:.3f} over {rows} rows, {latency}")
 
 
 def fleet_decision(plan: Plan, verdicts: Iterable[Verdict]) -> Decision:

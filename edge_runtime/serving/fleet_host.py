@@ -219,6 +219,7 @@ class FleetHost:
             live_p95_ms=float(np.percentile(live_ms, 95)) if live_ms else None,
             shadow_p95_ms=float(np.percentile(shadow_ms, 95)) if shadow_ms else None,
             drift_alerts=max(0, alerts),
+            latency_samples=min(len(live_ms), len(shadow_ms)),
         )
 
     def _detach(self, model: str) -> list[ShadowRunner]:
