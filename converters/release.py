@@ -23,6 +23,7 @@ from edge_runtime.config import BrokerConfig
 from edge_runtime.errors import EdgeRuntimeError, ReleaseError
 from edge_runtime.fleet.archive import pack_bundle
 from edge_runtime.fleet.record import (
+    MAX_CHUNKS,
     Plan,
     ReleaseRecord,
     chunk_message,
@@ -74,6 +75,11 @@ def publish_release(
     archive = packed.archive
     size = chunk_kb * 1024
     chunks = [archive[i : i + size] for i in range(0, len(archive), size)]
+    if len(chunks) > MAX_CHUNKS:
+        raise EdgeRuntimeError(
+            f"{bundle} makes {len(chunks)} chunks of {chunk_kb} KB, more than a record lists ({MAX_CHUNKS}): "
+            "use larger chunks (--chunk-kb)"
+        )
     sha = hashlib.sha256(archive).hexdigest()
     record = ReleaseRecord(
         fleet=group,

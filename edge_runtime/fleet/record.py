@@ -51,12 +51,14 @@ __all__ = [
     "models_topic",
     "parse_release_topic",
     "MAX_RECORD_BYTES",
+    "MAX_CHUNKS",
     "CHUNK_HEADER",
 ]
 
-# A record lists one sha256 per chunk: 66 bytes each in JSON; 100,000 chunks of 1 MB is a 100 GB bundle.
-MAX_CHUNKS = 100_000
-MAX_RECORD_BYTES = 8 << 20
+# A record lists one sha256 per chunk, 67 bytes each in JSON: 15,000 chunks (a 3.75 GB bundle in chunks of 256 KB,
+# 15 GB in chunks of 1 MB) fit in a record of 1 MB, the largest a device reads.
+MAX_CHUNKS = 15_000
+MAX_RECORD_BYTES = 1 << 20
 CHUNK_MAGIC = b"ERC1"
 CHUNK_HEADER = len(CHUNK_MAGIC) + 4 + 32
 _HEX64 = r"^[0-9a-f]{64}$"
