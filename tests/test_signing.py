@@ -140,3 +140,21 @@ def test_a_private_key_file_is_read_back(keys):
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
         read_signing_key(folder / "junk.key")
     os.unlink(folder / "junk.key")
+
+
+def test_without_the_fleet_extra_keys_are_one_line_saying_what_to_install(keys, vibration_bundle, tmp_path):
+    folder, _, _ = keys
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[trust]\npublic_keys = ["{folder / "a.pub"}"]\n'
+        f'[[models]]\nname = "m"\nbundle = "{vibration_bundle}"\n'
+        '[[routes]]\nmodel = "m"\nsubscribe = "s/#"\npublish = "r"\n'
+    )
+    no_crypto = (  # a device installed without the [fleet] extra
+        "import sys; sys.modules['cryptography'] = None; "
+        "from edge_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    for args in (["run", str(config), "--validate-config"], ["keys", "new", str(tmp_path / "k")]):
+        done = subprocess.run([sys.executable, "-c", no_crypto, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "pip install 'edge-runtime[fleet]'" in done.stderr and done.stderr.count("\n") == 1
