@@ -54,7 +54,7 @@ from .models import load_engine, route_decoder
 from .prefetch import DecodeAhead, ModelThread
 from .reload import Outcome, Reloader
 from .responder import Responder
-from .routes import Route, build_routes, receive_maximum, subscriptions
+from .routes import ROW_ALLOWANCE, Route, build_routes, receive_maximum, subscriptions
 from .state import session_file
 
 __all__ = ["Runtime"]
@@ -66,6 +66,9 @@ log = logging.getLogger("edge_runtime")
 # acknowledge what it published.
 SHUTDOWN_SERVE_S = 0.5
 SHUTDOWN_DRAIN_S = 2.0
+
+# Packets read from the socket per poll at most, when nothing holds reading back.
+_READ_BUDGET = 512
 
 
 def _max_packet(config: Config) -> int:
@@ -99,6 +102,8 @@ class Runtime:
             discovery=discovery,
         )
         self._videos = [r for r in self.routes if r.video is not None]
+        self._reliable = [r for r in self.routes if r.filter is not None and r.config.qos]  # QoS 1 inputs come here
+        self._widest_batch = max(r.config.max_batch for r in self.routes)
         self._wake_fds = [r.video.fileno() for r in self._videos if r.video is not None]
         self._next_tick = 0.0
         self._started = time.monotonic()
@@ -135,6 +140,7 @@ class Runtime:
                 max_outgoing_bytes=config.broker.max_outgoing_bytes or self.profile.outgoing_budget_mb << 20,
                 state_file=session_file(config) if persistent else None,
                 on_connected=self._announce,
+                read_budget=self._read_budget,
             )
         )
         self.responder = Responder(self.link, self.announcer, self._ratelog)
@@ -172,7 +178,12 @@ class Runtime:
         parse_control(inbound.payload, self.reloader.request, retained=inbound.retain, log=self._ratelog)
 
     def start(self) -> None:
+        """Connect, and serve until every subscription is in place: a resumed session's inputs arrive before the
+        SUBACK, and only serving makes room to read the rest (see _read_budget)."""
         self.link.connect()
+        deadline = time.monotonic() + self.config.broker.connect_timeout_s
+        while not self.link.subscribed and self.link.connected and time.monotonic() < deadline:
+            self.turn()
         self.reloader.start()
         for route in self._videos:
             assert route.video is not None
@@ -254,6 +265,22 @@ class Runtime:
             if due is not None and link.has_room(r.config.max_batch):
                 timeout = min(timeout, max(0.0, due - now))
         return max(0.0, timeout)
+
+    def _read_budget(self) -> int:
+        """How many packets the link may read now: as many QoS 1 inputs as every QoS 1 route still has room for.
+
+        The Receive Maximum (routes.receive_maximum) already asks the broker for no more; this holds where a
+        broker sends more anyway (Mosquitto 2.0 does, for a resumed session's queued messages, once
+        acknowledgements flow: eclipse-mosquitto #2301). Unread, they wait in TCP and the broker is held back,
+        instead of being dropped here. Only while batches can be served: when results cannot leave, the socket
+        must be read for the broker's acknowledgements, and overflow is answered as usual (responder.py).
+        """
+        budget = _READ_BUDGET
+        if not self._reliable or self.ingress.closing or not self.link.has_room(self._widest_batch):
+            return budget
+        for route in self._reliable:
+            budget = min(budget, route.batcher.room(route.config.max_payload_bytes + ROW_ALLOWANCE))
+        return budget
 
     def _serve_round(self, *, stopping: bool = False) -> bool:
         """Serve at most one due batch per route, servicing the socket between batches. True if any was served."""
