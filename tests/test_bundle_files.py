@@ -7,8 +7,10 @@ as before would hang on the FIFO or grow on ``/dev/zero`` until the limit, and t
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from helpers import identity_model
 from edge_runtime.bundle import _files as files_module
 from edge_runtime.bundle import load_bundle, write_bundle
 from edge_runtime.errors import BundleError
+from edge_runtime.serving.models import LoadedModel
+from edge_runtime.serving.reload import Reloader, fingerprint
 
 MANIFEST = {
     "name": "m",
@@ -103,4 +107,40 @@ def test_the_bundle_directory_itself_may_be_a_symlink(bundle, tmp_path):
     link = tmp_path / "current"
     link.symlink_to(bundle)
     loaded = load_bundle(link)
-    assert loaded.manifest.name == "m" and loaded.fingerprint
+    assert loaded.manifest.name == "m" and loaded.fingerprint == fingerprint(link)
+
+
+def _unblock(fifo: Path) -> None:
+    """Release a reader blocked opening ``fifo`` (what the old code did): open it for writing, then close."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no reader is blocked on it
+    os.close(fd)
+
+
+def test_the_reload_thread_is_not_blocked_by_a_fifo_manifest(bundle):
+    from edge_runtime.engines import Engine
+
+    reloader = Reloader(
+        {"m": bundle}, lambda _n: LoadedModel(Engine(load_bundle(bundle))), watched={"m"}, poll_s=0.05, min_interval_s=0
+    )
+    manifest = bundle / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    reloader.start()
+    try:
+        assert fingerprint(bundle) is None
+        reloader.request("m")
+        try:
+            outcome = reloader.outcomes.get(timeout=10)
+        except queue.Empty:
+            pytest.fail("the reload thread is blocked on the FIFO")
+        assert outcome.engine is None and "not a regular file" in (outcome.reason or "")
+    finally:
+        stopper = threading.Thread(target=reloader.close)
+        stopper.start()
+        stopper.join(3)
+        while stopper.is_alive():
+            _unblock(manifest)
+            stopper.join(0.2)
