@@ -20,6 +20,7 @@ from ..engines import InferenceEngine as Engine
 from ..engines import open_engine
 from ..errors import ConfigError
 from ..tasks import Decoder, Task
+from .memory import keep_heap_small, release_freed
 
 __all__ = ["LoadedModel", "load_model", "route_decoder"]
 
@@ -41,6 +42,7 @@ def load_model(config: Config, name: str, profile: DeviceProfile) -> LoadedModel
                 f"environment variable {m.signing_key_env} is not set", key=f"models.{m.name}.signing_key_env"
             )
         key = value.encode()
+    keep_heap_small()  # before the first large blocks: the model's bytes, frames and tensors (see memory.py)
     served = any(r.model == name for r in config.routes)
     shadowing = [i for i, r in enumerate(config.routes) if r.shadow == name]
     count = 1 + len(shadowing) if served else max(1, len(shadowing))
@@ -57,6 +59,7 @@ def load_model(config: Config, name: str, profile: DeviceProfile) -> LoadedModel
         sizes = tuple({1} | {r.max_batch for r in config.routes if name in (r.model, r.shadow)})
         for engine in engines:
             engine.warm_up(sizes)
+    release_freed()  # the verified bytes and what building and warming up freed
     return LoadedModel(engines[0], dict(zip(shadowing, engines[1:] if served else engines)))
 
 
