@@ -118,7 +118,9 @@ def _loadable(bundle: Path, engine: str) -> str | None:
     if out.returncode == 0:
         return None
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else f"exit status {out.returncode}")[:300]
+    last = lines[-1] if lines else f"exit status {out.returncode}"
+    last = last.split(f"{bundle}: ", 1)[-1]  # the error's class and the temporary copy's path say nothing
+    return last.split("; To facilitate", 1)[0][:200]
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
