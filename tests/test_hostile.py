@@ -130,7 +130,7 @@ def test_a_flood_of_reload_requests_costs_at_most_one_reload_per_interval(
     for junk in (b"[]", b'{"reload": "nope"}', b'{"reload": 5}', b"\xff" * 100):
         publisher.publish("edge-runtime/t-flood/control", junk, qos=1)
     time.sleep(3)
-    assert 1 <= rt.runtime.reloader.loads <= 2
+    assert rt.runtime.reloader.loads == 0  # the bundle is the one serving: nothing to reload
 
 
 def test_a_retained_control_message_is_ignored(broker, start_runtime, publisher, vibration_bundle):

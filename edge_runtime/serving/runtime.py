@@ -50,7 +50,7 @@ from .announce import OFFLINE, Announcer
 from .control import parse_control
 from .execute import BatchExecutor
 from .ingress import Ingress
-from .models import load_engine, route_decoder
+from .models import load_model, route_decoder
 from .prefetch import DecodeAhead, ModelThread
 from .reload import Outcome, Reloader
 from .responder import Responder
@@ -87,7 +87,8 @@ class Runtime:
         self.config = config
         # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
-        self.engines = {m.name: load_engine(config, m.name, self.profile) for m in config.models}
+        loaded = {m.name: load_model(config, m.name, self.profile) for m in config.models}
+        self.engines = {name: model.engine for name, model in loaded.items()}
         client_id = config.broker.client_id
         discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
         self._ratelog = RateLimitedLog(log)
@@ -95,6 +96,7 @@ class Runtime:
             config,
             self.engines,
             self.profile,
+            shadows={i: loaded[rc.shadow].shadows[i] for i, rc in enumerate(config.routes) if rc.shadow},
             publish=self._publish_raw,
             snapshot=lambda topic, jpeg: self.link.publish(topic, jpeg, 0),
             ready=lambda: self.link.connected and self.link.has_room(),
@@ -124,8 +126,9 @@ class Runtime:
         self._prometheus: Any = None
         self.reloader = Reloader(
             {m.name: m.bundle for m in config.models},
-            lambda name: load_engine(config, name, self.profile),
+            lambda name: load_model(config, name, self.profile),
             watched={m.name for m in config.models if m.watch},
+            serving=self.engines,
         )
         persistent = any(r.config.qos > 0 for r in self.routes)
         self.link: Link = link(
@@ -356,9 +359,18 @@ class Runtime:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
         name, engine, reason = outcome.model, outcome.engine, outcome.reason
         plans: list[tuple[Route, Decoder, Any]] = []
+        if outcome.unchanged:
+            version = self.engines[name].manifest.version
+            self.announcer.last_reload = {"model": name, "ok": True, "unchanged": True, "serving": version}
+            if self.link.connected:
+                self._announce()
+            return
         if engine is not None:
             try:  # everything the routes need from the new model, before anything changes
                 plans = self._plan_swap(name, engine)
+                for i, shadow in outcome.shadows.items():
+                    if (monitors := self.routes[i].monitors) is not None:
+                        monitors.check_shadow(shadow)
             except Exception as err:  # noqa: BLE001 - a bundle that cannot serve this config leaves the old one
                 engine, reason = None, f"the new bundle cannot serve this config: {first_line(err, 500)}"
                 log.warning("model %s not reloaded: %s", name, reason)
@@ -375,6 +387,9 @@ class Runtime:
                 route.engine, route.decoder = engine, decoder
                 if route.monitors is not None:
                     route.monitors.model_changed(engine, drift)
+            for i, shadow in outcome.shadows.items():  # the routes running this model as their shadow
+                if (monitors := self.routes[i].monitors) is not None:
+                    monitors.shadow_changed(shadow)
             self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:
