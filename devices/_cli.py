@@ -240,12 +240,14 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # a unit for a config that does not load would only fail at boot
     if args.output:
         check_writable_file(args.output, "-o/--output")
+    ha = config.homeassistant  # what was announced to Home Assistant is kept in its state_dir
+    announced = [ha.state_dir] if ha.discovery and ha.state_dir is not None else []
     text = systemd_unit(
         args.config,
         _profile(args.profile),
         user=args.user,
         reads=[m.bundle for m in config.models],
-        writes=[r.capture.dir for r in config.routes if r.capture is not None],
+        writes=[r.capture.dir for r in config.routes if r.capture is not None] + announced,
     )
     if args.output:
         write_output(args.output, text, "-o/--output")

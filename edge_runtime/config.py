@@ -471,10 +471,26 @@ class DeviceConfig(_Strict):
 
 class HomeAssistantConfig(_Strict):
     discovery: bool = Field(
-        False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result."
+        False,
+        description="Announce each result topic to Home Assistant (MQTT discovery) on its first result, and each "
+        "tracked camera's events, zones and lines when its tracker starts; all under one device per runtime.",
     )
     prefix: str = Field(
         "homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix."
+    )
+    remove_after_s: float = Field(
+        7 * 86_400,
+        ge=1,
+        le=10 * 365 * 86_400,
+        description="Remove a result topic's (or camera's) entities from Home Assistant once nothing was published "
+        "there for this long (an empty retained config); announced again on its next result. Default: a week.",
+    )
+    state_dir: Path | None = Field(
+        None,
+        strict=False,
+        description="Directory where the runtime keeps homeassistant-<client_id>.json: what it announced and when "
+        "each was last active, so that a restart still removes what stays idle. Relative to the config file; "
+        "default: state/ beside the config file. `deploy systemd` makes it writable.",
     )
 
 
@@ -490,7 +506,8 @@ class Config(_Strict):
         description="The runtime's own metrics, published on MQTT and, if asked for, served for Prometheus.",
     )
     homeassistant: HomeAssistantConfig = Field(
-        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery of the result topics."
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery of the result topics and tracked cameras.",
     )
     models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(
         description="The models to serve: one entry per model bundle."
@@ -601,6 +618,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={k: absolute(getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")}
     )
     models = [m.model_copy(update={"bundle": absolute(m.bundle)}) for m in config.models]
+    ha = config.homeassistant
+    ha = ha.model_copy(update={"state_dir": absolute(ha.state_dir) if ha.state_dir is not None else base / "state"})
     routes = []
     for r in config.routes:
         update: dict[str, object] = {}
@@ -610,7 +629,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if source is not None and source.kind == "file" and not Path(r.source or "").is_absolute():
             update["source"] = str(base / (r.source or ""))
         routes.append(r.model_copy(update=update) if update else r)
-    return config.model_copy(update={"broker": broker, "models": models, "routes": routes})
+    return config.model_copy(update={"broker": broker, "models": models, "routes": routes, "homeassistant": ha})
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:

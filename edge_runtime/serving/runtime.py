@@ -52,6 +52,7 @@ from .announce import OFFLINE, Announcer
 from .batcher import Batcher, Pending
 from .bounded import ENTRY_OVERHEAD
 from .control import parse_control
+from .discovery import Discovery
 from .monitors import RouteMonitors
 from .observers import BatchObserver, ServedBatch
 from .prefetch import DecodeAhead, ModelThread
@@ -159,8 +160,8 @@ class Runtime:
         budget = self.profile.queue_budget_mb * (1 << 20) // len(config.routes)
         self.routes: list[Route] = []
         client_id = config.broker.client_id
-        discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
         publish = self._publish_raw
+        discovery = Discovery.for_config(config.homeassistant, node=client_id, publish=publish)
         for i, rc in enumerate(config.routes):
             engine = self.engines[rc.model]
             flt = TopicFilter(rc.subscribe) if rc.subscribe is not None else None
@@ -217,9 +218,7 @@ class Runtime:
             )
             route.observers.append(route.monitors)
             if rc.track:
-                route.observers.append(
-                    TrackingObserver(rc, publish=publish, node=client_id, discovery_prefix=discovery)
-                )
+                route.observers.append(TrackingObserver(rc, publish=publish, node=client_id, discovery=discovery))
             self.routes.append(route)
         self._videos = [r for r in self.routes if r.video is not None]
         self._wake_fds = [r.video.fileno() for r in self._videos if r.video is not None]
@@ -238,7 +237,7 @@ class Runtime:
             version=__version__,
             device=self.profile.name,
             publish=publish,
-            discovery_prefix=discovery,
+            discovery=discovery,
         )
         self.status_topic = self.announcer.status_topic
         self.control_topic = f"edge-runtime/{client_id}/control"
@@ -362,6 +361,7 @@ class Runtime:
                     observer.tick(now)
                 except Exception:  # noqa: BLE001 - an observer must not stop the loop
                     self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
+        self.announcer.tick()
         if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
             self._announce()
 
@@ -431,10 +431,13 @@ class Runtime:
             self.announcer.offline()
             self.link.drain(SHUTDOWN_DRAIN_S)
         self.link.close()
+        self.announcer.close()
 
     def _announce(self) -> None:
         sources = {r.video.name: r.video.status() for r in self._videos if r.video is not None}
         self.announcer.online({n: e.manifest.version for n, e in self.engines.items()}, sources=sources or None)
+        for observer in (o for r in self.routes for o in r.observers if isinstance(o, TrackingObserver)):
+            observer.republish()  # retained counts and occupancy, for a broker or Home Assistant that lost them
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
@@ -786,8 +789,7 @@ class Runtime:
         if not self._send(route, inbound, topic, payload, props):
             return
         if own:  # discovery only ever for the route's own result topics
-            m = route.engine.manifest
-            self.announcer.result_topic(topic, task=m.task, model=m.name, version=m.version)
+            self.announcer.result_topic(topic, route.engine.manifest)
         snapshots = route.snapshots
         annotate = getattr(route.engine.task, "annotate", None)
         if snapshots is not None and annotate is not None:
