@@ -51,9 +51,9 @@ class Announcer:
         Only ever called with a route's own result topic, never a requester's response topic.
         """
         d = self.discovery
-        if d is not None:
+        if d is not None and not d.seen(subject := "result:" + topic):
             build = partial(result_entity, prefix=d.prefix, node=self.client_id, result_topic=topic, manifest=manifest)
-            d.active(f"result:{topic}", build)
+            d.active(subject, build)
 
     def tick(self) -> None:
         """About once a second: idle announcements removed, what was announced saved."""

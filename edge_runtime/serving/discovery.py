@@ -108,15 +108,23 @@ class Discovery:
 
     # -- the loop's side ----------------------------------------------------------------------------------
 
+    def seen(self, subject: str) -> bool:
+        """Whether ``subject`` was announced in this run already; if so, it is active now (the loop's fast path,
+        once per result: nothing else is done or made)."""
+        known = self._subjects.get(subject)
+        if known is None or not known.announced:
+            return False
+        known.active = self._clock()
+        self._active = True
+        return True
+
     def active(self, subject: str, announcements: Callable[[], list[Announcement]]) -> None:
         """``subject`` was active now: announced (``announcements()``, retained) the first time in this run,
         along with the removal of configs it had before and no longer has; afterwards only timed."""
+        if self.seen(subject):
+            return
         known = self._subjects.get(subject)
         now = self._clock()
-        if known is not None and known.announced:
-            known.active = now
-            self._active = True
-            return
         messages = announcements()
         topics = tuple(topic for topic, _ in messages)
         fresh = _Subject(topics, self._wall(), now, announced=True)
