@@ -87,7 +87,7 @@ class Discovery:
         self._clock, self._wall = clock, wall_clock
         self._subjects: dict[str, _Subject] = {}
         self.bytes = 0
-        self.refused = 0  # new subjects not announced: the set was full
+        self.refused = 0  # times a new subject was not announced: the set was full
         self.removed = 0  # subjects removed as idle
         self._changed = self._active = False  # since the last save: the set changed; only activity
         self._saved_at = self._scanned_at = clock()
@@ -124,6 +124,9 @@ class Discovery:
         if self.seen(subject):
             return
         known = self._subjects.get(subject)
+        if known is None and self.bytes + len(subject) + ENTRY_OVERHEAD > self.max_bytes:
+            self.refused += 1  # full: refused before its announcements are even made
+            return
         now = self._clock()
         messages = announcements()
         topics = tuple(topic for topic, _ in messages)
