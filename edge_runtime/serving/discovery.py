@@ -198,10 +198,9 @@ class Discovery:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            # No fsync: it runs on the loop's thread and an SD card can take 100 ms over it; a file lost to a
+            # power cut costs entities left behind, not results.
+            tmp.write_bytes(data)
             os.replace(tmp, path)
             self._save_failed = False
         except OSError as err:
