@@ -240,12 +240,15 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # a unit for a config that does not load would only fail at boot
     if args.output:
         check_writable_file(args.output, "-o/--output")
+    # The runtime's state (its broker session's filters, what it announced to Home Assistant) goes to systemd's
+    # StateDirectory unless the config names a directory of its own.
+    state = [config.device.state_dir] if config.device.state_dir is not None else []
     text = systemd_unit(
         args.config,
         _profile(args.profile),
         user=args.user,
         reads=[m.bundle for m in config.models],
-        writes=[r.capture.dir for r in config.routes if r.capture is not None],
+        writes=[r.capture.dir for r in config.routes if r.capture is not None] + state,
     )
     if args.output:
         write_output(args.output, text, "-o/--output")

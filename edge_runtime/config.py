@@ -493,10 +493,19 @@ class DeviceConfig(_Strict):
 
 class HomeAssistantConfig(_Strict):
     discovery: bool = Field(
-        False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result."
+        False,
+        description="Announce each result topic to Home Assistant (MQTT discovery) on its first result, and each "
+        "tracked camera's events, zones and lines when its tracker starts; all under one device per runtime.",
     )
     prefix: str = Field(
         "homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix."
+    )
+    remove_after_s: float = Field(
+        7 * 86_400,
+        ge=1,
+        le=10 * 365 * 86_400,
+        description="Remove a result topic's (or camera's) entities from Home Assistant once nothing was published "
+        "there for this long (an empty retained config); announced again on its next result. Default: a week.",
     )
 
 
@@ -512,7 +521,8 @@ class Config(_Strict):
         description="The runtime's own metrics, published on MQTT and, if asked for, served for Prometheus.",
     )
     homeassistant: HomeAssistantConfig = Field(
-        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery of the result topics."
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery of the result topics and tracked cameras.",
     )
     models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(
         description="The models to serve: one entry per model bundle."

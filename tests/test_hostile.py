@@ -104,7 +104,8 @@ def test_a_response_topic_cannot_steer_results(
     assert topic == "results/s/vibration" and body["id"] == "steer"
     _wait(lambda: _stats(rt).get("reply_to_refused") == 1)
     time.sleep(0.3)
-    assert [m.topic for m in list(victim.messages.queue)] == ["homeassistant/sensor/t-steer/results_s_vibration/config"]
+    ((announced, config),) = [(m.topic, orjson.loads(m.payload)) for m in list(victim.messages.queue)]
+    assert announced.startswith("homeassistant/sensor/t-steer/") and config["state_topic"] == "results/s/vibration"
 
 
 def test_response_topics_inside_reply_to_are_honoured(

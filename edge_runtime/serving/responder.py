@@ -103,8 +103,7 @@ class Responder:
         if not self._send(route, inbound, topic, payload, props, is_error=False, msg_id=body.get("id")):
             return
         if own:  # discovery only ever for the route's own result topics
-            m = route.engine.manifest
-            self.announcer.result_topic(topic, task=m.task, model=m.name, version=m.version)
+            self.announcer.result_topic(topic, route.engine.manifest)
         snapshots = route.snapshots
         annotate = getattr(route.engine.task, "annotate", None)
         if snapshots is not None and annotate is not None:

@@ -22,6 +22,7 @@ from ..observability.metrics import RouteStats
 from ..tasks import Decoder
 from ..topics import TopicFilter, TopicTemplate
 from .batcher import Batcher
+from .discovery import Discovery
 from .models import route_decoder
 from .monitors import RouteMonitors
 from .observers import BatchObserver
@@ -80,7 +81,7 @@ def build_routes(
     snapshot: Callable[[str, bytes], object],
     ready: Callable[[], bool],
     client_id: str,
-    discovery: str | None,
+    discovery: Discovery | None,
 ) -> list[Route]:
     """The config's routes, each checked against its model. ``shadows``: route index -> the engine instance its
     shadow model runs (its own, see models.py). ``publish`` sends side messages (alerts, events), ``snapshot``
@@ -138,7 +139,7 @@ def build_routes(
         )
         route.observers.append(route.monitors)
         if rc.track:
-            route.observers.append(TrackingObserver(rc, publish=publish, node=client_id, discovery_prefix=discovery))
+            route.observers.append(TrackingObserver(rc, publish=publish, node=client_id, discovery=discovery))
         routes.append(route)
     _number_overlapping(routes)
     return routes

@@ -48,6 +48,7 @@ from ..tasks.codecs import encode
 from ..topics import MAX_TOPIC_BYTES
 from .announce import OFFLINE, Announcer
 from .control import parse_control
+from .discovery import Discovery
 from .execute import BatchExecutor
 from .ingress import Ingress
 from .models import load_model, route_decoder
@@ -55,7 +56,8 @@ from .prefetch import DecodeAhead, ModelThread
 from .reload import Outcome, Reloader
 from .responder import Responder
 from .routes import ROW_ALLOWANCE, Route, build_routes, receive_maximum, subscriptions
-from .state import session_file
+from .state import session_file, state_dir
+from .video import TrackingObserver
 
 __all__ = ["Runtime"]
 
@@ -90,7 +92,9 @@ class Runtime:
         loaded = {m.name: load_model(config, m.name, self.profile) for m in config.models}
         self.engines = {name: model.engine for name, model in loaded.items()}
         client_id = config.broker.client_id
-        discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
+        discovery = Discovery.for_config(
+            config.homeassistant, node=client_id, publish=self._publish_raw, state_dir=state_dir(config)
+        )
         self._ratelog = RateLimitedLog(log)
         self.routes: list[Route] = build_routes(
             config,
@@ -116,7 +120,7 @@ class Runtime:
             version=__version__,
             device=self.profile.name,
             publish=self._publish_raw,
-            discovery_prefix=discovery,
+            discovery=discovery,
         )
         self.status_topic = self.announcer.status_topic
         self.control_topic = f"edge-runtime/{client_id}/control"
@@ -254,6 +258,7 @@ class Runtime:
                     observer.tick(now)
                 except Exception:  # noqa: BLE001 - an observer must not stop the loop
                     self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
+        self.announcer.tick()
         if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
             self._announce()
 
@@ -315,6 +320,7 @@ class Runtime:
             self._shutdown_serving()
         finally:
             self.link.close()
+            self.announcer.close()  # what was announced to Home Assistant, saved for the next run
 
     def _shutdown_serving(self) -> None:
         self.reloader.close()
@@ -350,6 +356,8 @@ class Runtime:
     def _announce(self) -> None:
         sources = {r.video.name: r.video.status() for r in self._videos if r.video is not None}
         self.announcer.online({n: e.manifest.version for n, e in self.engines.items()}, sources=sources or None)
+        for observer in (o for r in self.routes for o in r.observers if isinstance(o, TrackingObserver)):
+            observer.republish()  # retained counts and occupancy, for a broker or Home Assistant that lost them
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
