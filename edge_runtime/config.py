@@ -472,6 +472,7 @@ class DeviceConfig(_Strict):
     profile: str | None = Field(None, description="Device profile (`edge-runtime devices list`); default: detected.")
     state_dir: Path | None = Field(
         None,
+        strict=False,
         description="Where the runtime keeps what must outlive a restart (the filters its broker session holds, so "
         "that those a new config drops are unsubscribed). Default: $STATE_DIRECTORY (systemd's StateDirectory=), "
         "else $XDG_STATE_HOME/edge-runtime, else ~/.local/state/edge-runtime. Unwritable: a warning, and serving "

@@ -542,7 +542,8 @@ def test_the_state_is_kept_where_systemd_gives_the_service_a_directory_of_its_ow
     """What was announced (and the session's filters) outlive a restart: in systemd's StateDirectory by default,
     or in [device] state_dir, which the unit then makes writable."""
     config = tmp_path / "edge.toml"
-    text = route_config("mqtt://127.0.0.1:1883", vibration_bundle, client_id="svc") + "[homeassistant]\ndiscovery = true\n"
+    text = route_config("mqtt://127.0.0.1:1883", vibration_bundle, client_id="svc")
+    text += "[homeassistant]\ndiscovery = true\n"
 
     def unit() -> str:
         done = subprocess.run(

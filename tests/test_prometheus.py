@@ -44,7 +44,7 @@ def _wait(predicate, timeout: float = 30.0) -> None:
 
 def _link_counter_names() -> list[str]:
     """Every counter the MQTT link can count (they appear in the JSON on their first event only)."""
-    source = (ROOT / "edge_runtime" / "mqtt" / "link.py").read_text()
+    source = "".join((ROOT / "edge_runtime" / "mqtt" / name).read_text() for name in ("link.py", "delivery.py"))
     names = re.findall(r'counters\[f?"([a-z_]+)(\{)?', source)
     assert len(names) >= 8, names
     return [name + ("0x87" if brace else "") for name, brace in names]

@@ -117,6 +117,12 @@ EXPORTS: tuple[Export, ...] = (
     ),
     _route("shadow.model", "", "label", "The shadow model's name: the `shadow` label of the shadow families."),
     _route(
+        "shadow.version",
+        "",
+        "label",
+        "The shadow model's version: its counts restart when it changes (a reload), so rates need no label.",
+    ),
+    _route(
         "shadow.rows",
         "edge_runtime_shadow_rows",
         "counter",
@@ -241,6 +247,17 @@ EXPORTS: tuple[Export, ...] = (
     _link("in_flight", "edge_runtime_in_flight", "gauge", "QoS 1 messages sent and not yet acknowledged."),
     _link("window", "edge_runtime_send_window", "gauge", "QoS 1 messages the broker takes at once (receive maximum)."),
     _link("held_inputs", "edge_runtime_held_inputs", "gauge", "QoS 1 inputs not yet acknowledged to the broker."),
+    _link(
+        "outgoing_bytes", "edge_runtime_outgoing_bytes", "gauge", "Bytes of messages not yet safe (queued, in flight)."
+    ),
+    _link("retrying", "edge_runtime_retrying", "gauge", "Messages the broker refused for a passing reason, to resend."),
+    _link("broker_max_packet", "edge_runtime_broker_max_packet_bytes", "gauge", "The broker's Maximum Packet Size."),
+    _link(
+        "receive_maximum",
+        "edge_runtime_receive_maximum",
+        "gauge",
+        "QoS 1 inputs the broker may send before we acknowledge (from the routes' queue bounds).",
+    ),
     _link("reconnects", "edge_runtime_reconnects", "counter", "Reconnections to the broker."),
     _link("disconnects", "edge_runtime_disconnects", "counter", "Connections to the broker lost."),
     _link(
