@@ -300,12 +300,16 @@ def _deploy_systemd(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # a unit for a config that does not load would only fail at boot
     if args.output:
         check_writable_file(args.output, "-o/--output")
+    # The runtime's state (its broker session's filters, what it announced to Home Assistant) goes to systemd's
+    # StateDirectory unless the config names a directory of its own.
+    state = [config.device.state_dir] if config.device.state_dir is not None else []
     text = systemd_unit(
         args.config,
         _profile(args.profile),
         user=args.user,
         reads=[m.bundle for m in config.models],
         writes=[r.capture.dir for r in config.routes if r.capture is not None]
+        + state
         + ([config.fleet.dir] if config.fleet is not None and config.fleet.dir is not None else []),
     )
     if args.output:

@@ -69,6 +69,8 @@ Group={user}
 WorkingDirectory={config.parent}
 # Secrets named by password_env / signing_key_env go here (mode 600), never in the config.
 EnvironmentFile=-/etc/edge-runtime/env
+# /var/lib/edge-runtime, the service user's own ($STATE_DIRECTORY): what must outlive a restart.
+StateDirectory=edge-runtime
 ExecStartPre={exe} run {config} --validate-config
 ExecStart={exe} --log-format json run {config}
 # SIGTERM answers every input already accepted before exiting; give it time.

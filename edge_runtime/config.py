@@ -477,6 +477,7 @@ class DeviceConfig(_Strict):
     profile: str | None = Field(None, description="Device profile (`edge-runtime devices list`); default: detected.")
     state_dir: Path | None = Field(
         None,
+        strict=False,
         description="Where the runtime keeps what must outlive a restart (the filters its broker session holds, so "
         "that those a new config drops are unsubscribed). Default: $STATE_DIRECTORY (systemd's StateDirectory=), "
         "else $XDG_STATE_HOME/edge-runtime, else ~/.local/state/edge-runtime. Unwritable: a warning, and serving "
@@ -498,10 +499,19 @@ class DeviceConfig(_Strict):
 
 class HomeAssistantConfig(_Strict):
     discovery: bool = Field(
-        False, description="Announce each result topic to Home Assistant (MQTT discovery) on its first result."
+        False,
+        description="Announce each result topic to Home Assistant (MQTT discovery) on its first result, and each "
+        "tracked camera's events, zones and lines when its tracker starts; all under one device per runtime.",
     )
     prefix: str = Field(
         "homeassistant", min_length=1, pattern=r"^[^+#]+$", description="Home Assistant's discovery prefix."
+    )
+    remove_after_s: float = Field(
+        7 * 86_400,
+        ge=1,
+        le=10 * 365 * 86_400,
+        description="Remove a result topic's (or camera's) entities from Home Assistant once nothing was published "
+        "there for this long (an empty retained config); announced again on its next result. Default: a week.",
     )
 
 
@@ -538,7 +548,8 @@ class Config(_Strict):
         description="The runtime's own metrics, published on MQTT and, if asked for, served for Prometheus.",
     )
     homeassistant: HomeAssistantConfig = Field(
-        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery of the result topics."
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery of the result topics and tracked cameras.",
     )
     trust: TrustConfig = Field(
         default_factory=TrustConfig,

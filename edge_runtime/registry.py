@@ -28,10 +28,14 @@ class Registry(Generic[T]):
         self._plugins = plugins
         self._hint = hint
         self._entries: dict[str, T] = {}
-        self._loaded = False
+        self._loaded = False  # every plug-in module imported (or tried)
+        self._imported: set[str] = set()
+        self._loading = False  # importing a plug-in now: its own registrations must not import the rest
         self._broken: dict[str, str] = {}  # plug-in module -> why it could not be imported
 
     def register(self, name: str, entry: T) -> T:
+        if not self._loading:  # a name that a plug-in not imported yet registers is taken all the same
+            self.load_plugins()
         if name in self._entries:
             raise ValueError(
                 f"a {self.kind} named {name!r} is already registered; choose another name or unregister it first"
@@ -44,7 +48,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            self.load_plugins()
+            self.load_plugins(until=name)
         try:
             return self._entries[name]
         except KeyError:
@@ -62,15 +66,23 @@ class Registry(Generic[T]):
         """The first entry (by name) for which ``predicate`` holds, or None."""
         return next((e for e in self.values() if predicate(e)), None)
 
-    def load_plugins(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
+    def load_plugins(self, *, until: str | None = None) -> None:
+        """Import the plug-in modules not imported yet, in order; with ``until``, stop as soon as that name is
+        registered, so that looking up a sensor task never imports OpenCV (about 14 MB of a small board's RAM)."""
         for module in self._plugins:
+            if self._loaded or (until is not None and until in self._entries):
+                return
+            if module in self._imported:
+                continue
+            self._imported.add(module)
+            self._loading = True
             try:
                 importlib.import_module(module)
             except ImportError as err:  # an optional extra that is not installed: say so on lookup
                 self._broken[module] = str(err)
+            finally:
+                self._loading = False
+        self._loaded = True
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries

@@ -229,12 +229,20 @@ class FakeLink:
             clock=clock,
         )
         self.counters = self.delivery.counters
-        self.connected = False
+        self.connected = self.subscribed = False
+        self.socket: deque[tuple[Copy, int, bool, Any]] = deque()
         self._wire = _FakeWire(self)
         self.on_connected = [spec.on_connected] if spec.on_connected else []
 
-    # the broker model's doorway
+    # the broker model's doorway: what it sends waits here (the socket) until the runtime polls for it
     def incoming(self, copy: Copy, mid: int, *, dup: bool, properties: Any) -> None:
+        self.socket.append((copy, mid, dup, properties))
+
+    def _read(self, budget: int) -> None:
+        for _ in range(min(budget, len(self.socket))):
+            self._take(*self.socket.popleft())
+
+    def _take(self, copy: Copy, mid: int, dup: bool, properties: Any) -> None:
         inbound = self.delivery.received(
             copy.topic,
             copy.payload,
@@ -257,20 +265,27 @@ class FakeLink:
             retain_available=True,
             v5=True,
         )
-        self.connected = True
+        self.connected = self.subscribed = True
         for cb in self.on_connected:
             cb()
         self.delivery.pump(self._wire)
 
     def lost(self) -> None:
-        self.connected = False
+        self.connected = self.subscribed = False
+        self.socket.clear()  # what the broker had sent and we had not read is gone with the connection
         self.delivery.disconnected()
 
     # the Link protocol
     def connect(self, timeout: float | None = None) -> None:
         self.broker.reconnect(session_present=True)
 
-    def poll(self, timeout: float, *, reconnect: bool = True, wake: Sequence[int] = ()) -> None:
+    def poll(
+        self, timeout: float, *, budget: int | None = None, reconnect: bool = True, wake: Sequence[int] = ()
+    ) -> None:
+        if budget is None:
+            budget = self.spec.read_budget() if self.spec.read_budget is not None else 512
+        if self.connected:
+            self._read(budget)
         self.delivery.pump(self._wire)
 
     def publish(

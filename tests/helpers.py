@@ -33,6 +33,7 @@ __all__ = [
     "cmdline",
     "reap_zombies",
     "end_processes",
+    "identity_model",
 ]
 
 needs_mqtt5 = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto (MQTT v5); apt-get install mosquitto")
@@ -114,6 +115,30 @@ class Collector:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def identity_model(*, external: str | None = None) -> bytes:
+    """A real ONNX model, y = x @ W with W the 4x4 identity; ``external``: W kept in that file instead (the
+    caller writes it: 64 bytes of float32)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
+    if external is not None:
+        w.ClearField("raw_data")
+        w.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", external), ("offset", "0"), ("length", str(4 * 16))):
+            entry = w.external_data.add()
+            entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def payload(values, id=None) -> bytes:

@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from devices.profiles import known_profiles
 from edge_runtime.config import parse_config
-from edge_runtime.serving.models import load_engine
+from edge_runtime.serving.models import load_model
 from edge_runtime.serving.reload import Outcome
 from edge_runtime.serving.runtime import Runtime
 
@@ -146,7 +146,7 @@ class AckMachine(RuleBasedStateMachine):
 
     @rule()
     def reload(self):
-        engine = load_engine(self.config, "m", self.runtime.profile)
+        engine = load_model(self.config, "m", self.runtime.profile).engine
         self.runtime.reloader.outcomes.put(Outcome("m", engine))
         self.runtime.turn()
 

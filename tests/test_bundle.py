@@ -6,6 +6,7 @@ import sys
 import joblib
 import numpy as np
 import pytest
+from helpers import identity_model
 
 from edge_runtime.bundle import load_bundle, sign_manifest
 from edge_runtime.engines import Engine
@@ -194,24 +195,7 @@ def test_manifest_shape_not_matching_model_is_refused(bundle_copy):
 
 def _model_with_external_weights(tmp_path, location: str) -> bytes:
     """A real ONNX model (y = x @ W) whose W lives in an external file named ``location``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * 16))):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return identity_model(external=location)
 
 
 def _external_bundle(tmp_path, location: str, extra_files=None):

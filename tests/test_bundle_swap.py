@@ -25,6 +25,7 @@ from edge_runtime.bundle import write as write_module
 from edge_runtime.bundle._swap import exchange_supported
 from edge_runtime.engines import Engine
 from edge_runtime.errors import BundleError
+from edge_runtime.serving.models import LoadedModel
 from edge_runtime.serving.reload import Reloader
 
 READERS = 4
@@ -144,7 +145,11 @@ def test_concurrent_readers_never_see_a_failure_or_a_mix(tmp_path, layout, swap)
 def test_the_reloader_sees_each_new_version(tmp_path, layout, swap):
     out = _layout(tmp_path, layout)
     reloader = Reloader(
-        {"m": out}, lambda _name: verify_module.use_bundle(out, Engine), watched={"m"}, poll_s=0.02, min_interval_s=0.0
+        {"m": out},
+        lambda _name: LoadedModel(verify_module.use_bundle(out, Engine)),
+        watched={"m"},
+        poll_s=0.02,
+        min_interval_s=0.0,
     )
     reloader.start()
     try:

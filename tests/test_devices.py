@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -196,7 +197,7 @@ def test_home_assistant_discovery_on_first_result(
     from helpers import payload
 
     _, _, Xt, _ = vibration_data
-    configs = collector("homeassistant/#")
+    configs = collector("homeassistant/+/ha-1/#")  # other tests' runtimes leave theirs retained
     results = collector("results/#")
     start_runtime(
         route_config(broker.url, vibration_bundle, client_id="ha-1", qos=1) + "[homeassistant]\ndiscovery = true\n"
@@ -205,13 +206,11 @@ def test_home_assistant_discovery_on_first_result(
         publisher.publish("sensors/pump/vibration", payload(Xt[i], id=i), qos=1)
     publisher.publish("sensors/fan/vibration", payload(Xt[0], id=9), qos=1)
     results.take(4)
-    got = {m.topic: orjson.loads(m.payload) for m in configs.take(2)}
-    assert set(got) == {
-        "homeassistant/sensor/ha-1/results_pump_vibration/config",
-        "homeassistant/sensor/ha-1/results_fan_vibration/config",
-    }
-    pump = got["homeassistant/sensor/ha-1/results_pump_vibration/config"]
-    assert pump["state_topic"] == "results/pump/vibration" and pump["value_template"] == "{{ value_json.label }}"
+    got = {orjson.loads(m.payload)["state_topic"]: (m.topic, orjson.loads(m.payload)) for m in configs.take(2)}
+    assert set(got) == {"results/pump/vibration", "results/fan/vibration"}
+    topic, pump = got["results/pump/vibration"]
+    assert re.fullmatch(r"homeassistant/sensor/ha-1/results_pump_vibration_[0-9a-f]{16}/config", topic)
+    assert pump["value_template"] == "{{ value_json.label }}"
     assert pump["availability_topic"] == "edge-runtime/ha-1/status"
     with pytest.raises(AssertionError):
         configs.take(1, timeout=0.5)  # announced once per topic, not per result

@@ -620,6 +620,8 @@ def test_an_input_is_acknowledged_once_and_only_while_it_is_held(broker, publish
     got: list = []
     link = MqttLink(broker_config(broker.url), on_message=got.append, subscriptions=[("acks/#", 1)])
     link.connect()
+    while not link.subscribed:
+        link.poll(0.05)
     try:
         publisher.publish("acks/a", b"a", qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 10

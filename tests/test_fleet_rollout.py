@@ -28,6 +28,7 @@ import orjson
 import pytest
 from helpers import Collector, payload
 from lossless import Results, persistent_client
+from test_homeassistant import render
 
 from converters import write_estimator_bundle
 from converters.release import publish_release
@@ -366,13 +367,17 @@ def test_a_tampered_chunk_is_refused_and_a_broker_restart_mid_download_resumes_i
         # every chunk was fetched once (the tampered one twice: refused, then fetched again)
         assert counters["chunks_fetched"] == n + counters["chunks_refused"] and counters["chunks_refused"] == 1
         assert states.last("solo")["actual"] == "6"
-        announced = Collector(f"mqtt://127.0.0.1:{port}", "homeassistant/sensor/solo/release_vibration/config")
-        config = orjson.loads(announced.take(1)[0].payload)
+        # Home Assistant: the model's release state as a sensor, its templates rendered as Home Assistant does
+        announced = Collector(f"mqtt://127.0.0.1:{port}", "homeassistant/sensor/solo/+/config")
+        config = next(c for _, c in announced.json(1) if c["name"] == "vibration release")
         announced.close()
-        assert (
-            config["state_topic"] == "edge-runtime/solo/models"
-            and "models['vibration'].actual" in config["value_template"]
+        state = Collector(f"mqtt://127.0.0.1:{port}", config["state_topic"])
+        payload = state.take(1)[0].payload
+        state.close()
+        actual, attributes = render(
+            [(config["value_template"], payload), (config["json_attributes_template"], payload)], tmp_path
         )
+        assert actual == "6" and json.loads(attributes)["phase"] == "promoted"
     finally:
         _close(alerts, states, fleet)
 

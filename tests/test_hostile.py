@@ -104,7 +104,8 @@ def test_a_response_topic_cannot_steer_results(
     assert topic == "results/s/vibration" and body["id"] == "steer"
     _wait(lambda: _stats(rt).get("reply_to_refused") == 1)
     time.sleep(0.3)
-    assert [m.topic for m in list(victim.messages.queue)] == ["homeassistant/sensor/t-steer/results_s_vibration/config"]
+    ((announced, config),) = [(m.topic, orjson.loads(m.payload)) for m in list(victim.messages.queue)]
+    assert announced.startswith("homeassistant/sensor/t-steer/") and config["state_topic"] == "results/s/vibration"
 
 
 def test_response_topics_inside_reply_to_are_honoured(
@@ -130,7 +131,7 @@ def test_a_flood_of_reload_requests_costs_at_most_one_reload_per_interval(
     for junk in (b"[]", b'{"reload": "nope"}', b'{"reload": 5}', b"\xff" * 100):
         publisher.publish("edge-runtime/t-flood/control", junk, qos=1)
     time.sleep(3)
-    assert 1 <= rt.runtime.reloader.loads <= 2
+    assert rt.runtime.reloader.loads == 0  # the bundle is the one serving: nothing to reload
 
 
 def test_a_retained_control_message_is_ignored(broker, start_runtime, publisher, vibration_bundle):

@@ -431,3 +431,53 @@ def test_feature_names_from_an_estimator_fitted_on_named_columns(tmp_path, refer
     shifted[:, 7] += 3 * X[:, 7].std()
     monitor.observe(shifted, Engine(bundle).run(shifted))
     assert max(monitor.snapshot()["features"].items(), key=lambda kv: kv[1])[0] == "band_7_hz"
+
+
+def _version_of(bundle, out, version: str, **changes):
+    """A copy of ``bundle`` as a new version (its manifest's ``version`` and any ``changes``)."""
+    import shutil
+
+    shutil.copytree(bundle.path, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(version=version, **changes)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return Engine(load_bundle(out))
+
+
+def test_a_reload_with_the_same_reference_keeps_the_window_and_an_open_alert(
+    monitored_bundle, reference_data, tmp_path
+):
+    """A reload used to reset drift every time: an open alert got a false drift_cleared and, with reloads
+    every few seconds, the window never filled, so no alert could ever fire."""
+    from helpers import route_config
+
+    from edge_runtime.config import parse_config
+    from edge_runtime.serving.monitors import RouteMonitors
+
+    X, live = reference_data
+    rc = parse_config(route_config("mqtt://127.0.0.1:1", monitored_bundle.path, client_id="c", drift_window=1000))
+    published: list[dict] = []
+    engine = Engine(load_bundle(monitored_bundle.path))
+    monitors = RouteMonitors(
+        rc.routes[0],
+        route="sensors/+/vibration",
+        engine=engine,
+        shadow=None,
+        publish=lambda _topic, body, _qos, _retain: published.append(json.loads(body)),
+        client_id="c",
+    )
+    drift = monitors.drift
+    shifted = live[:3000].copy()
+    shifted[:, SHIFTED] += 3 * X[:, SHIFTED].std(axis=0)
+    assert [e["kind"] for e in _feed(drift, engine, shifted)] == ["drift"]
+
+    same = _version_of(monitored_bundle, tmp_path / "v2", "2")
+    monitors.model_changed(same, monitors.prepare(same))
+    assert published == [] and monitors.drift is drift  # no false drift_cleared, nothing measured again
+    assert drift.alert and drift.snapshot()["window"] == 1000
+
+    reference = dict(monitored_bundle.manifest.model_extra["reference"], note="recomputed")
+    other = _version_of(monitored_bundle, tmp_path / "v3", "3", reference=reference)
+    monitors.model_changed(other, monitors.prepare(other))
+    assert [e["kind"] for e in published] == ["drift_cleared"] and monitors.drift is not drift
+    assert monitors.drift is not None and monitors.drift.snapshot()["window"] == 0

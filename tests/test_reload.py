@@ -104,3 +104,56 @@ def test_a_bundle_the_routes_cannot_use_leaves_the_old_model_serving(
     assert body["reload"]["serving"] == "1" and "cannot serve this config" in body["reload"]["reason"]
     assert _ask(publisher, results, vibration_data)["version"] == "1"
     assert rt.thread.is_alive() and rt.runtime.engines["m"].manifest.version == "1"
+
+
+def test_a_reload_of_an_unchanged_bundle_is_skipped_and_says_so(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
+    """``{"reload": "*"}`` every few seconds used to redo everything (hash, session, warm-up) for nothing."""
+    bundle = tmp_path / "b"
+    _version_copy(vibration_bundle, bundle, "3")
+    status = collector("edge-runtime/reload-4/status")
+    results = collector("results/+/vibration")
+    rt = start_runtime(route_config(broker.url, bundle, client_id="reload-4", qos=1))
+    status.json_until(lambda b: b["state"] == "online")
+    publisher.publish("edge-runtime/reload-4/control", orjson.dumps({"reload": "*"}), qos=1)
+    body = status.json_until(lambda b: "reload" in b)
+    assert body["reload"] == {"model": "m", "ok": True, "unchanged": True, "serving": "3"}
+    assert rt.runtime.reloader.loads == 0
+    assert _ask(publisher, results, vibration_data)["version"] == "3"
+
+
+def test_a_reload_of_a_shadow_model_is_what_the_shadow_runs(
+    broker, start_runtime, collector, publisher, vibration_bundle, vibration_data, tmp_path
+):
+    """A reload of the shadow's bundle reported ok and changed nothing: the shadow kept its old model."""
+    _version_copy(vibration_bundle, tmp_path / "s1", "1")
+    shadow = tmp_path / "shadow"
+    os.symlink(tmp_path / "s1", shadow)
+    metrics = collector("edge-runtime/reload-5/metrics")
+    status = collector("edge-runtime/reload-5/status")
+    results = collector("results/+/vibration")
+    config = route_config(
+        broker.url, vibration_bundle, client_id="reload-5", qos=1, shadow="s", shadow_fraction=1.0
+    ).replace("[[routes]]", f'[[models]]\nname = "s"\nbundle = "{shadow}"\n[metrics]\ninterval_s = 0.2\n[[routes]]')
+    rt = start_runtime(config)
+    status.json_until(lambda b: b["state"] == "online")
+    route = "sensors/+/vibration"
+
+    def shadow_after_asking(version: str) -> dict:
+        _ask(publisher, results, vibration_data)
+        shadow_of = lambda body: body["routes"][route].get("shadow") or {}  # noqa: E731
+        return shadow_of(metrics.json_until(lambda b: shadow_of(b).get("version") == version and shadow_of(b)["rows"]))
+
+    first = shadow_after_asking("1")
+    assert first["model"] == "s" and first["version"] == "1" and first["agreement"] == 1.0
+    runner = rt.runtime.routes[0].monitors.shadow
+    before = runner._run
+
+    _version_copy(vibration_bundle, tmp_path / "s2", "2")
+    _swap_symlink(shadow, tmp_path / "s2")
+    body = status.json_until(lambda b: "reload" in b)
+    assert body["reload"] == {"model": "s", "ok": True, "serving": "2"}
+    after = shadow_after_asking("2")  # within 20 s, or the shadow still runs version 1
+    assert after["rows"] >= 1 and after["errors"] == 0 and after["agreement"] == 1.0
+    assert runner._run is not before  # the runner runs the new instance, the route's own

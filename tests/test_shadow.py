@@ -70,7 +70,7 @@ def test_agreement_equals_the_agreement_of_both_models_outputs(two_classifiers, 
         runner.close()
     assert expected_rows == int(len(rows) * fraction)
     assert 0.3 < expected_agree / expected_rows < 0.97  # the models really differ: the check means something
-    assert set(snap) == {"model", "rows", "agreement", "latency_ratio", "dropped", "errors"}
+    assert set(snap) == {"model", "version", "rows", "agreement", "latency_ratio", "dropped", "errors"}
     assert snap["model"] == "shadow" and snap["rows"] == expected_rows
     assert snap["agreement"] == pytest.approx(expected_agree / expected_rows, abs=1e-4)
     assert snap["dropped"] == 0 and snap["errors"] == 0 and snap["latency_ratio"] > 0

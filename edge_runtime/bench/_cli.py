@@ -1,4 +1,4 @@
-"""``edge-runtime bench model|e2e|camera|compare|suite|tracking``."""
+"""``edge-runtime bench model|e2e|camera|compare|suite|tracking|footprint``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..cli.outputs import check_writable_file, write_output
 from ..errors import EdgeRuntimeError
 
 ARRIVAL_KINDS = ("uniform", "poisson", "bursty")
+DEFAULT_SENSOR_BUNDLE = Path(".edge-runtime/bench/forest")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -230,6 +231,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--csv", type=Path, help="one row per scene and tracker")
     t.set_defaults(handler=_tracking)
 
+    f = kinds.add_parser(
+        "footprint", help="resident memory and cold start of a sensor and a camera route vs a bare engine process"
+    )
+    f.add_argument(
+        "--sensor-bundle",
+        type=Path,
+        default=DEFAULT_SENSOR_BUNDLE,
+        help="the sensor route's bundle (default: .edge-runtime/bench/forest, from python tools/make_bench_bundles.py)",
+    )
+    f.add_argument("--camera-bundle", type=Path, help="the camera route's bundle (default: the demo detector)")
+    f.add_argument("--routes", default="sensor,camera", help="which routes to measure, comma-separated")
+    f.add_argument("--engines", help="comma-separated engines to measure (default: every installed one)")
+    f.add_argument("--repeat", type=positive_int, default=3, help="runs per case (memory: the largest; start: median)")
+    f.add_argument("--json", type=Path, help="also write the report as JSON")
+    f.set_defaults(handler=_footprint)
+
 
 def _progress(text: str) -> None:
     if sys.stderr.isatty():
@@ -239,6 +256,15 @@ def _progress(text: str) -> None:
 def _done() -> None:
     if sys.stderr.isatty():
         print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _finish(args: argparse.Namespace, text: str, report: dict) -> int:
+    """The report printed, and written as JSON where ``--json`` asks."""
+    _done()
+    print(text)
+    if args.json:
+        write_output(args.json, json.dumps(report, indent=1), "--json")
+    return 0
 
 
 def _check_files(args: argparse.Namespace) -> None:
@@ -274,11 +300,7 @@ def _model(args: argparse.Namespace) -> int:
         duration=args.duration,
         progress=_progress,
     )
-    _done()
-    print(format_model_report(report))
-    if args.json:
-        write_output(args.json, json.dumps(report, indent=1), "--json")
-    return 0
+    return _finish(args, format_model_report(report), report)
 
 
 def _e2e(args: argparse.Namespace) -> int:
@@ -436,3 +458,29 @@ def _tracking(args: argparse.Namespace) -> int:
     if args.json:
         write_output(args.json, json.dumps(report, indent=1), "--json")
     return 0
+
+
+def _footprint(args: argparse.Namespace) -> int:
+    from ..engines import available_engines
+    from .camera import DEFAULT_DETECTOR
+    from .footprint import FootprintOptions, bench_footprint, format_footprint_report
+
+    _check_files(args)
+    routes = {r.strip() for r in args.routes.split(",") if r.strip()}
+    if not routes or routes - {"sensor", "camera"}:
+        raise EdgeRuntimeError(f"--routes {args.routes!r}: choose from sensor, camera")
+    engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else tuple(available_engines())
+    missing = [e for e in engines if e not in available_engines()]
+    if missing:
+        raise EdgeRuntimeError(f"--engines: {', '.join(missing)} not installed here (installed: {available_engines()})")
+    sensor = args.sensor_bundle if "sensor" in routes else None
+    camera = (args.camera_bundle or DEFAULT_DETECTOR) if "camera" in routes else None
+    for option, bundle in (("--sensor-bundle", sensor), ("--camera-bundle", camera)):
+        if bundle is not None and not (bundle / "manifest.json").is_file():
+            hint = " (python tools/make_bench_bundles.py builds it)" if bundle == DEFAULT_SENSOR_BUNDLE else ""
+            raise EdgeRuntimeError(f"{option}: no bundle at {bundle}{hint}")
+    report = bench_footprint(
+        FootprintOptions(sensor_bundle=sensor, camera_bundle=camera, engines=engines, repeat=args.repeat),
+        progress=_progress,
+    )
+    return _finish(args, format_footprint_report(report), report)

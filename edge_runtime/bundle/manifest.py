@@ -102,6 +102,9 @@ class Bundle:
     # swapping directories, so a reader compares this with the path now to know whether it still reads
     # what was verified (``verify.is_current``).
     identity: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+    # The sha256 of the manifest's bytes as verified: it names the model's and every file's sha256, so it
+    # identifies the whole bundle's content (a reload of a bundle with the same fingerprint changes nothing).
+    fingerprint: str | None = field(default=None, compare=False, repr=False)
     # Held from verification until an engine takes it (see verify.verified_files), then freed: the weights are
     # not kept twice while serving. A list so that a frozen Bundle can let go of it.
     _verified: list[VerifiedFiles] = field(default_factory=list, repr=False, compare=False)

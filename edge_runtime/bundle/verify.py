@@ -21,19 +21,20 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
 from ..errors import BundleError
+from ._files import MAX_MANIFEST_BYTES, BundleDir
 from ._onnx_walker import ExternalTensor, ModelInfo, OnnxFormatError, external_data_problem, inspect_model
 from .image_spec import image_manifest_problem
 from .manifest import FORMAT_VERSION, MANIFEST, Bundle, Manifest, VerifiedFiles, sign_manifest
 from .signing import TrustedKeys, check_manifest_key_signature
 
-__all__ = ["load_bundle", "use_bundle", "is_current", "verified_files", "sha256_file", "NUMPY_TYPES"]
+__all__ = ["load_bundle", "use_bundle", "is_current", "verified_files", "NUMPY_TYPES"]
 
 T = TypeVar("T")
 
@@ -73,14 +74,6 @@ NUMPY_TYPES = {
 }
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_bundle(
     path: str | os.PathLike[str], *, signing_key: bytes | None = None, trusted_keys: TrustedKeys | None = None
 ) -> Bundle:
@@ -96,16 +89,22 @@ def load_bundle(
     """
     root = Path(path)
     for attempt in range(_ATTEMPTS):
-        before = _identity(root)
+        read_from = None
         try:
-            bundle = _load(root, signing_key, trusted_keys)
+            if not root.is_dir():
+                raise BundleError(
+                    "no such directory (build one with `edge-runtime convert MODEL -o DIR`)", bundle=str(root)
+                )
+            with BundleDir(root) as files:
+                read_from = files.identity()
+                bundle = _load(root, files, signing_key, trusted_keys)
         except (BundleError, OSError):
-            # Missing (mid-swap, in the two-rename fallback) or changed while read: look again; else it is real.
-            if attempt == _ATTEMPTS - 1 or (before is not None and _identity(root) == before):
+            # Missing (mid-swap, in the two-rename fallback) or swapped while read: look again; else it is real.
+            if attempt == _ATTEMPTS - 1 or (read_from is not None and _identity(root) == read_from):
                 raise
         else:
-            if before is not None and _identity(root) == before:
-                return replace(bundle, identity=before)
+            if _identity(root) == read_from:
+                return replace(bundle, identity=read_from)
         time.sleep(0.001 * 2**attempt)
     raise BundleError(f"replaced {_ATTEMPTS} times while it was being read; try again", bundle=str(root))
 
@@ -137,16 +136,18 @@ def use_bundle(
     raise BundleError(f"replaced {_ATTEMPTS} times while it was being loaded; try again", bundle=str(path))
 
 
-def _load(root: Path, signing_key: bytes | None, trusted_keys: TrustedKeys | None) -> Bundle:
+def _load(root: Path, files: BundleDir, signing_key: bytes | None, trusted_keys: TrustedKeys | None) -> Bundle:
     where = str(root)
-    if not root.is_dir():
-        raise BundleError("no such directory (build one with `edge-runtime convert MODEL -o DIR`)", bundle=where)
     try:
-        raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        text = files.read(MANIFEST, limit=MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise BundleError(f"no {MANIFEST} (is this a bundle directory?)", bundle=where) from None
-    except (OSError, ValueError) as err:
+    try:
+        raw = json.loads(text)
+    except ValueError as err:
         raise BundleError(f"{MANIFEST} is not readable JSON: {err}", bundle=where) from err
+    if not isinstance(raw, dict):
+        raise BundleError(f"{MANIFEST} is not a JSON object", bundle=where)
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as err:
@@ -171,17 +172,14 @@ def _load(root: Path, signing_key: bytes | None, trusted_keys: TrustedKeys | Non
             )
     if trusted_keys is not None:
         check_manifest_key_signature(raw, manifest.key_signature, trusted_keys, where)
-    files, info, checked = _read_verified(root, manifest, where)
+    verified, info, checked = _read_verified(files, manifest, where)
     for name, expected in manifest.files.items():
         if name in checked:
             continue  # external data: read and checked with the model
-        path = (root / name).resolve()
-        if root.resolve() not in path.parents or not path.is_file():
-            raise BundleError(f"{name} is listed in the manifest but missing or outside the bundle", bundle=where)
         try:
-            actual_file = sha256_file(path)
-        except OSError as err:
-            raise BundleError(f"cannot read {name}: {err.strerror}", bundle=where) from err
+            actual_file = files.sha256(_inside(name, where))
+        except FileNotFoundError:
+            raise BundleError(f"{name} is listed in the manifest but missing", bundle=where) from None
         if not hmac.compare_digest(actual_file, expected):
             raise BundleError(
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
@@ -196,7 +194,8 @@ def _load(root: Path, signing_key: bytes | None, trusted_keys: TrustedKeys | Non
         raise BundleError("a regressor's manifest needs value_output", bundle=where)
     if manifest.task == "anomaly" and not (manifest.value_output and manifest.scores_output):
         raise BundleError("an anomaly detector's manifest needs value_output (labels) and scores_output", bundle=where)
-    return Bundle(root, manifest, _verified=[files])
+    fingerprint = hashlib.sha256(text).hexdigest()
+    return Bundle(root, manifest, fingerprint=fingerprint, _verified=[verified])
 
 
 def verified_files(bundle: Bundle) -> VerifiedFiles:
@@ -208,20 +207,22 @@ def verified_files(bundle: Bundle) -> VerifiedFiles:
     """
     if bundle._verified:
         return bundle._verified.pop()
-    return _read_verified(bundle.path, bundle.manifest, str(bundle.path))[0]
+    with BundleDir(bundle.path) as files:
+        if bundle.identity is not None and files.identity() != bundle.identity:
+            raise BundleError("replaced since it was verified; load it again", bundle=str(bundle.path))
+        return _read_verified(files, bundle.manifest, str(bundle.path))[0]
 
 
-def _read_verified(root: Path, manifest: Manifest, where: str) -> tuple[VerifiedFiles, ModelInfo, set[str]]:
+def _read_verified(files: BundleDir, manifest: Manifest, where: str) -> tuple[VerifiedFiles, ModelInfo, set[str]]:
     """Read the model and its external data once, check those very bytes, and return them.
 
     Also returns the names (relative to the bundle) of the external-data files it checked.
     """
-    model = (root / manifest.model_file).resolve()
-    if root.resolve() not in model.parents:
-        raise BundleError(f"model_file {manifest.model_file!r} points outside the bundle directory", bundle=where)
-    if not model.is_file():
-        raise BundleError(f"model file {manifest.model_file} is missing", bundle=where)
-    data = _read(model, manifest.model_file, where)
+    model_name = _inside(manifest.model_file, where, what=f"model_file {manifest.model_file!r}")
+    try:
+        data = files.read(model_name)
+    except FileNotFoundError:
+        raise BundleError(f"model file {manifest.model_file} is missing", bundle=where) from None
     actual = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(actual, manifest.sha256):
         raise BundleError(
@@ -235,14 +236,15 @@ def _read_verified(root: Path, manifest: Manifest, where: str) -> tuple[Verified
         raise BundleError(
             f"{manifest.model_file} is not a valid ONNX model: {err}; rebuild the bundle", bundle=where
         ) from err
-    model_dir = model.parent
+    root = Path(where)
+    model_dir = PurePosixPath(model_name).parent
     external: dict[str, bytes] = {}
     checked: set[str] = set()
     for location in info.external_data:
-        problem = external_data_problem(location, model_dir, root)
+        problem = external_data_problem(location, root / model_dir, root)
         if problem:
             raise BundleError(f"{problem}; a bundle must be self-contained", bundle=where)
-        name = (model_dir / location).resolve().relative_to(root.resolve()).as_posix()
+        name = _inside((model_dir / location).as_posix(), where, what=f"external data {location!r}")
         expected = manifest.files.get(name)
         if expected is None:  # the model's checksum does not cover its external weights
             raise BundleError(
@@ -250,7 +252,10 @@ def _read_verified(root: Path, manifest: Manifest, where: str) -> tuple[Verified
                 "rebuild the bundle with write_bundle/edge-runtime convert",
                 bundle=where,
             )
-        contents = _read(model_dir / location, name, where)
+        try:
+            contents = files.read(name)
+        except FileNotFoundError:
+            raise BundleError(f"external data file {location!r} is missing", bundle=where) from None
         if not hmac.compare_digest(hashlib.sha256(contents).hexdigest(), expected):
             raise BundleError(
                 f"checksum mismatch: {name} was changed or damaged; rebuild or re-copy the bundle", bundle=where
@@ -269,11 +274,12 @@ def _read_verified(root: Path, manifest: Manifest, where: str) -> tuple[Verified
     return VerifiedFiles(data, external, info.external_tensors), info, checked
 
 
-def _read(path: Path, name: str, where: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise BundleError(f"cannot read {name}: {err.strerror}", bundle=where) from err
+def _inside(name: str, where: str, *, what: str | None = None) -> str:
+    """``name`` normalised (``a/./b`` is ``a/b``), refused when it leaves the bundle or is absolute."""
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
+        raise BundleError(f"{what or name} points outside the bundle directory", bundle=where)
+    return "/".join(parts)
 
 
 def _check_external_tensor(tensor: ExternalTensor, external: dict[str, bytes], where: str) -> None:

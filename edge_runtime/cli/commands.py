@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..config import config_warnings, load_config
     from ..serving.runtime import Runtime
-    from ..serving.workers import as_worker, check_workers, run_workers
+    from ..serving.workers import as_worker, check_workers, retire_sessions, run_workers
 
     config = load_config(args.config)
     check_workers(config, args.workers)
@@ -81,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         shown = f"; {warned} warning{'s' if warned > 1 else ''} above" if warned else ""
         print(f"{args.config}: ok ({len(config.models)} models, {len(config.routes)} routes{shown})")
         return 0
+    if args.worker_index is None:
+        retire_sessions(config, first=1)  # sessions of workers from an earlier `run --workers N`
     runtime.run(duration=args.duration)
     stats = runtime.stats()
     routes = stats["routes"].values()

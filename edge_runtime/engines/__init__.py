@@ -233,4 +233,15 @@ register_engine(
     )
 )
 
-from .ort_engine import Engine  # noqa: E402 - ONNX Runtime's engine, the default: needs the helpers above
+if TYPE_CHECKING:
+    from .ort_engine import Engine as Engine
+
+
+def __getattr__(name: str) -> object:
+    # ONNX Runtime's engine class, imported when first asked for: a process serving with OpenVINO never loads
+    # ONNX Runtime's library (about 20 MB of memory), nor one serving with ONNX Runtime OpenVINO's.
+    if name == "Engine":
+        from .ort_engine import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,12 @@
 """OpenVINO's CPU runtime on the bundle's own ONNX file (``pip install 'edge-runtime[openvino]'``).
 
-OpenVINO reads ONNX directly, so a bundle needs no second model file. On the CNNs cameras run it is
-often much faster than ONNX Runtime on the same CPU (measured here: YOLOv8n 640x640, 1.9x on one thread
-and on two); ``convert --quantize auto`` and ``bench model`` measure it beside ONNX Runtime and it is
-chosen only where it is faster.
+OpenVINO reads ONNX directly, so a bundle needs no second model file. It reads it from the bytes that were
+verified (``Core.read_model(bytes)``), never from the path: a file changed after verification is not
+what is served. An engine is safe to call from several threads (one infer request behind a lock).
+
+On the CNNs cameras run it is often much faster than ONNX Runtime on the same CPU (measured here:
+YOLOv8n 640x640, 1.9x on one thread and on two); ``convert --quantize auto`` and ``bench model`` measure
+it beside ONNX Runtime and it is chosen only where it is faster.
 
 Settings: ``LATENCY`` hint (one request at a time, as the runtime serves batches), the measured number
 of threads, one stream unless measured otherwise, and no core pinning (the cores are shared with MQTT).
@@ -18,10 +21,11 @@ CPU that cannot compute the recorded one natively (with a warning), never for so
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import Bundle, verified_files
 from ..errors import BundleError
 from ..tasks import get_task
 from ._slicing import fixed_batch, run_in_slices
@@ -87,11 +91,18 @@ class OpenVinoEngine:
                     )
                     recorded = "f32"
                 config["INFERENCE_PRECISION_HINT"] = recorded
-            model = core.read_model(str(bundle.model_path))
+            model = core.read_model(_verified_model(bundle))
             self.compiled = core.compile_model(model, "CPU", config)
             self.precision = _precision(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except BundleError:
+            raise
         except Exception as err:
             raise BundleError(f"OpenVINO cannot load the model: {_reason(err)}", bundle=str(bundle.path)) from err
+        # One infer request, one caller at a time: a request's buffers are not safe to share (two threads on one
+        # request were seen to get each other's outputs). A request per thread was measured as the alternative:
+        # no faster on a single-stream model (OpenVINO runs one request at a time on it: YOLOv8n, two threads,
+        # 0.95-1.04x), about 10 MB more per thread on YOLOv8n; 1.11x on a tiny model under full contention only.
+        self._lock = threading.Lock()
         self.request = self.compiled.create_infer_request()
         names = [o.name for o in m.outputs]
         self._outputs = []
@@ -116,5 +127,22 @@ class OpenVinoEngine:
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         # infer() copies the outputs out of the request's buffers (share_outputs=False): slices stay valid.
-        result = self.request.infer({0: np.ascontiguousarray(batch)})
+        with self._lock:
+            result = self.request.infer({0: np.ascontiguousarray(batch)})
         return {name: result[port] for port, name in self._outputs}
+
+
+def _verified_model(bundle: Bundle) -> bytes:
+    """The model's verified bytes, for OpenVINO to read from memory: it never opens the bundle's files itself.
+
+    OpenVINO reads external data only from files, so a model with external weights is refused (``open_engine``
+    then serves it with ONNX Runtime, which takes them from memory).
+    """
+    files = verified_files(bundle)
+    if files.external:
+        raise BundleError(
+            "OpenVINO reads external weights from files only, not from the verified bytes: serve this model with "
+            "ONNX Runtime, or save it with its weights inside the ONNX file",
+            bundle=str(bundle.path),
+        )
+    return files.model

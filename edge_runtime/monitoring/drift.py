@@ -78,6 +78,7 @@ class DriftMonitor:
         every = max(1, window // 10) if evaluate_every is None else evaluate_every
         if not 1 <= every <= sustain:
             raise ValueError(f"evaluate_every must be between 1 and sustain ({sustain}) rows, not {every}")
+        self.reference = reference  # kept to tell a reload with the same reference (the window is kept then)
         self.window, self.threshold, self.clear_threshold, self.sustain = window, threshold, clear, sustain
         self.evaluate_every = every
         self.route, self.model, self.top_features, self.epsilon = route, model, top_features, epsilon

@@ -86,6 +86,7 @@ class ShadowRunner:
         run: ShadowRun,
         *,
         model: str,
+        version: str | None = None,
         fraction: float = 0.1,
         max_queue: int = 64,
         max_queue_mb: float = 32.0,
@@ -102,7 +103,8 @@ class ShadowRunner:
         if rtol < 0 or atol < 0:
             raise ValueError("rtol and atol must not be negative")
         self.model, self.fraction, self.rtol, self.atol = model, fraction, rtol, atol
-        self._run = run
+        self.version = version
+        self._run, self._generation = run, 0
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
         # Batches and bytes: a few camera frames as model tensors are megabytes each.
         self._max_bytes, self._queued_bytes = int(max_queue_mb * 1024 * 1024), 0
@@ -172,25 +174,38 @@ class ShadowRunner:
                 continue
             with self._lock:
                 self._queued_bytes -= rows.nbytes
+                run, generation = self._run, self._generation
             try:
                 t = time.perf_counter()
-                shadow = self._run(rows, metas if metas is not None else [None] * len(rows))
+                shadow = run(rows, metas if metas is not None else [None] * len(rows))
                 ms = (time.perf_counter() - t) * 1000 / len(rows)
             except Exception as err:  # noqa: BLE001 - a failing shadow is counted; serving is not its business
                 with self._lock:
-                    self.errors += len(rows)
                     self._owed -= len(rows)
+                    if generation == self._generation:
+                        self.errors += len(rows)
                 self._log(f"shadow model {self.model} failed on {len(rows)} rows: {type(err).__name__}: {err}")
                 continue
             agreed = sum(agree(a, b, rtol=self.rtol, atol=self.atol) for a, b in zip(live, shadow))
             with self._lock:
                 self._owed -= len(rows)
+                if generation != self._generation:
+                    continue
                 if len(shadow) != len(live):
                     self.errors += len(rows)
                 else:
                     self.rows += len(rows)
                     self.agreed += agreed
                     self._shadow_ms.append(ms)
+
+    def replace(self, run: ShadowRun, *, version: str | None) -> None:
+        """A new shadow model (a reload): its run from the next queued batch on, and the comparison counts
+        (agreement, errors, latencies) started again, since they describe a pair of models."""
+        with self._lock:
+            self._run, self.version = run, version
+            self._generation += 1  # a batch the old model is running now is not counted for the new one
+            self.rows = self.agreed = self.errors = 0
+            self._shadow_ms.clear()
 
     def _log(self, message: str) -> None:
         now = time.monotonic()
@@ -200,7 +215,7 @@ class ShadowRunner:
             self._logged_at, self._unlogged = now, 0
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"model", "rows", "agreement", "latency_ratio", "dropped", "errors"}`` for the metrics JSON.
+        """``{"model", "version", "rows", "agreement", "latency_ratio", "dropped", "errors"}`` for the metrics JSON.
 
         ``agreement`` and ``latency_ratio`` are None until the shadow has compared a row.
         """
@@ -213,6 +228,7 @@ class ShadowRunner:
             ratio = round(float(np.median(shadow_ms) / np.median(live_ms)), 3)
         return {
             "model": self.model,
+            "version": self.version,
             "rows": rows,
             "agreement": round(agreed / rows, 4) if rows else None,
             "latency_ratio": ratio,

@@ -26,6 +26,7 @@ __all__ = [
     "replace_socket",
     "close_socket",
     "connection_lost",
+    "read_packet",
     "next_mid",
     "new_properties",
     "connect_properties",
@@ -44,6 +45,7 @@ _REQUIRED = {
     "_sock_close": "closes the socket without sending DISCONNECT (a connection that got no CONNACK)",
     "_loop_rc_handle": "tells paho its connection is lost when our buffered write fails",
     "_last_mid": "the packet id paho gave last: QoS 0 and 1 share the counter, which wraps at 65535",
+    "_packet_read": "reads one packet: loop_read reads as many as paho has messages in flight, past any budget",
 }
 
 
@@ -79,6 +81,21 @@ def next_mid(client: mqtt.Client) -> int:
     """The packet id paho will give the next message (its counter runs 1..65535, then wraps)."""
     last: int = client._last_mid
     return last % 65535 + 1
+
+
+def read_packet(client: mqtt.Client) -> MQTTErrorCode:
+    """Read exactly one packet (or what part of one has arrived), as ``loop_read`` does for each of its packets.
+
+    ``loop_read(max_packets)`` ignores its argument and reads one packet per message paho has in flight: with
+    hundreds of results awaiting their PUBACKs, one call took hundreds of inputs, past the runtime's room.
+    """
+    if client.socket() is None:
+        return MQTTErrorCode.MQTT_ERR_NO_CONN
+    rc: MQTTErrorCode = client._packet_read()
+    if rc > 0:
+        handled: MQTTErrorCode = client._loop_rc_handle(rc)
+        return handled
+    return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def connection_lost(client: mqtt.Client) -> None:

@@ -47,7 +47,7 @@ from . import _paho
 from .delivery import MAX_PACKET, Delivery, Inbound, OnDone, Outgoing, Refusal
 from .protocol import LinkSpec, Subscription
 
-__all__ = ["MqttLink", "set_nodelay", "publish_properties", "V5_PROBE_S", "MAX_PACKET"]
+__all__ = ["MqttLink", "set_nodelay", "publish_properties", "forwarded_properties", "V5_PROBE_S", "MAX_PACKET"]
 
 log = logging.getLogger("edge_runtime.link")
 
@@ -56,6 +56,9 @@ V5_PROBE_S = 3.0
 
 # CONNACK reason codes that mean "this broker does not speak MQTT v5": v3.1.1's 1 and v5's 0x84.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
+
+# Packets read per poll at most, when nothing holds reading back.
+_READ_BUDGET = 512
 
 # What our socket buffer may hold before paho is told to wait (see _BufferedSocket).
 _WRITE_LIMIT = 1 << 20
@@ -196,6 +199,8 @@ class MqttLink:
         max_outgoing_bytes: int = 64 << 20,
         state_file: Path | None = None,
         on_connected: Callback | None = None,
+        unsubscribe: Sequence[str] = (),
+        read_budget: Callable[[], int] | None = None,
     ):
         self.broker = broker
         self.subscriptions = [s if isinstance(s, Subscription) else Subscription(*s) for s in subscriptions]
@@ -207,13 +212,16 @@ class MqttLink:
         self._max_packet = min(max_packet, MAX_PACKET) if max_packet else None
         self.receive_maximum = receive_maximum or broker.receive_maximum
         self._state_file = state_file
+        self._unsubscribe = list(unsubscribe)  # filters a resumed session may hold that we never want
+        self._read_budget = read_budget  # how many packets may be read now (the caller's room for inputs)
         self._prefer_v5 = broker.protocol == "5"
         self.protocol = MQTTProtocolVersion.MQTTv5 if self._prefer_v5 else MQTTProtocolVersion.MQTTv311
         self._tls = broker.tls_context()  # the one place a TLS context is made (None for mqtt://)
         self._password = broker.password()
         self.client: mqtt.Client | None = None
         self._wire: _PahoWire | None = None
-        self.connected = False  # CONNACK received and SUBACK too: inputs flow, results may leave
+        self.connected = False  # CONNACK received: inputs flow, results may leave
+        self.subscribed = False  # SUBACK received too (on_connected has run)
         self._connack = False
         self.reconnects = 0
         self._backoff = 0.5
@@ -239,11 +247,17 @@ class MqttLink:
             max_outgoing_bytes=spec.max_outgoing_bytes,
             state_file=spec.state_file,
             on_connected=spec.on_connected,
+            read_budget=spec.read_budget,
         )
 
     @property
     def generation(self) -> int:
         return self.delivery.generation
+
+    @property
+    def session_resumed(self) -> bool:
+        """Whether the broker's current session for us began before this process's first connection."""
+        return self.delivery.epoch == 0 and self.delivery.generation > 0
 
     # -- connection -------------------------------------------------------------------------
 
@@ -275,7 +289,8 @@ class MqttLink:
         return client
 
     def connect(self, timeout: float | None = None) -> None:
-        """Connect and wait for the broker's CONNACK and SUBACK; raise BrokerError if they do not come."""
+        """Connect and wait for the broker's CONNACK; raise BrokerError if it does not come. The SUBACK comes
+        later (``subscribed``): a resumed session's inputs may arrive first, and are the caller's to serve."""
         timeout = self.broker.connect_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         last_error = "no answer"
@@ -347,7 +362,9 @@ class MqttLink:
             retain_available=_int_property(props, "RetainAvailable") != 0,
             v5=v5,
         )
-        self.delivery.connected = False  # results leave once the subscriptions are in place (_ready)
+        # Results may leave from now on, and a resumed session's inputs arrive before the SUBACK: the caller
+        # serves them (within its read budget) while the subscriptions are renewed.
+        self.connected = True
         if self.reconnects or self.delivery.pending_out():
             log.info(
                 "connected to %s (session %s, %d messages waiting to leave)",
@@ -403,9 +420,9 @@ class MqttLink:
             self._ready()
 
     def _ready(self) -> None:
-        if self.connected:
+        if self.subscribed:
             return
-        self.connected = self.delivery.connected = True
+        self.subscribed = True
         for cb in self.on_connected:
             try:
                 cb()
@@ -417,19 +434,19 @@ class MqttLink:
     # -- the filters a persistent session holds -------------------------------------------------
 
     def _stale_filters(self) -> list[str]:
-        """Filters the broker session holds from an earlier run whose config had them, and today's has not."""
-        if self._state_file is None:
-            return []
-        try:
-            with open(self._state_file, "rb") as f:
-                doc = orjson.loads(f.read(1 << 20))
-        except (OSError, orjson.JSONDecodeError):
-            return []
-        held = doc.get("subscriptions") if isinstance(doc, dict) else None
-        if not isinstance(held, list):
-            return []
-        today = {s.filter for s in self.subscriptions}
-        return [f for f in held[:_MAX_REMEMBERED_FILTERS] if isinstance(f, str) and f not in today]
+        """Filters the resumed session may hold that today's config has not: those an earlier run remembered in
+        the state file, and any we were told never to want."""
+        remembered: list[str] = []
+        if self._state_file is not None:
+            try:
+                with open(self._state_file, "rb") as f:
+                    doc = orjson.loads(f.read(1 << 20))
+                held = doc.get("subscriptions") if isinstance(doc, dict) else None
+                if isinstance(held, list):
+                    remembered = [f for f in held[:_MAX_REMEMBERED_FILTERS] if isinstance(f, str)]
+            except (OSError, orjson.JSONDecodeError):
+                pass  # nothing remembered (a first run), or unreadable: nothing to remove but what we were told
+        return sorted({*remembered, *self._unsubscribe} - {s.filter for s in self.subscriptions})
 
     def _remember_filters(self) -> None:
         if self._state_file is None or not self.persistent:
@@ -457,7 +474,7 @@ class MqttLink:
         """Forget the paho client of a dead connection; what it had in flight leaves again on the next one."""
         client, self.client, self._wire = self.client, None, None
         was_connected = self.connected
-        self.connected = self._connack = False
+        self.connected = self.subscribed = self._connack = False
         if client is not None:
             sock = _paho.socket_of(client)
             if isinstance(sock, _BufferedSocket) and sock.unsent():
@@ -505,9 +522,13 @@ class MqttLink:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def poll(self, timeout: float, *, budget: int = 512, reconnect: bool = True, wake: Sequence[int] = ()) -> None:
-        """Wait up to ``timeout`` for the socket (or a ``wake`` descriptor), read up to ``budget`` packets, and
-        write what is pending."""
+    def poll(
+        self, timeout: float, *, budget: int | None = None, reconnect: bool = True, wake: Sequence[int] = ()
+    ) -> None:
+        """Wait up to ``timeout`` for the socket (or a ``wake`` descriptor), read up to ``budget`` packets (default:
+        what ``read_budget`` says, else 512; none: the socket is not read), and write what is pending."""
+        if budget is None:
+            budget = self._read_budget() if self._read_budget is not None else _READ_BUDGET
         client = self.client
         if client is None or client.socket() is None:
             if client is not None:
@@ -524,19 +545,24 @@ class MqttLink:
             client = self.client
         sock = _paho.socket_of(client)
         buffered = isinstance(sock, _BufferedSocket)
-        if buffered and sock.buffered():
+        if budget and buffered and sock.buffered():
             readable = True
         else:
+            # With no budget (the runtime has no room for another input) the socket is not read: what the broker
+            # sends waits in the kernel, and TCP holds the broker back. It is written to, and woken from, as usual.
             want_write = client.want_write() or (buffered and sock.unsent() > 0)
             try:
-                r, _, _ = select.select([sock, *wake], [sock] if want_write else [], [], max(0.0, timeout))
+                r, _, _ = select.select(
+                    [sock, *wake] if budget else list(wake), [sock] if want_write else [], [], max(0.0, timeout)
+                )
             except (OSError, ValueError):
                 r = []
-            readable = sock in r
+            readable = bool(budget) and sock in r
         if readable:
             for _ in range(budget):
-                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self.client is not client:
+                if _paho.read_packet(client) != MQTTErrorCode.MQTT_ERR_SUCCESS or self.client is not client:
                     break
+
                 if not (sock.buffered() if buffered else select.select([sock], [], [], 0)[0]):
                     break
         if self._refused is not None:  # before the check below: paho drops a refused connection itself
@@ -672,6 +698,32 @@ class MqttLink:
 def _int_property(props: Any, name: str) -> int | None:
     value = getattr(props, name, None) if props is not None else None
     return int(value) if isinstance(value, int) else None
+
+
+# What a PUBLISH's properties say about the message itself (kept when it is published again elsewhere); the
+# rest (subscription identifiers, topic aliases) belong to one connection.
+_FORWARDED = (
+    "PayloadFormatIndicator",
+    "MessageExpiryInterval",
+    "ContentType",
+    "ResponseTopic",
+    "CorrelationData",
+    "UserProperty",
+)
+
+
+def forwarded_properties(props: Any) -> Properties | None:
+    """A received message's own properties, for publishing it again (None when it had none)."""
+    if props is None:
+        return None
+    out = _paho.new_properties(PacketTypes.PUBLISH)
+    found = False
+    for name in _FORWARDED:
+        value = getattr(props, name, None)
+        if value is not None:
+            setattr(out, name, value)
+            found = True
+    return out if found else None
 
 
 def publish_properties(*, response_topic: str | None = None, correlation: bytes | None = None) -> Properties:

@@ -43,17 +43,24 @@ class LinkSpec:
     # the ones the config no longer has are unsubscribed.
     state_file: Path | None = None
     on_connected: Callable[[], None] | None = None  # after every (re)connect, once inputs flow
+    # How many packets the link may read now (the runtime's room for inputs; 0: leave them in TCP). None: no limit.
+    read_budget: Callable[[], int] | None = None
 
 
 class Link(Protocol):
     """One MQTT connection, pumped by ``poll`` from the runtime's thread (see link.py for the real one)."""
 
-    connected: bool
+    connected: bool  # results may leave, inputs may arrive
+    subscribed: bool  # and every subscription is in place (on_connected has run)
     counters: Counter[str]
 
     def connect(self, timeout: float | None = None) -> None: ...
 
-    def poll(self, timeout: float, *, reconnect: bool = True, wake: Sequence[int] = ()) -> None: ...
+    def poll(
+        self, timeout: float, *, budget: int | None = None, reconnect: bool = True, wake: Sequence[int] = ()
+    ) -> None:
+        """Wait up to ``timeout`` for traffic (or a ``wake`` descriptor); take in up to ``budget`` packets (default:
+        what the spec's ``read_budget`` says)."""
 
     def publish(
         self,

@@ -72,6 +72,13 @@ class Batcher(Generic[T]):
             self.max_bytes is not None and self.bytes + self.reserved + nbytes > self.max_bytes
         )
 
+    def room(self, per_input: int) -> int:
+        """How many more inputs of ``per_input`` bytes fit, by count and by bytes."""
+        left = self.max_queue - self._live
+        if self.max_bytes is not None:
+            left = min(left, (self.max_bytes - self.bytes - self.reserved) // max(1, per_input))
+        return max(0, left)
+
     def reserve(self, nbytes: int) -> bool:
         """Count ``nbytes`` held for queued inputs outside the queue (a frame decoded ahead of its batch), if they
         fit in half the byte bound (the rest stays for inputs). False, and nothing counted, if not."""

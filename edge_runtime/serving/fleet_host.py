@@ -21,20 +21,19 @@ import queue
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ..config import Config
-from ..engines import InferenceEngine as Engine
 from ..errors import ConfigError, EdgeRuntimeError
 from ..fleet.agent import FleetAgent, live_bundles
 from ..fleet.config import FleetConfig
 from ..fleet.host import ShadowReport
 from ..monitoring.shadow import ShadowRunner, incompatibility
 from ..tasks.codecs import encode
-from .homeassistant import release_discovery_message
-from .models import load_engine
+from .homeassistant import release_entity
+from .models import LoadedModel, load_model
 from .reload import Outcome
 from .state import state_dir
 
@@ -116,9 +115,9 @@ class FleetHost:
         """Start the agent; with Home Assistant discovery on, announce each managed model's release state."""
         self.agent.start()
         config = self.runtime.config
-        if config.homeassistant.discovery:
+        if config.homeassistant.discovery:  # fixed entities (one per model), not a stranger's: announced directly
             for model in self.agent.models:
-                topic, payload = release_discovery_message(
+                topic, payload = release_entity(
                     prefix=config.homeassistant.prefix, node=config.broker.client_id, model=model
                 )
                 self.runtime.link.publish(topic, encode(payload), 1, retain=True)
@@ -162,13 +161,13 @@ class FleetHost:
         return self.runtime.engines[model].manifest.version
 
     def load(self, model: str, bundle: Path) -> object:
-        return load_engine(self.runtime.config, model, self.runtime.profile, bundle=bundle)
+        return load_model(self.runtime.config, model, self.runtime.profile, bundle=bundle)
 
     def _routes(self, model: str) -> list[Any]:
         return [r for r in self.runtime.routes if r.config.model == model and r.monitors is not None]
 
     def start_shadow(self, model: str, candidate: object, *, fraction: float) -> None:
-        engine = _engine(candidate)
+        engine = _loaded(candidate).engine
         live = self.runtime.engines[model].manifest
         problem = incompatibility(live, engine.manifest)
         if problem is not None:
@@ -236,36 +235,27 @@ class FleetHost:
             runner.close()
 
     def promote(self, model: str, candidate: object, bundle: Path) -> None:
-        engine = _engine(candidate)
-        runtime = self.runtime
+        loaded = _loaded(candidate)
+        engine, runtime = loaded.engine, self.runtime
+        # The candidate's shadow is stopped first: its thread must be done with the instance the routes take over
+        # (an engine is not always safe to share between two threads).
+        self.stop_shadow(model)
 
-        def swap() -> list[ShadowRunner]:
-            runtime._swap(Outcome(model, engine))  # a reload's swap: the routes' decoders and monitors follow
+        def swap() -> None:
+            runtime._swap(Outcome(model, engine, shadows=loaded.shadows))  # a reload's swap, between two batches
             if runtime.engines[model] is not engine:
                 reason = (runtime.announcer.last_reload or {}).get("reason") or "refused"
                 raise EdgeRuntimeError(f"the routes cannot serve it: {str(reason)[:500]}")
-            runners = self._detach(model)
             # A reload asked for from now on reads the promoted release, and its directory is not a change.
             models = [m.model_copy(update={"bundle": bundle}) if m.name == model else m for m in runtime.config.models]
             runtime.config = runtime.config.model_copy(update={"models": models})
             runtime.reloader.retarget(model, bundle)
-            return runners
 
-        runners: list[ShadowRunner] = []
-        try:
-            runners = self._in_loop(swap)
-        finally:
-            for runner in runners or self._in_loop_or_none(model):
-                runner.close()
-
-    def _in_loop_or_none(self, model: str) -> list[ShadowRunner]:
-        """After a refused promotion, the candidate's shadow is dropped too (the agent rolls the release back)."""
-        try:
-            return self._in_loop(lambda: self._detach(model))
-        except EdgeRuntimeError:
-            return []
+        self._in_loop(swap)
 
 
-def _engine(candidate: object) -> Engine:
+def _loaded(candidate: object) -> LoadedModel:
     """What ``load`` returned, handed back by the agent (which never looks inside)."""
-    return cast(Engine, candidate)
+    if not isinstance(candidate, LoadedModel):
+        raise TypeError(f"not a model this host loaded: {type(candidate).__name__}")
+    return candidate

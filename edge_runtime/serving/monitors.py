@@ -1,9 +1,13 @@
 """A route's model monitoring in the loop: drift against the bundle's reference, a shadow model, sample capture.
 
 Built per route from its config and its bundle (a bundle without reference statistics has no drift
-monitor); rebuilt when the model is reloaded. Drift counts are updated on the loop's thread (vectorised,
-about a microsecond per row); the shadow model and the capture writer work on threads of their own behind
-bounded queues, so neither delays a result. Drift alerts go to ``edge-runtime/<client_id>/alerts``.
+monitor). A reload of the route's model brings a new drift monitor only when the new bundle's reference
+differs (the same reference keeps the window, and an open alert stays open); a reload of its shadow model
+hands the shadow runner the new instance (``shadow_changed``).
+
+Drift counts are updated on the loop's thread (vectorised, about a microsecond per row); the shadow
+model and the capture writer work on threads of their own behind bounded queues, so neither delays a
+result. Drift alerts go to ``edge-runtime/<client_id>/alerts``.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ class RouteMonitors:
         self.shadow: ShadowRunner | None = None
         self.capture: CaptureWriter | None = None
         # A fleet release's candidate (serving/fleet_host.py), beside the configured shadow; set and cleared by
-        # the loop between batches.
+        # the loop between batches. Not in the metrics: the device's models topic says how it compares.
         self.candidate: ShadowRunner | None = None
         self.drift_alerts = 0  # drift alerts raised so far (the fleet's judge asks for new ones)
         self._shadow_manifest: Manifest | None = None
+        self._live_manifest = engine.manifest
         self.model_changed(engine, self.prepare(engine))
         if shadow is not None and config.shadow is not None:
             problem = incompatibility(engine.manifest, shadow.manifest)
@@ -62,11 +67,11 @@ class RouteMonitors:
                 from ..errors import ConfigError
 
                 raise ConfigError(f"shadow model {config.shadow!r}: {problem}", key="routes.shadow")
-            task, manifest = shadow.task, shadow.manifest
-            self._shadow_manifest = manifest
+            self._shadow_manifest = shadow.manifest
             self.shadow = ShadowRunner(
-                lambda rows, metas: task.results(manifest, shadow.run(rows), list(metas)),
+                _shadow_run(shadow),
                 model=config.shadow,
+                version=shadow.manifest.version,
                 fraction=config.shadow_fraction,
                 rtol=config.shadow_tolerance,
             )
@@ -85,6 +90,8 @@ class RouteMonitors:
                 raise ValueError(f"shadow model {self.config.shadow!r}: {problem}")
         reference = (engine.manifest.model_extra or {}).get("reference")
         c = self.config
+        if self.drift is not None and reference == self.drift.reference:
+            return self.drift  # the same reference: the window and the alert state go on
         if reference and c.drift_window:
             return DriftMonitor(
                 reference, window=c.drift_window, threshold=c.drift_threshold, route=self.route, model=c.model
@@ -92,12 +99,25 @@ class RouteMonitors:
         return None
 
     def model_changed(self, engine: Engine, drift: DriftMonitor | None) -> None:
-        """A (new) model serves the route: close an open alert, and measure against the new reference."""
-        if self.drift is not None:
+        """A (new) model serves the route: with a new reference, close an open alert and measure against it."""
+        if self.drift is not None and drift is not self.drift:
             for event in self.drift.retire():
                 self._alert(event)
         self.images = hasattr(engine.task, "annotate")  # image tasks: capture the frames as received
         self.drift = drift
+        self._live_manifest = engine.manifest
+
+    def check_shadow(self, shadow: Engine) -> None:
+        """Raise ValueError when a reloaded shadow model can no longer shadow this route's model."""
+        problem = incompatibility(self._live_manifest, shadow.manifest)
+        if problem is not None:
+            raise ValueError(f"shadow model {self.config.shadow!r}: {problem}")
+
+    def shadow_changed(self, shadow: Engine) -> None:
+        """The shadow model was reloaded: the runner runs this instance (the route's own) from now on."""
+        if self.shadow is not None:
+            self._shadow_manifest = shadow.manifest
+            self.shadow.replace(_shadow_run(shadow), version=shadow.manifest.version)
 
     def _alert(self, event: dict[str, Any]) -> None:
         if event.get("kind") == "drift":
@@ -135,8 +155,6 @@ class RouteMonitors:
             out["drift"] = self.drift.snapshot()
         if self.shadow is not None:
             out["shadow"] = self.shadow.snapshot()
-        if self.candidate is not None:
-            out["candidate"] = self.candidate.snapshot()
         if self.capture is not None:
             out["capture"] = self.capture.snapshot()
         return out
@@ -146,3 +164,8 @@ class RouteMonitors:
             self.shadow.close()
         if self.capture is not None:
             self.capture.close()
+
+
+def _shadow_run(shadow: Engine) -> Callable[[Any, list[Any]], list[dict[str, Any]]]:
+    task, manifest = shadow.task, shadow.manifest
+    return lambda rows, metas: task.results(manifest, shadow.run(rows), list(metas))

@@ -71,8 +71,9 @@ class ModelThread:
         future.add_done_callback(lambda _: _signal(write_fd))
         while not future.done():
             meanwhile(0.5, (read_fd,))
-        with contextlib.suppress(OSError):  # a wake-up byte left by an earlier call is drained here too
-            os.read(read_fd, 64)
+            # Drained where it is read: a byte left behind (the callback runs just after done() turns true, so
+            # the last call's byte can arrive after its drain) would make every wait return at once: a busy loop.
+            _drain(read_fd)
         return future.result()
 
     def close(self) -> None:
@@ -83,6 +84,12 @@ class ModelThread:
             for fd in self._fds:
                 os.close(fd)
             self._fds = None
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):  # empty (EAGAIN): nothing to drain
+        while os.read(fd, 64):
+            pass
 
 
 def _signal(fd: int) -> None:

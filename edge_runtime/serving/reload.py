@@ -4,23 +4,30 @@ A bundle is replaced by swapping its directory atomically (a symlink renamed ove
 ``mv`` of a fresh directory), or a reload is asked for on the runtime's control topic. Loading and
 warming happen on a thread of their own so the serving loop never waits for them; the loop picks up
 the outcome between two batches. A bundle that fails any check leaves the old model serving.
+
+A bundle is known by its fingerprint, the sha256 of its manifest (which names the sha256 of the model and
+of every other file): a swap is a change of fingerprint, and a reload asked for while the bundle's
+fingerprint is that of the model serving is skipped (``Outcome.unchanged``), not redone (hash, engine,
+warm-up) for nothing. The manifest is read as ``load_bundle`` reads it (no symlink, a regular file, at
+most 4 MiB), so a FIFO or a link to ``/dev/zero`` in its place cannot stall or fill this thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle import MANIFEST
+from ..bundle._files import read_manifest_bytes
 from ..engines import InferenceEngine as Engine
 from ..errors import EdgeRuntimeError
+from .models import LoadedModel
 
 __all__ = ["Reloader", "Outcome", "fingerprint"]
 
@@ -30,22 +37,22 @@ log = logging.getLogger("edge_runtime")
 @dataclass(frozen=True)
 class Outcome:
     model: str
-    engine: Engine | None  # None: the new bundle was refused, for ``reason``
+    engine: Engine | None  # None: the new bundle was refused, for ``reason`` (or is the one serving)
     reason: str | None = None
+    shadows: dict[int, Engine] = field(default_factory=dict)  # route index -> its new shadow instance
+    unchanged: bool = False  # asked for, but the bundle is the one serving: nothing was loaded
 
 
-def fingerprint(bundle: Path) -> tuple[str, str] | None:
-    """What identifies a bundle's content cheaply: where the directory really is, and its manifest's hash.
+def fingerprint(bundle: Path) -> str | None:
+    """What identifies a bundle's content cheaply: its manifest's sha256 (as ``Bundle.fingerprint``).
 
-    The manifest names the model's sha256, so a new model always changes it; the model file itself is
-    only read (and verified) when this changes.
+    The manifest names the model's sha256 and every other file's, so new content always changes it; the
+    model file itself is only read (and verified) when this changes.
     """
     try:
-        real = os.path.realpath(bundle)
-        with open(os.path.join(real, MANIFEST), "rb") as f:
-            return real, hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None  # mid-swap or gone: keep serving, look again next time
+        return hashlib.sha256(read_manifest_bytes(bundle, MANIFEST)).hexdigest()
+    except (OSError, EdgeRuntimeError):
+        return None  # mid-swap, gone or not a bundle now: keep serving, look again next time
 
 
 # At most one reload per model this often: requests in between are coalesced into one at the end of the
@@ -64,13 +71,17 @@ class Reloader:
     def __init__(
         self,
         bundles: dict[str, Path],
-        load: Callable[[str], Engine],
+        load: Callable[[str], LoadedModel],
         *,
         watched: set[str],
+        serving: Mapping[str, Engine] | None = None,
         poll_s: float = 2.0,
         min_interval_s: float = MIN_RELOAD_INTERVAL_S,
     ):
+        """``serving``: the engines serving now, by model (the runtime's own dict, read here): a reload asked
+        for is skipped when the bundle's fingerprint is that of the engine serving it."""
         self._bundles = bundles
+        self._serving = serving
         self._watched = watched
         self._load = load
         self._poll_s = poll_s
@@ -135,16 +146,24 @@ class Reloader:
             for name in [n for n, t in due.items() if t <= now]:
                 del due[name]
                 self._last[name] = time.monotonic()
-                self.loads += 1
                 self.outcomes.put(self._try(name))
 
+    def _unchanged(self, name: str) -> bool:
+        engine = self._serving.get(name) if self._serving is not None else None
+        serving = getattr(getattr(engine, "bundle", None), "fingerprint", None)
+        return serving is not None and fingerprint(self._bundles[name]) == serving
+
     def _try(self, name: str) -> Outcome:
+        if self._unchanged(name):
+            log.info("reload of model %s skipped: its bundle is the one serving", name)
+            return Outcome(name, None, unchanged=True)
+        self.loads += 1
         try:
-            engine = self._load(name)
+            loaded = self._load(name)
         except EdgeRuntimeError as err:
             log.error("reload of model %s refused, the old one keeps serving: %s", name, err)
             return Outcome(name, None, str(err))
         except Exception as err:
             log.exception("reload of model %s failed", name)
             return Outcome(name, None, f"{type(err).__name__}: {err}")
-        return Outcome(name, engine)
+        return Outcome(name, loaded.engine, shadows=loaded.shadows)

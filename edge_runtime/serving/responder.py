@@ -100,11 +100,10 @@ class Responder:
             self.error(route, inbound, PayloadError("internal", f"the result could not be encoded: {first_line(err)}"))
             return
         topic, props, own = self._target(route, route.publish, inbound)
-        if not self._send(route, inbound, topic, payload, props, is_error=False):
+        if not self._send(route, inbound, topic, payload, props, is_error=False, msg_id=body.get("id")):
             return
         if own:  # discovery only ever for the route's own result topics
-            m = route.engine.manifest
-            self.announcer.result_topic(topic, task=m.task, model=m.name, version=m.version)
+            self.announcer.result_topic(topic, route.engine.manifest)
         snapshots = route.snapshots
         annotate = getattr(route.engine.task, "annotate", None)
         if snapshots is not None and annotate is not None:
@@ -138,9 +137,11 @@ class Responder:
             payload = encode(body)
         except TypeError:  # an id orjson cannot write back; the error itself still goes out
             payload = encode({**body, "id": None})
-        self._send(route, inbound, topic, payload, props, is_error=True)
+        self._send(route, inbound, topic, payload, props, is_error=True, msg_id=err.id)
 
-    def _send(self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any, *, is_error: bool) -> bool:
+    def _send(
+        self, route: Route, inbound: Inbound, topic: str, payload: bytes, props: Any, *, is_error: bool, msg_id: Any
+    ) -> bool:
         """Publish an answer to ``inbound``; it settles the input when it is done. True if it was queued."""
         if not inbound.qos and not self.link.has_room():
             # An answer to a QoS 0 input may be lost as the input may; it may never grow the outgoing queue
@@ -151,14 +152,14 @@ class Responder:
         # A QoS 1 input is answered at QoS 1 even on a QoS 0 route (it can reach one through an overlapping
         # subscription): it is acknowledged only once its answer is acknowledged.
         qos = route.config.qos or inbound.qos
-        on_done = functools.partial(self._done, route, inbound, is_error)
+        on_done = functools.partial(self._done, route, inbound, is_error, msg_id)
         refused = self.link.publish(topic, payload, qos, properties=props, on_done=on_done)
         if refused is not None:
-            self._done(route, inbound, is_error, refused)
+            self._done(route, inbound, is_error, msg_id, refused)
             return False
         return True
 
-    def _done(self, route: Route, inbound: Inbound, was_error: bool, refusal: Refusal | None) -> None:
+    def _done(self, route: Route, inbound: Inbound, was_error: bool, msg_id: Any, refusal: Refusal | None) -> None:
         """An answer is safe (``refusal`` None) or could not be published: settle, or answer with an error."""
         if refusal is None:
             self.settle(inbound)
@@ -167,7 +168,8 @@ class Responder:
             self.settle(inbound)
         elif not was_error:
             code = _REFUSED_ANSWERS.get(refusal.code, "answer_refused")
-            self.error(route, inbound, PayloadError(code, f"the result could not be published: {refusal.detail}"))
+            detail = f"the result could not be published: {refusal.detail}"
+            self.error(route, inbound, PayloadError(code, detail, id=msg_id))
         else:
             reason: DropReason = "bad_topic" if refusal.code == "unpublishable" else "unanswerable"
             route.stats.dropped[reason] += 1

@@ -22,6 +22,7 @@ from ..observability.metrics import RouteStats
 from ..tasks import Decoder
 from ..topics import TopicFilter, TopicTemplate
 from .batcher import Batcher
+from .discovery import Discovery
 from .models import route_decoder
 from .monitors import RouteMonitors
 from .observers import BatchObserver
@@ -75,14 +76,16 @@ def build_routes(
     engines: dict[str, Engine],
     profile: DeviceProfile,
     *,
+    shadows: dict[int, Engine],
     publish: Publish,
     snapshot: Callable[[str, bytes], object],
     ready: Callable[[], bool],
     client_id: str,
-    discovery: str | None,
+    discovery: Discovery | None,
 ) -> list[Route]:
-    """The config's routes, each checked against its model. ``publish`` sends side messages (alerts, events),
-    ``snapshot`` a JPEG, while ``ready()`` (connected, room to send) is true."""
+    """The config's routes, each checked against its model. ``shadows``: route index -> the engine instance its
+    shadow model runs (its own, see models.py). ``publish`` sends side messages (alerts, events), ``snapshot``
+    a JPEG, while ``ready()`` (connected, room to send) is true."""
     budget = profile.queue_budget_mb * (1 << 20) // len(config.routes)
     routes: list[Route] = []
     for i, rc in enumerate(config.routes):
@@ -130,13 +133,13 @@ def build_routes(
             rc,
             route=route.name,
             engine=engine,
-            shadow=engines.get(rc.shadow) if rc.shadow else None,
+            shadow=shadows.get(i),
             publish=publish,
             client_id=client_id,
         )
         route.observers.append(route.monitors)
         if rc.track:
-            route.observers.append(TrackingObserver(rc, publish=publish, node=client_id, discovery_prefix=discovery))
+            route.observers.append(TrackingObserver(rc, publish=publish, node=client_id, discovery=discovery))
         routes.append(route)
     _number_overlapping(routes)
     return routes

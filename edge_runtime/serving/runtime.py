@@ -48,15 +48,17 @@ from ..tasks.codecs import encode
 from ..topics import MAX_TOPIC_BYTES
 from .announce import OFFLINE, Announcer
 from .control import parse_control
+from .discovery import Discovery
 from .execute import BatchExecutor
 from .fleet_host import FleetHost, fleet_config
 from .ingress import Ingress
-from .models import load_engine, route_decoder
+from .models import load_model, route_decoder
 from .prefetch import DecodeAhead, ModelThread
 from .reload import Outcome, Reloader
 from .responder import Responder
-from .routes import Route, build_routes, receive_maximum, subscriptions
-from .state import session_file
+from .routes import ROW_ALLOWANCE, Route, build_routes, receive_maximum, subscriptions
+from .state import session_file, state_dir
+from .video import TrackingObserver
 
 __all__ = ["Runtime"]
 
@@ -67,6 +69,9 @@ log = logging.getLogger("edge_runtime")
 # acknowledge what it published.
 SHUTDOWN_SERVE_S = 0.5
 SHUTDOWN_DRAIN_S = 2.0
+
+# Packets read from the socket per poll at most, when nothing holds reading back.
+_READ_BUDGET = 512
 
 
 def _max_packet(config: Config) -> int:
@@ -87,14 +92,18 @@ class Runtime:
         self.config = config
         # ONNX Runtime settings and queue budgets come from the board this runs on (or the one the config names).
         self.profile = profile_for(config.device.profile)
-        self.engines = {m.name: load_engine(config, m.name, self.profile) for m in config.models}
+        loaded = {m.name: load_model(config, m.name, self.profile) for m in config.models}
+        self.engines = {name: model.engine for name, model in loaded.items()}
         client_id = config.broker.client_id
-        discovery = config.homeassistant.prefix if config.homeassistant.discovery else None
+        discovery = Discovery.for_config(
+            config.homeassistant, node=client_id, publish=self._publish_raw, state_dir=state_dir(config)
+        )
         self._ratelog = RateLimitedLog(log)
         self.routes: list[Route] = build_routes(
             config,
             self.engines,
             self.profile,
+            shadows={i: loaded[rc.shadow].shadows[i] for i, rc in enumerate(config.routes) if rc.shadow},
             publish=self._publish_raw,
             snapshot=lambda topic, jpeg: self.link.publish(topic, jpeg, 0),
             ready=lambda: self.link.connected and self.link.has_room(),
@@ -102,6 +111,8 @@ class Runtime:
             discovery=discovery,
         )
         self._videos = [r for r in self.routes if r.video is not None]
+        self._reliable = [r for r in self.routes if r.filter is not None and r.config.qos]  # QoS 1 inputs come here
+        self._widest_batch = max(r.config.max_batch for r in self.routes)
         self._wake_fds = [r.video.fileno() for r in self._videos if r.video is not None]
         self._next_tick = 0.0
         self._started = time.monotonic()
@@ -112,7 +123,7 @@ class Runtime:
             version=__version__,
             device=self.profile.name,
             publish=self._publish_raw,
-            discovery_prefix=discovery,
+            discovery=discovery,
         )
         self.status_topic = self.announcer.status_topic
         self.control_topic = f"edge-runtime/{client_id}/control"
@@ -122,8 +133,9 @@ class Runtime:
         self._prometheus: Any = None
         self.reloader = Reloader(
             {m.name: m.bundle for m in config.models},
-            lambda name: load_engine(self.config, name, self.profile),  # a promoted release changes config
+            lambda name: load_model(self.config, name, self.profile),  # a promoted release changes config
             watched={m.name for m in config.models if m.watch},
+            serving=self.engines,
         )
         persistent = any(r.config.qos > 0 for r in self.routes)
         self.link: Link = link(
@@ -138,6 +150,7 @@ class Runtime:
                 max_outgoing_bytes=config.broker.max_outgoing_bytes or self.profile.outgoing_budget_mb << 20,
                 state_file=session_file(config) if persistent else None,
                 on_connected=self._announce,
+                read_budget=self._read_budget,
             )
         )
         self.responder = Responder(self.link, self.announcer, self._ratelog)
@@ -176,7 +189,12 @@ class Runtime:
         parse_control(inbound.payload, self.reloader.request, retained=inbound.retain, log=self._ratelog)
 
     def start(self) -> None:
+        """Connect, and serve until every subscription is in place: a resumed session's inputs arrive before the
+        SUBACK, and only serving makes room to read the rest (see _read_budget)."""
         self.link.connect()
+        deadline = time.monotonic() + self.config.broker.connect_timeout_s
+        while not self.link.subscribed and self.link.connected and time.monotonic() < deadline:
+            self.turn()
         self.reloader.start()
         if self.fleet is not None:
             self.fleet.start()
@@ -248,6 +266,7 @@ class Runtime:
                     observer.tick(now)
                 except Exception:  # noqa: BLE001 - an observer must not stop the loop
                     self._ratelog.log("observer", "route %s: an observer failed", route.name, exc_info=True)
+        self.announcer.tick()
         if any(r.video.changed() for r in self._videos if r.video is not None) and self.link.connected:
             self._announce()
 
@@ -262,6 +281,22 @@ class Runtime:
             if due is not None and link.has_room(r.config.max_batch):
                 timeout = min(timeout, max(0.0, due - now))
         return max(0.0, timeout)
+
+    def _read_budget(self) -> int:
+        """How many packets the link may read now: as many QoS 1 inputs as every QoS 1 route still has room for.
+
+        The Receive Maximum (routes.receive_maximum) already asks the broker for no more; this holds where a
+        broker sends more anyway (Mosquitto 2.0 does, for a resumed session's queued messages, once
+        acknowledgements flow: eclipse-mosquitto #2301). Unread, they wait in TCP and the broker is held back,
+        instead of being dropped here. Only while batches can be served: when results cannot leave, the socket
+        must be read for the broker's acknowledgements, and overflow is answered as usual (responder.py).
+        """
+        budget = _READ_BUDGET
+        if not self._reliable or self.ingress.closing or not self.link.has_room(self._widest_batch):
+            return budget
+        for route in self._reliable:
+            budget = min(budget, route.batcher.room(route.config.max_payload_bytes + ROW_ALLOWANCE))
+        return budget
 
     def _serve_round(self, *, stopping: bool = False) -> bool:
         """Serve at most one due batch per route, servicing the socket between batches. True if any was served."""
@@ -297,6 +332,7 @@ class Runtime:
                     self.fleet.close()  # its own connection, closed after the answers so as never to delay them
             finally:
                 self.link.close()
+                self.announcer.close()  # what was announced to Home Assistant, saved for the next run
 
     def _shutdown_serving(self) -> None:
         self.reloader.close()
@@ -332,6 +368,8 @@ class Runtime:
     def _announce(self) -> None:
         sources = {r.video.name: r.video.status() for r in self._videos if r.video is not None}
         self.announcer.online({n: e.manifest.version for n, e in self.engines.items()}, sources=sources or None)
+        for observer in (o for r in self.routes for o in r.observers if isinstance(o, TrackingObserver)):
+            observer.republish()  # retained counts and occupancy, for a broker or Home Assistant that lost them
 
     def publish_metrics(self) -> None:
         """The stats as JSON on the metrics topic (QoS 0: the next one supersedes a lost one)."""
@@ -341,9 +379,18 @@ class Runtime:
         """Between two batches: serve the new model from now on, or say on the status topic why not."""
         name, engine, reason = outcome.model, outcome.engine, outcome.reason
         plans: list[tuple[Route, Decoder, Any]] = []
+        if outcome.unchanged:
+            version = self.engines[name].manifest.version
+            self.announcer.last_reload = {"model": name, "ok": True, "unchanged": True, "serving": version}
+            if self.link.connected:
+                self._announce()
+            return
         if engine is not None:
             try:  # everything the routes need from the new model, before anything changes
                 plans = self._plan_swap(name, engine)
+                for i, shadow in outcome.shadows.items():
+                    if (monitors := self.routes[i].monitors) is not None:
+                        monitors.check_shadow(shadow)
             except Exception as err:  # noqa: BLE001 - a bundle that cannot serve this config leaves the old one
                 engine, reason = None, f"the new bundle cannot serve this config: {first_line(err, 500)}"
                 log.warning("model %s not reloaded: %s", name, reason)
@@ -360,6 +407,9 @@ class Runtime:
                 route.engine, route.decoder = engine, decoder
                 if route.monitors is not None:
                     route.monitors.model_changed(engine, drift)
+            for i, shadow in outcome.shadows.items():  # the routes running this model as their shadow
+                if (monitors := self.routes[i].monitors) is not None:
+                    monitors.shadow_changed(shadow)
             self.announcer.last_reload = {"model": name, "ok": True, "serving": engine.manifest.version}
             log.info("model %s reloaded: now serving version %s", name, engine.manifest.version)
         if self.link.connected:

@@ -5,7 +5,8 @@ its slot's descriptor wakes the loop's ``select``) instead of MQTT. Frames are a
 skip the JPEG round trip; there is nothing to acknowledge. A detector route with ``track = true`` (fed by a
 source or by MQTT frames) gets a ``TrackingObserver``: per camera a tracker that turns each frame's
 detections into ``new``/``update``/``end`` events, and retained per-zone occupancy and per-line counts,
-published only when they change.
+published when they change, when a camera's tracker starts (counts at 0: no stale total from a previous
+run), and again after every (re)connection (a broker that lost them, a Home Assistant that restarted).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,8 @@ from ..tasks.codecs import encode
 from ..topics import TopicFilter
 from ..tracking.config import render_topic
 from ..tracking.events import Emitted, ObjectEvents
-from .bounded import FirstSeen
+from .discovery import Discovery
+from .homeassistant import Announcement
 from .homeassistant_events import line_count_discovery, object_events_discovery, zone_occupancy_discovery
 from .observers import ServedBatch
 
@@ -39,8 +42,6 @@ Publish = Callable[[str, bytes, int, bool], object]  # (topic, payload, qos, ret
 # Cameras (input topics) a tracking route keeps a tracker for, at most: an MQTT route's cameras are named by
 # whoever publishes, so the count is bounded; the least recently seen is closed first.
 _MAX_TRACKED_CAMERAS = 64
-# Camera names announced to Home Assistant (retained discovery topics), at most this many bytes of names.
-_MAX_ANNOUNCED_BYTES = 256 << 10
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
@@ -114,14 +115,17 @@ class VideoInput:
 class TrackingObserver:
     """Per camera, a tracker; each served frame's detections become events on the route's topics."""
 
-    def __init__(self, config: RouteConfig, *, publish: Publish, node: str, discovery_prefix: str | None):
+    def __init__(self, config: RouteConfig, *, publish: Publish, node: str, discovery: Discovery | None):
         self.config = config
         self._publish = publish
-        self._node, self._prefix = node, discovery_prefix
+        self._node, self._discovery = node, discovery
         self._cameras: OrderedDict[str, ObjectEvents] = OrderedDict()
-        self._announced = FirstSeen(_MAX_ANNOUNCED_BYTES)  # retained on the broker: never one per new name forever
         self._filter = TopicFilter(config.subscribe) if config.subscribe is not None else None
         self.events = 0
+        source = config.source_config()
+        self._source = source.source_name if source is not None else None
+        if self._source is not None:  # known from the start: announced, counts and occupancy published on connecting
+            self._cameras[self._source] = config.build(self._source)
 
     def _events_for(self, camera: str) -> ObjectEvents:
         ev = self._cameras.get(camera)
@@ -130,9 +134,10 @@ class TrackingObserver:
                 old_camera, old = self._cameras.popitem(last=False)
                 self._emit(old_camera, old.close())
             ev = self._cameras[camera] = self.config.build(camera)
-            self._announce(camera)
+            self._publish_state(camera, ev, occupancy=False)  # occupancy comes with its first frame
         else:
             self._cameras.move_to_end(camera)
+        self._announce(camera)
         return ev
 
     def _camera(self, inbound: Inbound) -> str:
@@ -160,6 +165,16 @@ class TrackingObserver:
             self._emit(camera, ev.close())
         self._cameras.clear()
 
+    def republish(self) -> None:
+        """Every camera's occupancy and line counts again, retained: called on every (re)connection."""
+        if self._source is not None:
+            self._announce(self._source)
+        for camera, ev in self._cameras.items():
+            self._publish_state(camera, ev)
+
+    def _publish_state(self, camera: str, ev: ObjectEvents, *, occupancy: bool = True) -> None:
+        self._emit(camera, Emitted(occupancy=ev.occupancy() if occupancy else [], counts=ev.line_counts()))
+
     def snapshot(self) -> dict[str, Any]:
         return {"tracking": {"cameras": len(self._cameras), "events": self.events}}
 
@@ -178,15 +193,17 @@ class TrackingObserver:
                 self._publish(topic, encode(line), 1, True)
 
     def _announce(self, camera: str) -> None:
-        """Home Assistant discovery for a camera's events, zones and lines (discovery on), once per camera."""
-        if self._prefix is None or not self._announced.first(camera):
-            return
-        c, node, prefix = self.config, self._node, self._prefix
-        messages = [
-            object_events_discovery(
-                prefix=prefix, node=node, source=camera, events_topic=render_topic(c.events, source=camera)
-            )
-        ]
+        """Home Assistant discovery for ``camera`` (discovery on): announced the first time in a run, then kept
+        from being removed as idle while it sends frames."""
+        if self._discovery is not None:
+            events_topic = render_topic(self.config.events, source=camera)
+            self._discovery.active(f"camera:{events_topic}", partial(self._announcements, camera, events_topic))
+
+    def _announcements(self, camera: str, events_topic: str) -> list[Announcement]:
+        """Home Assistant discovery for a camera's events, zones and lines."""
+        assert self._discovery is not None
+        c, node, prefix = self.config, self._node, self._discovery.prefix
+        messages = [object_events_discovery(prefix=prefix, node=node, source=camera, events_topic=events_topic)]
         if c.occupancy is not None:
             messages += [
                 zone_occupancy_discovery(
@@ -212,5 +229,4 @@ class TrackingObserver:
                             state_topic=topic,
                         )
                     )
-        for topic, payload in messages:
-            self._publish(topic, encode(payload), 1, True)
+        return messages

@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..children import popen, stop_child
-from ..config import Config
-from ..errors import ConfigError
+from ..config import Config, load_config
+from ..errors import BrokerError, ConfigError
+from ..mqtt.delivery import Inbound, Refusal
+from ..mqtt.link import MqttLink, forwarded_properties
+from .state import session_file
 
-__all__ = ["as_worker", "check_workers", "run_workers"]
+__all__ = ["as_worker", "check_workers", "run_workers", "retire_sessions"]
 
 log = logging.getLogger("edge_runtime.workers")
 
@@ -67,6 +70,95 @@ def as_worker(config: Config, index: int) -> Config:
     return config.model_copy(update={"broker": broker, "routes": routes, "models": models, "metrics": metrics})
 
 
+# Worker ids probed above the ones starting, at most: a session is looked for until one is absent.
+_MAX_RETIRED = 64
+# A retired session is drained until it has sent nothing for this long (and every input was forwarded).
+_QUIET_S = 0.5
+_DRAIN_LIMIT_S = 30.0
+
+
+def retire_sessions(config: Config, *, first: int) -> int:
+    """End the broker sessions of worker ids ``first``, ``first + 1``... that no process will take any more.
+
+    A worker's persistent session outlives it: Mosquitto goes on handing that session its share of every
+    shared subscription, and those inputs wait for a worker that never comes back. Each such session is
+    resumed here (with a session expiry of 0, so that it ends when this connection does), its subscriptions are
+    removed, and whatever the broker had queued for it is published again on its own topic, where the live
+    workers' shared subscriptions take it; each input is acknowledged only once its copy is (nothing is lost).
+    Which workers ran is known from the state files their links wrote (serving/state.py): no file, nothing to
+    do and no connection made. Returns how many inputs were handed on.
+    """
+    if config.broker.protocol != "5" or not any(r.qos for r in config.routes):
+        return 0  # shared subscriptions need MQTT v5; without QoS 1 routes no session persists
+    moved = 0
+    for index in range(first, first + _MAX_RETIRED):
+        client_id = f"{config.broker.client_id}-w{index}"
+        remembered = session_file(config, client_id)
+        if not remembered.exists():
+            break
+        n = _drain_session(config, client_id)
+        if n is None:
+            continue  # no session at the broker (it expired): nothing waits there
+        moved += n
+        remembered.unlink(missing_ok=True)
+        log.info("ended the session of departed worker %s (%d queued inputs handed on)", client_id, n)
+    return moved
+
+
+def _drain_session(config: Config, client_id: str) -> int | None:
+    """Resume ``client_id``'s session, hand its queued inputs on, and let it end; None if it had none."""
+    moved = 0
+    last_input = [time.monotonic()]
+
+    def forward(inbound: Inbound) -> None:
+        last_input[0] = time.monotonic()
+
+        def done(refused: Refusal | None) -> None:
+            nonlocal moved
+            if refused is None:
+                moved += 1
+                link.ack(inbound)
+            else:
+                log.warning(
+                    "an input queued for %s on %r could not be handed on: %s", client_id, inbound.topic, refused
+                )
+
+        link.publish(
+            inbound.topic,
+            inbound.payload,
+            inbound.qos,
+            properties=forwarded_properties(inbound.properties),
+            on_done=done,
+        )
+
+    broker = config.broker.model_copy(update={"client_id": client_id, "session_expiry_s": 0})
+    # No subscriptions: every filter the session holds (those the worker remembered, and today's shared
+    # filters) is removed first, so that nothing new is routed to it while it is drained.
+    shared = [r.subscribe for r in as_worker(config, 2).routes if r.subscribe is not None]
+    link = MqttLink(
+        broker,
+        on_message=forward,
+        persistent=True,
+        state_file=session_file(config, client_id),
+        unsubscribe=shared,
+    )
+    try:
+        link.connect(timeout=min(3.0, config.broker.connect_timeout_s))
+    except BrokerError as err:
+        log.warning("could not look for the session of departed worker %s: %s", client_id, err)
+        return None
+    try:
+        if not link.session_resumed:
+            session_file(config, client_id).unlink(missing_ok=True)
+            return None
+        deadline = time.monotonic() + _DRAIN_LIMIT_S
+        while time.monotonic() < deadline and (link.pending_out() or time.monotonic() - last_input[0] < _QUIET_S):
+            link.poll(0.05, reconnect=False)
+        return moved
+    finally:
+        link.close()
+
+
 def run_workers(config_path: Path, workers: int, *, extra_args: list[str], global_args: Sequence[str] = ()) -> int:
     """Start the workers, forward SIGINT/SIGTERM, restart a worker that dies, and wait for all to stop."""
 
@@ -97,6 +189,7 @@ def run_workers(config_path: Path, workers: int, *, extra_args: list[str], globa
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        retire_sessions(load_config(config_path), first=workers + 1)
         for i in range(1, workers + 1):
             procs[i] = spawn(i)
         while True:
