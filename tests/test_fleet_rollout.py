@@ -383,13 +383,15 @@ def test_a_tampered_chunk_is_refused_and_a_broker_restart_mid_download_resumes_i
 
 
 @pytest.mark.parametrize(
-    ("step", "release", "serving_after"), [("download", "5", "5"), ("swap", "5", "5"), ("rollback", "4", "3")]
+    ("step", "release", "serving_after"),
+    [("download", "5", "5"), ("verify", "5", "5"), ("swap", "5", "5"), ("rollback", "4", "3")],
 )
 def test_a_runtime_killed_mid_rollout_serves_a_verified_version_after_restart(
     own_broker, bundles, release_key, vibration_data, tmp_path, step, release, serving_after
 ):
-    """SIGKILL at a step of a rollout (``_faults``): half the chunks downloaded; after the swap, before the
-    state says so; after the rollback is written, before the shadow is stopped. The restarted runtime serves
+    """SIGKILL at a step of a rollout (``_faults``): half the chunks downloaded; the archive unpacked, not yet
+    verified; after the swap, before the state says so; after the rollback is written, before the shadow is
+    stopped. The restarted runtime serves
     a verified version, finishes the rollout (a download from the chunks it has), and no QoS 1 input is lost."""
     port, _ = own_broker
     key, keys = release_key
