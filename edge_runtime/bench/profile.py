@@ -23,8 +23,8 @@ CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("decode (orjson, checks)", re.compile(r"Decoder\.decode ")),
     ("result encode (dicts, orjson)", re.compile(r"^encode \(.*codecs\.py|\.results \(.*tasks/")),
     ("accept: route, queue (ours)", re.compile(r"^Runtime\._accept ")),
-    ("paho read + parse", re.compile(r"^Client\.loop_read ")),
-    ("socket send", re.compile(r"^Link\.flush_writes |^Client\.loop_write ")),
+    ("paho read + parse", re.compile(r"^Client\.loop_read |^read_packet ")),
+    ("socket send", re.compile(r"^(Mqtt)?Link\.flush_writes |^Client\.loop_write ")),
     ("paho publish (packet build)", re.compile(r"^Client\.publish ")),
 )
 OUR_LOOP = "serve loop: batch, topics, stats (ours)"

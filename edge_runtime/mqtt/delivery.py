@@ -63,6 +63,9 @@ _RETRY_FIRST_S = 0.5
 # QoS 1 messages in flight to a broker that states no Receive Maximum (v3.1.1): Mosquitto's default is 20.
 V311_WINDOW = 20
 
+# Properties we send (a response's correlation data) are small; past this, a message's size is computed exactly.
+_PROPERTIES_ROOM = 64 << 10
+
 # What one queued message costs beside its topic and payload (the objects around them).
 _MESSAGE_OVERHEAD = 200
 
@@ -395,8 +398,11 @@ class Delivery:
                 break
             if not wire.room():
                 break
-            size = packet_size(msg)
-            if size > self.max_packet:  # the broker would drop the connection, and we would send it again
+            # Exact size only near the broker's limit (a topic's UTF-8 is at most 4 bytes a character): most
+            # brokers state none, and encoding every topic would cost more than the check is worth.
+            near = len(msg.payload) + 4 * len(msg.topic) + (_PROPERTIES_ROOM if msg.properties is not None else 0)
+            if near + 16 > self.max_packet and (size := packet_size(msg)) > self.max_packet:
+                # the broker would drop the connection, and we would send it again
                 self._leave(msg)
                 self.counters["refused_too_large_for_broker"] += 1
                 self._done(msg, Refusal("too_large", f"{size} bytes; the broker takes at most {self.max_packet}"))
