@@ -124,3 +124,35 @@ def test_lazy_properties_parse_like_paho_s_and_cost_nothing_when_absent(broker):
     assert getattr(without.properties, "ResponseTopic", None) is None and without.properties.isEmpty()
     assert str(without.properties) == "[]" and "ResponseTopic" in str(with_props.properties)
     c.disconnect()
+
+
+def test_read_packet_reads_one_packet_whatever_paho_has_in_flight(broker):
+    """paho's loop_read reads one packet per message it has in flight, whatever it is asked: the link reads
+    one at a time through the seam, so that its read budget (the runtime's room for inputs) holds."""
+    got: list = []
+    subscribed = threading.Event()
+    c = _client(broker)
+    try:
+        c.on_message = lambda _c, _u, m: got.append(m)
+        c.on_subscribe = lambda *_: subscribed.set()
+        c.subscribe("seam/one/#", 1)
+        _pump(c, subscribed.is_set)
+        for _ in range(30):  # in flight from us: loop_read would now read up to 31 packets per call
+            c.publish("seam/other", b"x", qos=1)
+        c.loop_write()
+        pub = _client(broker)
+        for i in range(10):
+            pub.publish(f"seam/one/{i}", b"y", qos=1)
+            pub.loop(0.01)
+        _pump(pub, lambda: not pub._out_messages)
+        pub.disconnect()
+        time.sleep(0.3)  # everything has arrived in the socket
+        reads = 0
+        while len(got) < 10 and reads < 200:
+            before = len(got)
+            assert _paho.read_packet(c) == mqtt.MQTT_ERR_SUCCESS
+            assert len(got) - before <= 1
+            reads += 1
+        assert len(got) == 10
+    finally:
+        c.disconnect()

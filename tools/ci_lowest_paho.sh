@@ -2,7 +2,7 @@
 # CI: the runtime against the lowest paho-mqtt that pyproject.toml allows.
 #
 # edge_runtime/mqtt/_paho.py relies on a few paho internals, checked at import; this runs the seam tests
-# (tests/test_paho_seam.py, each internal against a real Mosquitto) and the fast runtime tests with that
+# (tests/test_paho_seam.py, each internal against a real Mosquitto), the fast runtime tests and the seam tests with that
 # paho release. The second venv holds only paho; everything else comes from the main venv (added after
 # it on sys.path), so this takes seconds, not a full install. Usage: tools/ci_lowest_paho.sh [pytest args]
 # Env: EDGE_MAIN_VENV (default .venv, made with .[dev] if missing), EDGE_LOW_VENV (default .venv-paho-lowest).
@@ -40,4 +40,4 @@ import edge_runtime.mqtt._paho  # its import-time check of the internals
 assert paho.mqtt.__version__ == sys.argv[1], f"paho-mqtt {paho.mqtt.__version__} is first on sys.path, not {sys.argv[1]}"
 print(f"paho-mqtt {paho.mqtt.__version__} from {paho.mqtt.__file__}")
 PY
-exec "$LOW/bin/python" -m pytest -q -p no:cacheprovider tests/test_paho_seam.py tests/test_runtime.py -m "not slow" "$@"
+exec "$LOW/bin/python" -m pytest -q -p no:cacheprovider tests/test_paho_seam.py tests/test_runtime.py tests/test_seams.py -m "not slow" "$@"
