@@ -34,6 +34,7 @@ __all__ = [
     "reap_zombies",
     "end_processes",
     "identity_model",
+    "identity_model_proto",
 ]
 
 needs_mqtt5 = pytest.mark.skipif(not find_mosquitto(), reason="needs Mosquitto (MQTT v5); apt-get install mosquitto")
@@ -117,9 +118,9 @@ class Collector:
         self.client.loop_stop()
 
 
-def identity_model(*, external: str | None = None) -> bytes:
-    """A real ONNX model, y = x @ W with W the 4x4 identity; ``external``: W kept in that file instead (the
-    caller writes it: 64 bytes of float32)."""
+def identity_model_proto(*, external: str | None = None):
+    """A real ONNX model, y = x @ W with W the 4x4 identity, as an onnx ModelProto; ``external``: W kept in that
+    file instead (the caller writes it: 64 bytes of float32)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
@@ -138,7 +139,12 @@ def identity_model(*, external: str | None = None) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model.SerializeToString()
+    return model
+
+
+def identity_model(*, external: str | None = None) -> bytes:
+    """``identity_model_proto`` as the bytes of an ONNX file."""
+    return identity_model_proto(external=external).SerializeToString()
 
 
 def payload(values, id=None) -> bytes:

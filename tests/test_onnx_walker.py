@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from google.protobuf.message import DecodeError
+from helpers import identity_model_proto
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -83,19 +84,7 @@ def _external(tensor: TensorProto, location: str) -> TensorProto:
 
 
 def _matmul_model(location: str | None = None) -> onnx.ModelProto:
-    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
-    if location is not None:
-        _external(w, location)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return identity_model_proto(external=location)
 
 
 def _if_model() -> onnx.ModelProto:
