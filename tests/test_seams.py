@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devices.profiles import known_profiles
 from edge_runtime.devtools.broker import find_mosquitto, free_port, start_broker
 
 pytestmark = [
@@ -70,23 +71,27 @@ def _wait(predicate, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.slow
-def test_a_backlog_on_the_smallest_board_is_paced_not_dropped_across_sigkill(
-    own_broker, vibration_bundle, vibration_data, tmp_path
+@pytest.mark.parametrize(
+    ("profile", "count"), [("rpi-zero-2w", 2000), *((p, 1000) for p in known_profiles() if p != "rpi-zero-2w")]
+)
+def test_a_backlog_on_every_board_is_paced_not_dropped_across_sigkill(
+    own_broker, vibration_bundle, vibration_data, tmp_path, profile, count
 ):
     """rpi-zero-2w: max_queue 1,000 and a 32 MB queue budget. With the Receive Maximum at 1,024, a backlog of
-    2,000 QoS 1 inputs overflowed the queue: 1,000 dropped as queue_full and acknowledged, gone for good."""
+    2,000 QoS 1 inputs overflowed the queue: 1,000 dropped as queue_full and acknowledged, gone for good. Every
+    profile's defaults (queue bounds, budgets, threads) are what its users run: each is killed mid-backlog."""
     from test_faults import _kill_mid_backlog_then_restart, _queue_backlog
 
     port, _ = own_broker
     _, _, Xt, _ = vibration_data
     config = tmp_path / "edge.toml"
     config.write_text(
-        route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-zero", qos=1)
-        + '[device]\nprofile = "rpi-zero-2w"\n'
+        route_config(f"mqtt://127.0.0.1:{port}", vibration_bundle, client_id="t-board", qos=1)
+        + f'[device]\nprofile = "{profile}"\n'
     )
     with open(tmp_path / "runtime.log", "wb") as log:
-        _queue_backlog(port, Xt, 2000, client_id="t-zero", config=config, log=log)
-        _kill_mid_backlog_then_restart(port, config, log, set(range(2000)), 300)
+        _queue_backlog(port, Xt, count, client_id="t-board", config=config, log=log)
+        _kill_mid_backlog_then_restart(port, config, log, set(range(count)), count // 7)
 
 
 def test_the_receive_maximum_follows_the_queue_bounds(vibration_bundle):
