@@ -71,12 +71,14 @@ class BrokerModel:
     acked: Counter[str] = field(default_factory=Counter)  # uid -> acknowledgements received
     qos1_delivered: set[str] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
+    published_topics: list[str] = field(default_factory=list)  # every message the client published, in order
     link: FakeLink | None = None
 
     # -- from the client ------------------------------------------------------------------------
 
     def client_published(self, msg: Outgoing, mid: int) -> None:
         sent = Sent(msg.topic, msg.payload, msg.qos, mid, msg.seq, self.conn)
+        self.published_topics.append(msg.topic)
         answer = _answer_of(msg.topic)
         if answer is not None:
             uid, route, _ = answer

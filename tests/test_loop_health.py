@@ -75,3 +75,37 @@ def test_an_image_routes_row_by_row_fallback_runs_on_the_model_thread():
         assert all(name.startswith("edge-runtime-model") for name in threads), threads
     finally:
         runtime.shutdown()
+
+
+def test_an_input_given_up_by_one_route_is_still_served_by_another(vibration_bundle, vibration_data):
+    """Without subscription identifiers (MQTT 3.1.1, overlapping filters) one input waits in two routes' queues.
+    Given up by one (its queue full), its payload was let go while the other route still had it to serve."""
+    import orjson
+
+    _, _, Xt, _ = vibration_data
+    text = (
+        '[broker]\nurl = "mqtt://127.0.0.1:1"\nclient_id = "shared-input"\nprotocol = "3.1.1"\n'
+        f'[metrics]\ninterval_s = 0\n[[models]]\nname = "m"\nbundle = "{vibration_bundle}"\nwatch = false\n'
+    )
+    for name, flt, extra in (("a", "sensors/+/v", "max_queue = 1\nmax_delay_ms = 60000\n"), ("b", "sensors/#", "")):
+        text += (
+            f'[[routes]]\nmodel = "m"\nsubscribe = "{flt}"\npublish = "results/{{1}}/{name}"\n'
+            f'errors = "errors/{{1}}/{name}"\nmax_batch = 8\n' + (extra or "max_delay_ms = 60000\n")
+        )
+    text = text.replace('publish = "results/{1}/b"', 'publish = "results/{topic}/b"').replace(
+        'errors = "errors/{1}/b"', 'errors = "errors/{topic}/b"'
+    )
+    broker = BrokerModel()
+    runtime = Runtime(parse_config(text), link=lambda spec: FakeLink(spec, broker, clock=time.monotonic))
+    runtime.start()
+    try:
+        rows = [orjson.dumps({"id": i, "values": [float(v) for v in Xt[i]]}) for i in range(2)]
+        broker.publish_input([Copy(f"u{i}", f"sensors/u{i}/v", row, 0, "a", None) for i, row in enumerate(rows)])
+        broker.deliver(2)
+        runtime.link.poll(0)  # both inputs queued on both routes; route a keeps only the newest
+        runtime.stop()
+        runtime.shutdown()  # serves what is queued: route b both inputs, route a the second
+    finally:
+        runtime.link.close()
+    route_b = sorted(t for t in broker.published_topics if t.endswith("/b"))
+    assert route_b == ["results/sensors/u0/v/b", "results/sensors/u1/v/b"], route_b

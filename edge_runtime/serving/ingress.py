@@ -153,11 +153,13 @@ class Ingress:
                 self.start_ahead(route, frame)
 
     def give_up(self, route: Route, inbound: Inbound, reason: DropReason) -> None:
-        """An input the overload policy gave up: its decode ahead cancelled, its payload let go, answered."""
+        """An input the overload policy gave up: its decode ahead cancelled, answered, and its payload let go
+        unless another route still waits to serve it."""
         self.forget_ahead(inbound)
-        inbound.payload = b""  # nothing needs it now, and it may wait for its answer's acknowledgement
-        if isinstance(inbound, FrameInput):
-            inbound.release()
+        if inbound.waiting <= 1:  # no other route still has it to serve (one input can wait in several queues)
+            inbound.payload = b""  # nothing needs it now, and it may wait for its answer's acknowledgement
+            if isinstance(inbound, FrameInput):
+                inbound.release()
         self.responder.drop(route, inbound, reason)
 
     # -- decoding ahead (image routes) ---------------------------------------------------------------
